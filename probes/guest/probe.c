@@ -1,0 +1,1045 @@
+/*
+ * rvmm probe guest: reports what a boot loader / VMM handed it over COM1 and exits
+ * through the debug exit port 0xf4. Freestanding, 64-bit long mode, identity-mapped.
+ *
+ * Built with -mgeneral-regs-only: no SSE or x87 anywhere (KVM's software emulator on
+ * the project's machines cannot run most of them). Every emulated instruction costs
+ * about 0.5 us and every port access about 10 us there, so the work is kept small and
+ * every wait is bounded.
+ */
+#include "probe.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+typedef long i64;
+
+#define NULL ((void *)0)
+
+/* ------------------------------------------------------------------------- */
+/* libc bits that gcc may call even when freestanding */
+
+void *memset(void *d, int c, u64 n)
+{
+	u8 *p = d;
+	while (n--)
+		*p++ = (u8)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, u64 n)
+{
+	u8 *p = d;
+	const u8 *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+void *memmove(void *d, const void *s, u64 n)
+{
+	u8 *p = d;
+	const u8 *q = s;
+	if (p < q) {
+		while (n--)
+			*p++ = *q++;
+	} else {
+		while (n--)
+			p[n] = q[n];
+	}
+	return d;
+}
+
+int memcmp(const void *a, const void *b, u64 n)
+{
+	const u8 *p = a, *q = b;
+	for (; n; n--, p++, q++)
+		if (*p != *q)
+			return *p - *q;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Hardware access */
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port)
+{
+	u8 v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+static inline u64 rdmsr(u32 msr)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+	return ((u64)hi << 32) | lo;
+}
+static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
+
+static inline u8 rd8(u64 a) { return *(volatile u8 *)a; }
+static inline u16 rd16(u64 a) { return *(volatile u16 *)a; }
+static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
+static inline u64 rd64(u64 a) { return *(volatile u64 *)a; }
+static inline void wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+
+/* ------------------------------------------------------------------------- */
+/* COM1 */
+
+#define COM1 0x3f8
+
+static void uart_init(void)
+{
+	outb(COM1 + 1, 0x00);	/* IER: no interrupts yet */
+	outb(COM1 + 3, 0x80);	/* LCR: DLAB */
+	outb(COM1 + 0, 0x01);	/* divisor 1: 115200 baud */
+	outb(COM1 + 1, 0x00);
+	outb(COM1 + 3, 0x03);	/* 8N1 */
+	outb(COM1 + 2, 0x07);	/* FCR: enable and clear FIFOs, 1-byte trigger */
+	outb(COM1 + 4, 0x03);	/* MCR: DTR | RTS */
+}
+
+static void putc_raw(char c)
+{
+	for (u32 i = 0; i < 100000; i++)
+		if (inb(COM1 + 5) & 0x20)
+			break;
+	outb(COM1, (u8)c);
+}
+
+static void putc(char c)
+{
+	if (c == '\n')
+		putc_raw('\r');
+	putc_raw(c);
+}
+
+static void puts(const char *s)
+{
+	while (*s)
+		putc(*s++);
+}
+
+static void put_hex(u64 v)
+{
+	char buf[17];
+	int i = 16;
+	buf[i] = 0;
+	do {
+		u8 d = v & 0xf;
+		buf[--i] = d < 10 ? '0' + d : 'a' + d - 10;
+		v >>= 4;
+	} while (v);
+	puts("0x");
+	puts(&buf[i]);
+}
+
+static void put_hex8(u32 v)
+{
+	puts("0x");
+	for (int s = 28; s >= 0; s -= 4) {
+		u8 d = (v >> s) & 0xf;
+		putc(d < 10 ? '0' + d : 'a' + d - 10);
+	}
+}
+
+static void put_dec(u64 v)
+{
+	char buf[21];
+	int i = 20;
+	buf[i] = 0;
+	do {
+		buf[--i] = '0' + v % 10;
+		v /= 10;
+	} while (v);
+	puts(&buf[i]);
+}
+
+static void put_dec2(u32 v)
+{
+	putc('0' + (v / 10) % 10);
+	putc('0' + v % 10);
+}
+
+static void put_sig(const u8 *sig)
+{
+	for (int i = 0; i < 4; i++) {
+		u8 c = sig[i];
+		putc(c >= 0x20 && c < 0x7f ? c : '?');
+	}
+}
+
+/* ------------------------------------------------------------------------- */
+/* Exit */
+
+static int opt_reset;
+
+static void __attribute__((noreturn)) finish(u8 status)
+{
+	if (opt_reset) {
+		outb(0x64, 0xfe);	/* i8042: pulse the reset line */
+	} else {
+		outb(0xf4, status);	/* debug exit */
+	}
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+void __attribute__((noreturn)) exception_handler(u64 vector, u64 rip, u64 error)
+{
+	(void)error;
+	puts("\nprobe: exception ");
+	put_dec(vector);
+	puts(" at ");
+	put_hex(rip);
+	puts("\n");
+	opt_reset = 0;
+	finish(0xee);
+}
+
+/* ------------------------------------------------------------------------- */
+/* CPU setup: page tables for the low 4 GiB, GDT, IDT */
+
+extern u64 pml4[512], pdpt[512], pd[4 * 512];
+extern u8 gdt[];
+extern const u64 exc_stubs[32];
+extern void load_gdt_and_segments(void);
+extern void serial_stub(void), timer_stub(void), spurious_stub(void);
+extern const u8 tramp_start[], tramp_end[];
+extern volatile u32 ap_count;
+
+struct idt_entry {
+	u16 off0, sel;
+	u8 ist, attr;
+	u16 off1;
+	u32 off2, zero;
+} __attribute__((packed));
+
+static struct idt_entry idt[256] __attribute__((aligned(16)));
+
+static void set_gate(int vec, u64 handler)
+{
+	idt[vec].off0 = handler & 0xffff;
+	idt[vec].sel = SEL_CODE64;
+	idt[vec].ist = 0;
+	idt[vec].attr = 0x8e;	/* present, DPL 0, 64-bit interrupt gate */
+	idt[vec].off1 = (handler >> 16) & 0xffff;
+	idt[vec].off2 = handler >> 32;
+	idt[vec].zero = 0;
+}
+
+static void setup_cpu(void)
+{
+	/* Identity map 0..4 GiB with 2 MiB pages; the top GiB (MMIO) uncached. */
+	pml4[0] = (u64)pdpt | 3;
+	for (u64 i = 0; i < 4; i++)
+		pdpt[i] = ((u64)pd + i * 4096) | 3;
+	for (u64 i = 0; i < 4 * 512; i++)
+		pd[i] = (i << 21) | (i >= 3 * 512 ? 0x9b : 0x83);
+	__asm__ volatile("mov %0, %%cr3" : : "r"((u64)pml4) : "memory");
+
+	load_gdt_and_segments();
+
+	for (int v = 0; v < 32; v++)
+		set_gate(v, exc_stubs[v]);
+	set_gate(VEC_SERIAL, (u64)serial_stub);
+	set_gate(VEC_TIMER, (u64)timer_stub);
+	set_gate(VEC_SPURIOUS, (u64)spurious_stub);
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) idtr = { sizeof(idt) - 1, (u64)idt };
+	__asm__ volatile("lidt %0" : : "m"(idtr));
+}
+
+/* ------------------------------------------------------------------------- */
+/* Failures */
+
+static char fail_buf[256];
+static u32 fail_len;
+
+static void fail(const char *reason)
+{
+	if (fail_len && fail_len < sizeof(fail_buf) - 3) {
+		fail_buf[fail_len++] = ',';
+		fail_buf[fail_len++] = ' ';
+	}
+	while (*reason && fail_len < sizeof(fail_buf) - 1)
+		fail_buf[fail_len++] = *reason++;
+	fail_buf[fail_len] = 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* What the boot loader handed over, copied out before anything touches low memory */
+
+#define E820_MAX 128
+struct e820 {
+	u64 addr, size;
+	u32 type;
+};
+
+static u32 kind;
+static u64 info;
+static char cmdline[4096];
+static int has_cmdline;
+static struct e820 e820[E820_MAX];
+static u32 e820_n;
+static u64 initrd_addr, initrd_size;
+static int has_initrd;
+static u64 rsdp_hint;
+
+static void copy_cmdline(u64 addr)
+{
+	if (!addr || addr >= (4UL << 30))
+		return;
+	u32 n = 0;
+	while (n < sizeof(cmdline) - 1) {
+		char c = (char)rd8(addr + n);
+		if (!c)
+			break;
+		cmdline[n++] = c;
+	}
+	cmdline[n] = 0;
+	has_cmdline = n > 0;
+}
+
+static void read_boot_info(void)
+{
+	if (kind == KIND_PVH) {
+		if (rd32(info) != 0x336ec578)
+			return;
+		u32 version = rd32(info + 4);
+		u32 nr_modules = rd32(info + 12);
+		u64 modlist = rd64(info + 16);
+		copy_cmdline(rd64(info + 24));
+		rsdp_hint = rd64(info + 32);
+		if (version >= 1) {
+			u64 map = rd64(info + 40);
+			u32 n = rd32(info + 48);
+			for (u32 i = 0; i < n && e820_n < E820_MAX; i++) {
+				u64 e = map + 24 * (u64)i;
+				e820[e820_n].addr = rd64(e);
+				e820[e820_n].size = rd64(e + 8);
+				e820[e820_n].type = rd32(e + 16);
+				e820_n++;
+			}
+		}
+		if (nr_modules && modlist) {
+			initrd_addr = rd64(modlist);
+			initrd_size = rd64(modlist + 8);
+			has_initrd = 1;
+		}
+		return;
+	}
+	/* struct boot_params */
+	u64 bp = info;
+	copy_cmdline((u64)rd32(bp + 0x228) | ((u64)rd32(bp + 0xc8) << 32));
+	u32 n = rd8(bp + 0x1e8);
+	for (u32 i = 0; i < n && i < E820_MAX; i++) {
+		u64 e = bp + 0x2d0 + 20 * (u64)i;
+		e820[e820_n].addr = rd64(e);
+		e820[e820_n].size = rd64(e + 8);
+		e820[e820_n].type = rd32(e + 16);
+		e820_n++;
+	}
+	initrd_addr = (u64)rd32(bp + 0x218) | ((u64)rd32(bp + 0xc0) << 32);
+	initrd_size = (u64)rd32(bp + 0x21c) | ((u64)rd32(bp + 0xc4) << 32);
+	has_initrd = initrd_addr != 0 && initrd_size != 0;
+	rsdp_hint = rd64(bp + 0x070);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Command line tokens */
+
+static int opt_quick, opt_echo, opt_exit_set, opt_fault;
+static u32 opt_rx, opt_exit;
+
+static int token_is(const char *tok, u32 len, const char *word)
+{
+	u32 i = 0;
+	for (; i < len && word[i]; i++)
+		if (tok[i] != word[i])
+			return 0;
+	return i == len && !word[i];
+}
+
+static int token_num(const char *tok, u32 len, const char *prefix, u32 *out)
+{
+	u32 p = 0;
+	while (prefix[p]) {
+		if (p >= len || tok[p] != prefix[p])
+			return 0;
+		p++;
+	}
+	if (p == len)
+		return 0;
+	u32 v = 0;
+	for (; p < len; p++) {
+		if (tok[p] < '0' || tok[p] > '9')
+			return 0;
+		v = v * 10 + (tok[p] - '0');
+	}
+	*out = v;
+	return 1;
+}
+
+static void parse_cmdline(void)
+{
+	const char *s = cmdline;
+	while (*s) {
+		while (*s == ' ' || *s == '\t' || *s == '\n')
+			s++;
+		const char *t = s;
+		while (*s && *s != ' ' && *s != '\t' && *s != '\n')
+			s++;
+		u32 len = s - t;
+		if (!len)
+			continue;
+		if (token_is(t, len, "quick"))
+			opt_quick = 1;
+		else if (token_is(t, len, "echo"))
+			opt_echo = 1;
+		else if (token_is(t, len, "reset"))
+			opt_reset = 1;
+		else if (token_is(t, len, "fault"))
+			opt_fault = 1;
+		else if (token_num(t, len, "rx=", &opt_rx))
+			;
+		else if (token_num(t, len, "exit=", &opt_exit))
+			opt_exit_set = 1;
+	}
+}
+
+/* ------------------------------------------------------------------------- */
+/* Report sections */
+
+static const char *kind_name(void)
+{
+	switch (kind) {
+	case KIND_LINUX64: return "linux64";
+	case KIND_PVH: return "pvh";
+	case KIND_BZIMAGE64: return "bzimage64";
+	case KIND_BZIMAGE32: return "bzimage32";
+	case KIND_REALMODE: return "bzimage-realmode";
+	}
+	return "unknown";
+}
+
+static void report_e820(void)
+{
+	puts("e820: ");
+	put_dec(e820_n);
+	puts("\n");
+	u64 total = 0;
+	for (u32 i = 0; i < e820_n; i++) {
+		puts("e820[");
+		put_dec(i);
+		puts("]: ");
+		put_hex(e820[i].addr);
+		puts(" ");
+		put_hex(e820[i].size);
+		puts(" ");
+		put_dec(e820[i].type);
+		puts("\n");
+		if (e820[i].type == 1)
+			total += e820[i].size;
+	}
+	puts("ram-total: ");
+	put_dec(total);
+	puts("\n");
+	if (!e820_n)
+		fail("e820 empty");
+}
+
+static void report_initrd(void)
+{
+	if (!has_initrd) {
+		puts("initrd: none\n");
+		return;
+	}
+	u32 h = 0x811c9dc5;
+	if (initrd_addr + initrd_size <= (4UL << 30)) {
+		const volatile u8 *p = (const volatile u8 *)initrd_addr;
+		for (u64 i = 0; i < initrd_size; i++) {
+			h ^= p[i];
+			h *= 0x01000193;
+		}
+	} else {
+		fail("initrd above 4 GiB");
+	}
+	puts("initrd: addr=");
+	put_hex(initrd_addr);
+	puts(" size=");
+	put_dec(initrd_size);
+	puts(" fnv1a=");
+	put_hex8(h);
+	puts("\n");
+}
+
+static void report_bootparams(void)
+{
+	if (kind == KIND_PVH)
+		return;
+	u64 bp = info;
+	puts("bootparams: version=");
+	put_hex(rd16(bp + 0x206));
+	puts(" loadflags=");
+	put_hex(rd8(bp + 0x211));
+	puts(" type_of_loader=");
+	put_hex(rd8(bp + 0x210));
+	puts(" cmd_line_ptr=");
+	put_hex(rd32(bp + 0x228));
+	puts(" kernel_alignment=");
+	put_hex(rd32(bp + 0x230));
+	puts("\n");
+}
+
+/* ---- ACPI ---- */
+
+static u8 sum8(u64 addr, u32 len)
+{
+	u8 s = 0;
+	for (u32 i = 0; i < len; i++)
+		s += rd8(addr + i);
+	return s;
+}
+
+#define MAX_CPUS 256
+static u32 madt_ids[MAX_CPUS];
+static u32 madt_n;
+static int have_madt;
+static u32 mp_ids[MAX_CPUS];
+static u32 mp_n;
+static int have_mp;
+
+static u64 ebda_base(void)
+{
+	u64 seg = rd16(0x40e);
+	return seg ? seg << 4 : 0;
+}
+
+static u64 base_mem_top(void)
+{
+	u64 kb = rd16(0x413);
+	if (kb < 64 || kb > 640)
+		kb = 640;
+	return kb * 1024;
+}
+
+static int is_rsdp(u64 a)
+{
+	if (rd32(a) != 0x20445352 || rd32(a + 4) != 0x20525450) /* "RSD PTR " */
+		return 0;
+	return sum8(a, 20) == 0;
+}
+
+static u64 scan_rsdp(void)
+{
+	u64 e = ebda_base();
+	if (e && e < 0xa0000)
+		for (u64 a = e; a < e + 1024; a += 16)
+			if (is_rsdp(a))
+				return a;
+	for (u64 a = 0xe0000; a < 0x100000; a += 16)
+		if (is_rsdp(a))
+			return a;
+	return 0;
+}
+
+static void parse_madt(u64 t)
+{
+	u32 len = rd32(t + 4);
+	have_madt = 1;
+	for (u32 off = 44; off + 2 <= len;) {
+		u8 type = rd8(t + off), elen = rd8(t + off + 1);
+		if (elen < 2)
+			break;
+		if (type == 0 && elen >= 8) {
+			if ((rd32(t + off + 4) & 1) && madt_n < MAX_CPUS)
+				madt_ids[madt_n++] = rd8(t + off + 3);
+		} else if (type == 9 && elen >= 16) {
+			if ((rd32(t + off + 8) & 1) && madt_n < MAX_CPUS)
+				madt_ids[madt_n++] = rd32(t + off + 4);
+		}
+		off += elen;
+	}
+}
+
+static void report_acpi(void)
+{
+	u64 rsdp = 0;
+	if (rsdp_hint && rsdp_hint < 0x100000000UL) {
+		rsdp = rsdp_hint;
+		if (rd32(rsdp) != 0x20445352 || rd32(rsdp + 4) != 0x20525450) {
+			fail("rsdp pointer has no RSD PTR signature");
+			rsdp = 0;
+		}
+	} else {
+		rsdp = scan_rsdp();
+	}
+	if (!rsdp) {
+		puts("acpi-rsdp: none\nacpi-tables: none\nmadt-cpus: none\n");
+		return;
+	}
+	puts("acpi-rsdp: ");
+	put_hex(rsdp);
+	puts("\n");
+	if (sum8(rsdp, 20))
+		fail("rsdp checksum");
+	u8 rev = rd8(rsdp + 15);
+	u64 root;
+	u32 esz;
+	if (rev >= 2 && rd64(rsdp + 24)) {
+		if (sum8(rsdp, rd32(rsdp + 20)))
+			fail("rsdp extended checksum");
+		root = rd64(rsdp + 24);
+		esz = 8;
+	} else {
+		root = rd32(rsdp + 16);
+		esz = 4;
+	}
+	puts("acpi-tables:");
+	if (!root || root >= 0x100000000UL) {
+		puts(" none\nmadt-cpus: none\n");
+		fail("no rsdt/xsdt");
+		return;
+	}
+	u32 rlen = rd32(root + 4);
+	if (rlen < 36 || rlen > 65536 || sum8(root, rlen)) {
+		fail(esz == 8 ? "xsdt checksum" : "rsdt checksum");
+		if (rlen < 36 || rlen > 65536)
+			rlen = 36;
+	}
+	for (u32 off = 36; off + esz <= rlen; off += esz) {
+		u64 t = esz == 8 ? rd64(root + off) : rd32(root + off);
+		putc(' ');
+		if (!t || t >= 0x100000000UL) {
+			puts("?!");
+			fail("acpi table pointer");
+			continue;
+		}
+		u8 sig[4];
+		u32 s = rd32(t);
+		for (int i = 0; i < 4; i++)
+			sig[i] = (s >> (8 * i)) & 0xff;
+		put_sig(sig);
+		u32 len = rd32(t + 4);
+		if (len < 36 || len > (1U << 20) || sum8(t, len)) {
+			putc('!');
+			fail("acpi table checksum");
+			continue;
+		}
+		if (s == 0x43495041 && !have_madt) /* "APIC" */
+			parse_madt(t);
+	}
+	puts("\nmadt-cpus: ");
+	if (have_madt)
+		put_dec(madt_n);
+	else
+		puts("none");
+	puts("\n");
+}
+
+/* ---- MP table ---- */
+
+static u64 scan_mp_range(u64 start, u64 len)
+{
+	for (u64 a = start; a + 16 <= start + len; a += 16) {
+		if (rd32(a) != 0x5f504d5f) /* "_MP_" */
+			continue;
+		u32 l = rd8(a + 8) * 16;
+		if (l && l <= 64 && sum8(a, l) == 0)
+			return a;
+	}
+	return 0;
+}
+
+static void report_mptable(void)
+{
+	u64 fp = 0, e = ebda_base();
+	if (e && e < 0xa0000)
+		fp = scan_mp_range(e, 1024);
+	if (!fp)
+		fp = scan_mp_range(base_mem_top() - 1024, 1024);
+	if (!fp)
+		fp = scan_mp_range(0xf0000, 0x10000);
+	if (!fp) {
+		puts("mptable: none\n");
+		return;
+	}
+	u64 ct = rd32(fp + 4);
+	if (!ct) {
+		puts("mptable: default-config ");
+		put_dec(rd8(fp + 11));
+		puts("\n");
+		return;
+	}
+	if (rd32(ct) != 0x504d4350) { /* "PCMP" */
+		puts("mptable: bad-config-table\n");
+		fail("mptable signature");
+		return;
+	}
+	u32 blen = rd16(ct + 4);
+	if (sum8(ct, blen))
+		fail("mptable checksum");
+	u32 count = rd16(ct + 0x22);
+	u64 p = ct + 0x2c, end = ct + blen;
+	have_mp = 1;
+	for (u32 i = 0; i < count && p < end; i++) {
+		u8 type = rd8(p);
+		if (type == 0) {
+			if ((rd8(p + 3) & 1) && mp_n < MAX_CPUS)
+				mp_ids[mp_n++] = rd8(p + 1);
+			p += 20;
+		} else if (type <= 4) {
+			p += 8;
+		} else {
+			break;
+		}
+	}
+	puts("mptable-cpus: ");
+	put_dec(mp_n);
+	puts("\n");
+}
+
+/* ---- LAPIC / SMP ---- */
+
+static u64 lapic = 0xfee00000;
+static u32 bsp_apic_id;
+
+static u32 lapic_rd(u32 reg) { return rd32(lapic + reg); }
+static void lapic_wr(u32 reg, u32 v) { wr32(lapic + reg, v); }
+
+/* A rough TSC rate for bounding waits; only ever used as an upper bound. */
+#define TSC_PER_MS 3000000UL
+
+static void delay_ms(u64 ms)
+{
+	u64 end = rdtsc() + ms * TSC_PER_MS;
+	while (rdtsc() < end)
+		cpu_relax();
+}
+
+static void lapic_enable(void)
+{
+	lapic = rdmsr(0x1b) & 0xfffff000UL;
+	if (!lapic || lapic >= 0x100000000UL)
+		lapic = 0xfee00000;
+	lapic_wr(0xf0, 0x100 | VEC_SPURIOUS);	/* SVR: APIC enable */
+	bsp_apic_id = lapic_rd(0x20) >> 24;
+}
+
+static void send_ipi(u32 apic_id, u32 low)
+{
+	lapic_wr(0x310, apic_id << 24);
+	lapic_wr(0x300, low);
+	for (u32 i = 0; i < 10000 && (lapic_rd(0x300) & (1 << 12)); i++)
+		cpu_relax();
+}
+
+static void start_aps(void)
+{
+	const u32 *ids = have_madt ? madt_ids : mp_ids;
+	u32 n = have_madt ? madt_n : (have_mp ? mp_n : 0);
+	u32 expected = have_madt || have_mp ? n : 1;
+
+	u32 aps = 0;
+	for (u32 i = 0; i < n; i++)
+		if (ids[i] != bsp_apic_id)
+			aps++;
+	if (aps) {
+		memcpy((void *)TRAMPOLINE_ADDR, tramp_start, tramp_end - tramp_start);
+		__asm__ volatile("mfence" ::: "memory");
+		for (u32 i = 0; i < n; i++)
+			if (ids[i] != bsp_apic_id)
+				send_ipi(ids[i], 0x4500);	/* INIT, level assert */
+		delay_ms(10);
+		for (int round = 0; round < 2; round++) {
+			for (u32 i = 0; i < n; i++)
+				if (ids[i] != bsp_apic_id)
+					send_ipi(ids[i], 0x4600 | (TRAMPOLINE_ADDR >> 12));
+			if (round == 0) {
+				u64 end = rdtsc() + TSC_PER_MS / 5;
+				while (rdtsc() < end && ap_count < aps)
+					cpu_relax();
+			}
+		}
+		u64 end = rdtsc() + 1000 * TSC_PER_MS;
+		while (rdtsc() < end && ap_count < aps)
+			cpu_relax();
+	}
+	u32 started = 1 + ap_count;
+	puts("smp-started: ");
+	put_dec(started);
+	puts("\n");
+	if (started != expected)
+		fail(have_madt ? "madt-cpus != smp-started" : "mptable-cpus != smp-started");
+}
+
+/* ---- RTC ---- */
+
+static u8 cmos(u8 reg)
+{
+	outb(0x70, reg);
+	return inb(0x71);
+}
+
+static u32 bcd(u32 v) { return (v & 0x0f) + (v >> 4) * 10; }
+
+static void report_rtc(void)
+{
+	u8 r[7], prev[7];
+	int tries = 0;
+	for (;;) {
+		for (u32 i = 0; i < 20000 && (cmos(0x0a) & 0x80); i++)
+			;
+		r[0] = cmos(0x00);
+		r[1] = cmos(0x02);
+		r[2] = cmos(0x04);
+		r[3] = cmos(0x07);
+		r[4] = cmos(0x08);
+		r[5] = cmos(0x09);
+		r[6] = cmos(0x32);
+		if (tries && !memcmp(r, prev, sizeof(r)))
+			break;
+		if (++tries > 5)
+			break;
+		memcpy(prev, r, sizeof(r));
+	}
+	u8 b = cmos(0x0b);
+	u32 sec = r[0], min = r[1], hour = r[2], day = r[3], mon = r[4], year = r[5], cent = r[6];
+	int pm = hour & 0x80;
+	hour &= 0x7f;
+	if (!(b & 0x04)) {
+		sec = bcd(sec);
+		min = bcd(min);
+		hour = bcd(hour);
+		day = bcd(day);
+		mon = bcd(mon);
+		year = bcd(year);
+		cent = bcd(cent);
+	}
+	if (!(b & 0x02)) {	/* 12-hour mode */
+		hour %= 12;
+		if (pm)
+			hour += 12;
+	}
+	if (cent < 19 || cent > 21)
+		cent = 20;
+	puts("rtc: ");
+	put_dec(cent * 100 + year);
+	putc('-');
+	put_dec2(mon);
+	putc('-');
+	put_dec2(day);
+	putc(' ');
+	put_dec2(hour);
+	putc(':');
+	put_dec2(min);
+	putc(':');
+	put_dec2(sec);
+	puts("\n");
+}
+
+/* ---- serial input (interrupt driven) ---- */
+
+#define RX_RING 256
+static volatile u8 rx_ring[RX_RING];
+static volatile u32 rx_head, rx_tail;	/* head: written by the ISR */
+static volatile u64 ticks;
+
+void serial_isr(void)
+{
+	for (int i = 0; i < 64 && (inb(COM1 + 5) & 1); i++) {
+		u8 c = inb(COM1);
+		if (rx_head - rx_tail < RX_RING) {
+			rx_ring[rx_head % RX_RING] = c;
+			rx_head = rx_head + 1;
+		}
+	}
+	lapic_wr(0xb0, 0);	/* EOI */
+}
+
+void timer_isr(void)
+{
+	ticks = ticks + 1;
+	lapic_wr(0xb0, 0);
+}
+
+#define IOAPIC 0xfec00000UL
+
+static void ioapic_wr(u32 reg, u32 v)
+{
+	wr32(IOAPIC, reg);
+	wr32(IOAPIC + 0x10, v);
+}
+
+static void rx_setup(void)
+{
+	/* 8259s: remap to 0x20/0x28, then mask everything. */
+	outb(0x20, 0x11);
+	outb(0xa0, 0x11);
+	outb(0x21, 0x20);
+	outb(0xa1, 0x28);
+	outb(0x21, 0x04);
+	outb(0xa1, 0x02);
+	outb(0x21, 0x01);
+	outb(0xa1, 0x01);
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
+
+	/* IOAPIC pin 4 (COM1) -> VEC_SERIAL, edge, active high, fixed, physical dest BSP. */
+	ioapic_wr(0x10 + 2 * 4 + 1, bsp_apic_id << 24);
+	ioapic_wr(0x10 + 2 * 4, VEC_SERIAL);
+
+	lapic_wr(0x80, 0);	/* TPR: accept everything */
+
+	/* UART: 115200 8N1, FIFO on (without clearing what already arrived), OUT2, RX irq. */
+	outb(COM1 + 3, 0x80);
+	outb(COM1 + 0, 0x01);
+	outb(COM1 + 1, 0x00);
+	outb(COM1 + 3, 0x03);
+	outb(COM1 + 2, 0x01);
+	outb(COM1 + 4, 0x0b);
+	outb(COM1 + 1, 0x01);
+}
+
+static void timer_start(void)
+{
+	lapic_wr(0x3e0, 0x0b);			/* divide by 1 */
+	lapic_wr(0x320, VEC_TIMER | (1 << 17));	/* periodic */
+	lapic_wr(0x380, 10000000);		/* ~10 ms at a 1 GHz APIC clock */
+}
+
+static void timer_stop(void)
+{
+	lapic_wr(0x320, 1 << 16);	/* masked */
+	lapic_wr(0x380, 0);
+}
+
+/* Sleep until an interrupt, with no window between the check and the hlt. */
+static inline void wait_irq(void) { __asm__ volatile("sti; hlt; cli" ::: "memory"); }
+
+static void report_rx(u32 want)
+{
+	if (want > RX_RING)
+		want = RX_RING;
+	timer_start();
+	u64 start = rdtsc();
+	int timeout = 0;
+	for (;;) {
+		if (rx_head - rx_tail >= want)
+			break;
+		if (ticks >= 500 || rdtsc() - start > 5000 * TSC_PER_MS) {
+			timeout = 1;
+			break;
+		}
+		wait_irq();
+	}
+	timer_stop();
+	puts("serial-rx: ");
+	while (rx_tail != rx_head && want) {
+		u8 c = rx_ring[rx_tail % RX_RING];
+		rx_tail = rx_tail + 1;
+		want--;
+		if (c >= 0x20 && c < 0x7f && c != '\\') {
+			putc(c);
+		} else {
+			static const char hex[] = "0123456789abcdef";
+			puts("\\x");
+			putc(hex[c >> 4]);
+			putc(hex[c & 15]);
+		}
+	}
+	puts("\n");
+	if (timeout)
+		fail("serial-rx timeout");
+}
+
+static void __attribute__((noreturn)) echo_forever(void)
+{
+	for (;;) {
+		while (rx_tail == rx_head)
+			wait_irq();
+		u8 c = rx_ring[rx_tail % RX_RING];
+		rx_tail = rx_tail + 1;
+		if (c == 0x04) {	/* Ctrl-D ends the demo */
+			puts("\n");
+			finish(opt_exit_set ? (u8)opt_exit : 0);
+		}
+		if (c == '\r')
+			putc_raw('\r'), putc_raw('\n');
+		else
+			putc_raw(c);
+	}
+}
+
+/* ------------------------------------------------------------------------- */
+
+void probe_main(u32 boot_kind, u64 boot_info)
+{
+	kind = boot_kind;
+	info = boot_info;
+	uart_init();
+
+	if (kind == KIND_BZIMAGE32 && rd32(info + 0x1e4) == RM_MAGIC)
+		kind = KIND_REALMODE;
+
+	/* Everything is copied out of the boot structures before low memory is reused. */
+	read_boot_info();
+	parse_cmdline();
+	if (opt_quick) {
+		puts("rvmm-probe: quick\n");
+		finish(0);
+	}
+
+	puts("rvmm-probe: boot=");
+	puts(kind_name());
+	puts("\n");
+
+	setup_cpu();
+	if (opt_fault)	/* test hook: the exception path (prints, exits with 0xee) */
+		__asm__ volatile("ud2");
+
+	puts("cmdline: ");
+	puts(has_cmdline ? cmdline : "(none)");
+	puts("\n");
+	report_e820();
+	report_initrd();
+	report_bootparams();
+	report_acpi();
+	report_mptable();
+
+	lapic_enable();
+	start_aps();
+	report_rtc();
+
+	int irqs = 0;
+	if (opt_rx || opt_echo) {
+		rx_setup();
+		irqs = 1;
+	}
+	if (opt_rx)
+		report_rx(opt_rx);
+
+	if (fail_len) {
+		puts("probe-result: fail ");
+		puts(fail_buf);
+		puts("\n");
+	} else {
+		puts("probe-result: ok\n");
+	}
+	if (opt_echo && irqs)
+		echo_forever();
+	if (fail_len)
+		finish(1);
+	finish(opt_exit_set ? (u8)opt_exit : 0);
+}

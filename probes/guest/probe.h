@@ -1,0 +1,30 @@
+/* Shared constants between the probe's assembly and C code. */
+#ifndef PROBE_H
+#define PROBE_H
+
+/* Boot kinds passed from the entry points to probe_main(). */
+#define KIND_LINUX64   1
+#define KIND_PVH       2
+#define KIND_BZIMAGE64 3
+#define KIND_BZIMAGE32 4
+#define KIND_REALMODE  5 /* decided in C: BZIMAGE32 + RM_MAGIC in boot_params.scratch */
+
+/* Written by the bzImage real-mode setup into boot_params.scratch (0x1e4): "RVRM". */
+#define RM_MAGIC 0x4d525652
+
+/* GDT selectors (the probe's own GDT, also used by the AP trampoline). */
+#define SEL_CODE64 0x08
+#define SEL_DATA   0x10
+#define SEL_CODE32 0x18
+
+/* Interrupt vectors. */
+#define VEC_SERIAL   0x30
+#define VEC_TIMER    0x31
+#define VEC_SPURIOUS 0xff
+
+/* Where the AP trampoline is copied (SIPI vector 0x08). */
+#define TRAMPOLINE_ADDR 0x8000
+
+#define STACK_SIZE 0x4000
+
+#endif

@@ -1,0 +1,222 @@
+//! Command-line parsing: `rvmm run ...`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vmm::{BootProtocol, ConsoleConfig, VmConfig, MAX_VCPUS};
+
+/// rvmm: a small virtual machine monitor for Linux/KVM.
+#[derive(Parser, Debug)]
+#[command(name = "rvmm", version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: CommandArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum CommandArgs {
+    /// Boot a kernel (ELF vmlinux, PVH ELF or bzImage) and run it until it ends.
+    ///
+    /// Without --kernel, rvmm boots its bundled hello probe guest.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage. Default: the bundled hello probe.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk loaded next to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-254).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
+    cpus: u8,
+    /// Guest memory, in bytes or with a K, M or G suffix.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    memory: u64,
+    /// Where the serial console (COM1) goes: stdio, file:PATH or none.
+    #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_console)]
+    console: ConsoleConfig,
+    /// Boot entry: auto picks PVH for an ELF with the PVH note, else the 64-bit entry.
+    #[arg(long, value_enum, default_value_t = BootArg::Auto)]
+    boot: BootArg,
+    /// The KVM device.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum BootArg {
+    /// PVH for an ELF with the Xen PVH note, else the Linux 64-bit entry; bzImage 64-bit entry.
+    Auto,
+    /// The Linux 64-bit boot protocol (ELF vmlinux or bzImage).
+    Linux64,
+    /// The Linux 32-bit boot protocol (bzImage).
+    Linux32,
+    /// The Xen PVH entry (ELF with the PVH note).
+    Pvh,
+    /// The bzImage's real-mode setup code under rvmm's minimal BIOS.
+    Legacy,
+}
+
+impl From<BootArg> for BootProtocol {
+    fn from(b: BootArg) -> Self {
+        match b {
+            BootArg::Auto => BootProtocol::Auto,
+            BootArg::Linux64 => BootProtocol::Linux64,
+            BootArg::Linux32 => BootProtocol::Linux32,
+            BootArg::Pvh => BootProtocol::Pvh,
+            BootArg::Legacy => BootProtocol::Legacy,
+        }
+    }
+}
+
+/// What to do.
+pub enum Command {
+    /// Run a VM.
+    Run(VmConfig),
+}
+
+/// Why parsing did not produce a command.
+pub enum CliExit {
+    /// --help or --version was printed.
+    Done,
+    /// The arguments are wrong; the message says how.
+    Usage(String),
+}
+
+/// Parses a size such as `256M`, `1G`, `512k` or `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        Some((i, 't' | 'T')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 256M, 1G or a number of bytes)"))?;
+    if n == 0 {
+        return Err(format!("'{s}': the size must not be zero"));
+    }
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_cpus(s: &str) -> Result<u8, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of vCPUs"))?;
+    if n == 0 || n > u64::from(MAX_VCPUS) {
+        return Err(format!(
+            "{n} vCPUs requested; rvmm supports 1 to {MAX_VCPUS}"
+        ));
+    }
+    Ok(n as u8)
+}
+
+fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
+    match s {
+        "stdio" => Ok(ConsoleConfig::Stdio),
+        "none" => Ok(ConsoleConfig::None),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(path))),
+            _ => Err(format!(
+                "'{s}' is not a console: use stdio, file:PATH or none"
+            )),
+        },
+    }
+}
+
+fn read_file(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliExit> {
+    std::fs::read(path)
+        .map_err(|e| CliExit::Usage(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// Parses the process arguments.
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliExit> {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    Err(CliExit::Done)
+                }
+                _ => Err(CliExit::Usage(
+                    e.render()
+                        .to_string()
+                        .trim_start_matches("error: ")
+                        .trim_end()
+                        .to_string(),
+                )),
+            };
+        }
+    };
+    let CommandArgs::Run(run) = args.command;
+    let (kernel, kernel_name, default_cmdline) = match &run.kernel {
+        Some(path) => (read_file("kernel", path)?, path.clone(), String::new()),
+        None => (
+            rvmm_probes::hello_pvh_elf().to_vec(),
+            PathBuf::from("<bundled hello probe>"),
+            "hello".to_string(),
+        ),
+    };
+    let initrd = match &run.initrd {
+        Some(path) => Some(read_file("initrd", path)?),
+        None => None,
+    };
+    Ok(Command::Run(VmConfig {
+        kernel,
+        kernel_name,
+        initrd,
+        cmdline: run.cmdline.unwrap_or(default_cmdline),
+        cpus: run.cpus,
+        memory_bytes: run.memory,
+        console: run.console,
+        boot_protocol: run.boot.into(),
+        kvm_path: run.kvm_device,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn cpus_and_console() {
+        assert_eq!(parse_cpus("4"), Ok(4));
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("255").is_err());
+        assert!(parse_cpus("x").is_err());
+        assert_eq!(
+            parse_console("file:/tmp/x"),
+            Ok(ConsoleConfig::File("/tmp/x".into()))
+        );
+        assert!(parse_console("file:").is_err());
+        assert!(parse_console("tty").is_err());
+    }
+}

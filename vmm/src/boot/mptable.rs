@@ -1,0 +1,478 @@
+//! Intel MultiProcessor Specification 1.4 tables.
+//!
+//! A guest kernel that does not use ACPI (or is booted with `acpi=off`)
+//! finds its CPUs, I/O APIC and ISA interrupt routing through the MP
+//! table, so the VMM writes one into the BIOS area where the kernel
+//! searches for it (MP spec §4: the floating pointer must lie in the first
+//! KiB of the EBDA, the last KiB of base memory, or 0xF0000-0xFFFFF).
+//!
+//! Layout produced by [`build_mptable`], all little-endian:
+//!
+//! | offset | size | structure |
+//! | --- | --- | --- |
+//! | 0 | 16 | MP floating pointer structure (§4.1) |
+//! | 16 | 44 | MP configuration table header (§4.2) |
+//! | 60 | 20 × n | processor entries (§4.3.1) |
+//! | .. | 8 | bus entry (§4.3.2) |
+//! | .. | 8 | I/O APIC entry (§4.3.3) |
+//! | .. | 8 × 15 | I/O interrupt assignment entries (§4.3.4) |
+//! | .. | 8 × 2 | local interrupt assignment entries (§4.3.5) |
+//!
+//! The entries follow the order the spec requires (§4.3: entries sorted
+//! by type, processors first), which Linux relies on only loosely but
+//! other parsers rely on strictly.
+
+use thiserror::Error;
+
+/// Guest physical address where the VMM places the MP table: the start of
+/// the BIOS ROM area 0xF0000-0xFFFFF that the MP spec (§4) says is searched.
+pub const MPTABLE_START: u64 = 0xF0000;
+/// Default physical address of every local APIC (Intel SDM vol. 3 §10.4.1).
+pub const APIC_DEFAULT_PHYS_BASE: u32 = 0xFEE0_0000;
+/// Default physical address of the first I/O APIC (PC platform convention,
+/// also what KVM's in-kernel IOAPIC decodes).
+pub const IO_APIC_DEFAULT_PHYS_BASE: u32 = 0xFEC0_0000;
+/// Local APIC version reported for each CPU: 0x14 is an integrated xAPIC,
+/// the value KVM's emulated local APIC reports in its version register.
+pub const APIC_VERSION: u8 = 0x14;
+/// I/O APIC version reported: 0x11 is what KVM's in-kernel IOAPIC reports.
+pub const IO_APIC_VERSION: u8 = 0x11;
+/// Largest CPU count the table can describe: APIC ID 255 is the broadcast
+/// ID and the I/O APIC takes ID `num_cpus`, so CPU APIC IDs are 0..=253.
+pub const MAX_CPUS: u8 = 254;
+
+/// Signature of the floating pointer structure (MP spec §4.1).
+const MPF_SIGNATURE: &[u8; 4] = b"_MP_";
+/// Signature of the configuration table header (MP spec §4.2).
+const MPC_SIGNATURE: &[u8; 4] = b"PCMP";
+/// MP spec revision 1.4 is encoded as 4 (MP spec §4.1, §4.2).
+const MP_SPEC_REV: u8 = 4;
+/// OEM ID of the configuration table: 8 bytes, space padded (§4.2).
+const MPC_OEM_ID: &[u8; 8] = b"RVMM    ";
+/// Product ID of the configuration table: 12 bytes, space padded (§4.2).
+const MPC_PRODUCT_ID: &[u8; 12] = b"RVMMVM      ";
+/// Bus type string of an ISA bus: 6 bytes, space padded (§4.3.2, table 4-8).
+const BUS_TYPE_ISA: &[u8; 6] = b"ISA   ";
+
+/// Size of the floating pointer structure: one 16-byte paragraph (§4.1).
+const MPF_SIZE: usize = 16;
+/// Size of the configuration table header (§4.2, table 4-2).
+const MPC_HEADER_SIZE: usize = 44;
+/// Size of a processor entry (§4.3.1, table 4-4).
+const PROCESSOR_ENTRY_SIZE: usize = 20;
+/// Size of every other base table entry: bus, I/O APIC, I/O interrupt and
+/// local interrupt entries (§4.3.2-§4.3.5).
+const ENTRY_SIZE: usize = 8;
+/// ISA IRQs 0-15 less IRQ 2, the cascade input that no ISA device drives.
+const NUM_ISA_IRQ_ENTRIES: usize = 15;
+/// ExtINT -> LINT0 and NMI -> LINT1.
+const NUM_LOCAL_INT_ENTRIES: usize = 2;
+
+/// Entry type codes (§4.3, table 4-3).
+const ENTRY_PROCESSOR: u8 = 0;
+const ENTRY_BUS: u8 = 1;
+const ENTRY_IOAPIC: u8 = 2;
+const ENTRY_IO_INTERRUPT: u8 = 3;
+const ENTRY_LOCAL_INTERRUPT: u8 = 4;
+
+/// Interrupt type codes of interrupt assignment entries (§4.3.4, table 4-11).
+const INT_TYPE_INT: u8 = 0;
+const INT_TYPE_NMI: u8 = 1;
+const INT_TYPE_EXTINT: u8 = 3;
+/// Polarity and trigger both "conforms to the bus specification" (§4.3.4):
+/// ISA interrupts are edge-triggered, active high.
+const INT_FLAGS_CONFORMING: u16 = 0;
+
+/// Processor entry CPU flags (§4.3.1): EN = usable, BP = bootstrap processor.
+const CPU_FLAG_ENABLED: u8 = 1 << 0;
+const CPU_FLAG_BSP: u8 = 1 << 1;
+/// CPU signature as CPUID leaf 1 EAX encodes it (§4.3.1): family 6,
+/// model 0, stepping 0, i.e. a P6-or-later CPU, which all modern x86 are.
+const CPU_SIGNATURE: u32 = 6 << 8;
+/// CPUID leaf 1 EDX feature flags (§4.3.1): FPU (bit 0) and on-chip APIC
+/// (bit 9), the two Linux's MP parser looks at.
+const CPU_FEATURES: u32 = (1 << 0) | (1 << 9);
+/// I/O APIC entry flag EN: the I/O APIC is usable (§4.3.3).
+const IOAPIC_FLAG_ENABLED: u8 = 1;
+/// Destination "all local APICs" for local interrupt entries (§4.3.5).
+const ALL_LOCAL_APICS: u8 = 0xFF;
+
+/// Errors from building the MP table.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MpTableError {
+    /// At least the bootstrap processor must be listed.
+    #[error("MP table needs at least one CPU, got 0")]
+    NoCpus,
+    /// APIC IDs 0..num_cpus go to CPUs, num_cpus to the I/O APIC and 255
+    /// is broadcast, so at most 254 CPUs fit.
+    #[error("MP table supports at most {max} CPUs, got {0}", max = MAX_CPUS)]
+    TooManyCpus(u8),
+    /// The floating pointer must start on a 16-byte paragraph (§4.1).
+    #[error("MP table address {0:#x} is not 16-byte aligned")]
+    MisalignedAddress(u64),
+    /// The floating pointer holds a 32-bit physical pointer to the
+    /// configuration table (§4.1), so the whole table must lie below 4 GiB.
+    #[error("MP table at {0:#x} does not lie below 4 GiB")]
+    AddressAbove4G(u64),
+}
+
+/// Size in bytes of the MP table that [`build_mptable`] returns for
+/// `num_cpus` CPUs (the caller checks that it fits the BIOS area).
+pub fn mptable_size(num_cpus: u8) -> usize {
+    // Cannot overflow: num_cpus is a u8, so the total stays below 6 KiB.
+    MPF_SIZE + config_table_size(num_cpus)
+}
+
+/// Size of the configuration table (header plus base entries), the value of
+/// its "base table length" field (§4.2).
+fn config_table_size(num_cpus: u8) -> usize {
+    MPC_HEADER_SIZE
+        + usize::from(num_cpus) * PROCESSOR_ENTRY_SIZE
+        + ENTRY_SIZE // bus
+        + ENTRY_SIZE // I/O APIC
+        + NUM_ISA_IRQ_ENTRIES * ENTRY_SIZE
+        + NUM_LOCAL_INT_ENTRIES * ENTRY_SIZE
+}
+
+/// Builds the MP floating pointer structure followed by the MP
+/// configuration table for `num_cpus` CPUs, as bytes to copy to guest
+/// physical `table_addr` (normally [`MPTABLE_START`]).
+///
+/// CPU `i` gets APIC ID `i` (CPU 0 is the bootstrap processor), the single
+/// I/O APIC gets ID `num_cpus` at [`IO_APIC_DEFAULT_PHYS_BASE`], and ISA
+/// IRQ `n` is routed to I/O APIC pin `n`, except IRQ 0 (the PIT) which goes
+/// to pin 2 as on PC firmware and QEMU.
+pub fn build_mptable(table_addr: u64, num_cpus: u8) -> Result<Vec<u8>, MpTableError> {
+    if num_cpus == 0 {
+        return Err(MpTableError::NoCpus);
+    }
+    if num_cpus > MAX_CPUS {
+        return Err(MpTableError::TooManyCpus(num_cpus));
+    }
+    if table_addr % 16 != 0 {
+        return Err(MpTableError::MisalignedAddress(table_addr));
+    }
+    let size = mptable_size(num_cpus);
+    let end = u64::try_from(size)
+        .ok()
+        .and_then(|s| table_addr.checked_add(s))
+        .ok_or(MpTableError::AddressAbove4G(table_addr))?;
+    if end > 1 << 32 {
+        return Err(MpTableError::AddressAbove4G(table_addr));
+    }
+    // The configuration table sits right after the floating pointer; this
+    // cannot fail as `end` was checked to be <= 4 GiB.
+    let config_addr = u32::try_from(table_addr)
+        .ok()
+        .and_then(|a| a.checked_add(MPF_SIZE as u32))
+        .ok_or(MpTableError::AddressAbove4G(table_addr))?;
+
+    let mut out = Vec::with_capacity(size);
+    write_floating_pointer(&mut out, config_addr);
+    write_config_table(&mut out, num_cpus);
+    Ok(out)
+}
+
+/// Appends the 16-byte MP floating pointer structure (§4.1, table 4-1).
+fn write_floating_pointer(out: &mut Vec<u8>, config_addr: u32) {
+    let start = out.len();
+    out.extend_from_slice(MPF_SIGNATURE);
+    out.extend_from_slice(&config_addr.to_le_bytes()); // PHYSICAL ADDRESS POINTER
+    out.push(1); // LENGTH in 16-byte paragraphs
+    out.push(MP_SPEC_REV); // SPEC_REV
+    let checksum_pos = out.len();
+    out.push(0); // CHECKSUM, patched below
+    out.push(0); // FEATURE 1: 0 = a configuration table is present
+                 // FEATURE 2: IMCRP (bit 7) clear = virtual wire mode, no IMCR to
+                 // program, which matches KVM's PIC/LAPIC wiring.
+    out.push(0);
+    out.extend_from_slice(&[0; 3]); // FEATURE 3-5: reserved
+    set_checksum(out, start, checksum_pos);
+}
+
+/// Appends the configuration table header and its base entries (§4.2, §4.3).
+fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
+    let start = out.len();
+    let ioapic_id = num_cpus;
+    // Both fit in u16: at most 44 + 254*20 + 8*18 bytes and 254+18 entries.
+    let base_len = config_table_size(num_cpus) as u16;
+    let entry_count =
+        u16::from(num_cpus) + (2 + NUM_ISA_IRQ_ENTRIES + NUM_LOCAL_INT_ENTRIES) as u16;
+
+    out.extend_from_slice(MPC_SIGNATURE);
+    out.extend_from_slice(&base_len.to_le_bytes()); // BASE TABLE LENGTH
+    out.push(MP_SPEC_REV); // SPEC_REV
+    let checksum_pos = out.len();
+    out.push(0); // CHECKSUM, patched below
+    out.extend_from_slice(MPC_OEM_ID);
+    out.extend_from_slice(MPC_PRODUCT_ID);
+    out.extend_from_slice(&0u32.to_le_bytes()); // OEM TABLE POINTER: none
+    out.extend_from_slice(&0u16.to_le_bytes()); // OEM TABLE SIZE
+    out.extend_from_slice(&entry_count.to_le_bytes()); // ENTRY COUNT
+    out.extend_from_slice(&APIC_DEFAULT_PHYS_BASE.to_le_bytes()); // ADDRESS OF LOCAL APIC
+    out.extend_from_slice(&0u16.to_le_bytes()); // EXTENDED TABLE LENGTH: none
+    out.push(0); // EXTENDED TABLE CHECKSUM
+    out.push(0); // reserved
+
+    // Processor entries (§4.3.1).
+    for apic_id in 0..num_cpus {
+        let mut flags = CPU_FLAG_ENABLED;
+        if apic_id == 0 {
+            flags |= CPU_FLAG_BSP;
+        }
+        out.push(ENTRY_PROCESSOR);
+        out.push(apic_id); // LOCAL APIC ID
+        out.push(APIC_VERSION); // LOCAL APIC VERSION #
+        out.push(flags); // CPU FLAGS
+        out.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
+        out.extend_from_slice(&CPU_FEATURES.to_le_bytes());
+        out.extend_from_slice(&[0; 8]); // reserved
+    }
+
+    // Bus entry (§4.3.2): bus 0 is the ISA bus the legacy devices sit on.
+    out.push(ENTRY_BUS);
+    out.push(0); // BUS ID
+    out.extend_from_slice(BUS_TYPE_ISA);
+
+    // I/O APIC entry (§4.3.3).
+    out.push(ENTRY_IOAPIC);
+    out.push(ioapic_id); // I/O APIC ID
+    out.push(IO_APIC_VERSION); // I/O APIC VERSION #
+    out.push(IOAPIC_FLAG_ENABLED); // I/O APIC FLAGS
+    out.extend_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
+
+    // I/O interrupt assignment entries (§4.3.4): ISA IRQ n -> pin n. IRQ 0
+    // (PIT) goes to pin 2 because pin 0 carries the 8259's ExtINT output on
+    // PC hardware, and IRQ 2 is the 8259 cascade that nothing drives.
+    for irq in 0u8..16 {
+        let pin = match irq {
+            0 => 2,
+            2 => continue,
+            n => n,
+        };
+        write_interrupt_entry(out, ENTRY_IO_INTERRUPT, INT_TYPE_INT, irq, ioapic_id, pin);
+    }
+
+    // Local interrupt assignment entries (§4.3.5, and the virtual wire
+    // mode of §3.6.2.2): the 8259 drives LINT0 as ExtINT, NMI is LINT1.
+    write_interrupt_entry(
+        out,
+        ENTRY_LOCAL_INTERRUPT,
+        INT_TYPE_EXTINT,
+        0,
+        ALL_LOCAL_APICS,
+        0,
+    );
+    write_interrupt_entry(
+        out,
+        ENTRY_LOCAL_INTERRUPT,
+        INT_TYPE_NMI,
+        0,
+        ALL_LOCAL_APICS,
+        1,
+    );
+
+    set_checksum(out, start, checksum_pos);
+}
+
+/// Appends an I/O or local interrupt assignment entry; both share one
+/// 8-byte layout (§4.3.4 table 4-10, §4.3.5 table 4-12). The source bus is
+/// always bus 0 (ISA).
+fn write_interrupt_entry(
+    out: &mut Vec<u8>,
+    entry_type: u8,
+    int_type: u8,
+    source_irq: u8,
+    dest_id: u8,
+    dest_pin: u8,
+) {
+    out.push(entry_type);
+    out.push(int_type); // INTERRUPT TYPE
+    out.extend_from_slice(&INT_FLAGS_CONFORMING.to_le_bytes()); // PO and EL
+    out.push(0); // SOURCE BUS ID
+    out.push(source_irq); // SOURCE BUS IRQ
+    out.push(dest_id); // DESTINATION I/O APIC ID or LOCAL APIC ID
+    out.push(dest_pin); // DESTINATION INTIN# or LINTIN#
+}
+
+/// Stores at `checksum_pos` the byte that makes `out[start..]` sum to zero
+/// modulo 256, as both MP structures require (§4.1, §4.2).
+fn set_checksum(out: &mut [u8], start: usize, checksum_pos: usize) {
+    let sum = out
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .fold(0u8, |acc, b| acc.wrapping_add(*b));
+    if let Some(byte) = out.get_mut(checksum_pos) {
+        *byte = byte.wrapping_sub(sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(bytes: &[u8]) -> u8 {
+        bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
+    }
+
+    fn u16_at(b: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes([b[off], b[off + 1]])
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    }
+
+    #[test]
+    fn size_matches_formula() {
+        for n in [1u8, 2, 4, 254] {
+            let t = build_mptable(MPTABLE_START, n).unwrap();
+            assert_eq!(t.len(), mptable_size(n));
+            assert_eq!(t.len(), 16 + 44 + 20 * n as usize + 8 + 8 + 15 * 8 + 2 * 8);
+        }
+    }
+
+    #[test]
+    fn floating_pointer_layout_and_checksum() {
+        let t = build_mptable(MPTABLE_START, 2).unwrap();
+        let mpf = &t[..16];
+        assert_eq!(&mpf[0..4], b"_MP_");
+        assert_eq!(
+            u32_at(mpf, 4),
+            0xF0010,
+            "config table right after the pointer"
+        );
+        assert_eq!(mpf[8], 1, "length in paragraphs");
+        assert_eq!(mpf[9], 4, "spec rev 1.4");
+        assert_eq!(&mpf[11..16], &[0; 5], "config table present, virtual wire");
+        assert_eq!(sum(mpf), 0);
+    }
+
+    #[test]
+    fn config_table_header_and_checksum() {
+        for n in [1u8, 4, 254] {
+            let t = build_mptable(MPTABLE_START, n).unwrap();
+            let mpc = &t[16..];
+            assert_eq!(&mpc[0..4], b"PCMP");
+            assert_eq!(u16_at(mpc, 4) as usize, mpc.len(), "base table length");
+            assert_eq!(mpc[6], 4);
+            assert_eq!(&mpc[8..16], b"RVMM    ");
+            assert_eq!(&mpc[16..28], b"RVMMVM      ");
+            assert_eq!(u32_at(mpc, 28), 0, "no OEM table");
+            assert_eq!(u16_at(mpc, 34), u16::from(n) + 19, "entry count");
+            assert_eq!(u32_at(mpc, 36), 0xFEE0_0000);
+            assert_eq!(u16_at(mpc, 40), 0, "no extended table");
+            assert_eq!(sum(mpc), 0, "config table checksum for {n} CPUs");
+        }
+    }
+
+    #[test]
+    fn entries_in_spec_order() {
+        let n = 4u8;
+        let t = build_mptable(MPTABLE_START, n).unwrap();
+        let mut off = 16 + 44;
+        let mut types = Vec::new();
+        while off < t.len() {
+            let ty = t[off];
+            types.push(ty);
+            off += if ty == 0 { 20 } else { 8 };
+        }
+        assert_eq!(off, t.len());
+        let mut want = vec![0u8; n as usize];
+        want.extend([1, 2]);
+        want.extend([3; 15]);
+        want.extend([4; 2]);
+        assert_eq!(types, want);
+    }
+
+    #[test]
+    fn processor_entries() {
+        let t = build_mptable(MPTABLE_START, 3).unwrap();
+        for i in 0..3usize {
+            let e = &t[60 + 20 * i..60 + 20 * (i + 1)];
+            assert_eq!(e[0], 0);
+            assert_eq!(e[1] as usize, i, "APIC ID = index");
+            assert_eq!(e[2], 0x14);
+            assert_eq!(e[3], if i == 0 { 3 } else { 1 }, "EN, BP only on CPU 0");
+            assert_eq!((u32_at(e, 4) >> 8) & 0xF, 6, "family 6");
+            assert_eq!(u32_at(e, 8) & 0x201, 0x201, "FPU | APIC");
+        }
+    }
+
+    #[test]
+    fn bus_ioapic_and_interrupt_entries() {
+        let n = 2u8;
+        let t = build_mptable(MPTABLE_START, n).unwrap();
+        let base = 60 + 20 * n as usize;
+        assert_eq!(
+            &t[base..base + 8],
+            &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']
+        );
+        let io = &t[base + 8..base + 16];
+        assert_eq!(&io[..4], &[2, n, 0x11, 1]);
+        assert_eq!(u32_at(io, 4), 0xFEC0_0000);
+        let mut routes = Vec::new();
+        for k in 0..15 {
+            let e = &t[base + 16 + 8 * k..base + 24 + 8 * k];
+            assert_eq!(
+                &e[..6],
+                &[3, 0, 0, 0, 0, e[5]][..],
+                "INT, conforming, bus 0"
+            );
+            assert_eq!(e[6], n, "destination is the I/O APIC");
+            routes.push((e[5], e[7]));
+        }
+        let mut want = vec![(0u8, 2u8), (1, 1)];
+        want.extend((3u8..16).map(|i| (i, i)));
+        assert_eq!(routes, want);
+        let l = base + 16 + 8 * 15;
+        assert_eq!(
+            &t[l..l + 8],
+            &[4, 3, 0, 0, 0, 0, 0xFF, 0],
+            "ExtINT -> LINT0"
+        );
+        assert_eq!(
+            &t[l + 8..l + 16],
+            &[4, 1, 0, 0, 0, 0, 0xFF, 1],
+            "NMI -> LINT1"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_cpu_counts() {
+        assert_eq!(build_mptable(MPTABLE_START, 0), Err(MpTableError::NoCpus));
+        assert_eq!(
+            build_mptable(MPTABLE_START, 255),
+            Err(MpTableError::TooManyCpus(255))
+        );
+        assert!(build_mptable(MPTABLE_START, 254).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_addresses() {
+        assert_eq!(
+            build_mptable(0xF0008, 1),
+            Err(MpTableError::MisalignedAddress(0xF0008))
+        );
+        assert_eq!(
+            build_mptable(0xFFFF_FF80, 1),
+            Err(MpTableError::AddressAbove4G(0xFFFF_FF80))
+        );
+        assert!(matches!(
+            build_mptable(u64::MAX - 15, 1),
+            Err(MpTableError::AddressAbove4G(_))
+        ));
+    }
+
+    /// Prints the table for checking by eye against the spec layout:
+    /// `cargo test mptable::tests::hexdump -- --nocapture`.
+    #[test]
+    fn hexdump() {
+        let t = build_mptable(MPTABLE_START, 2).unwrap();
+        for (i, row) in t.chunks(16).enumerate() {
+            let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{:05x}: {}", MPTABLE_START as usize + i * 16, hex.join(" "));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Interrupt virtualization (book chapter 3). rvmm uses KVM's in-kernel
+//! irqchip: the 8259A pair, the IOAPIC and every local APIC are emulated in the
+//! kernel, so an interrupt from a user-space device is one KVM_IRQ_LINE ioctl
+//! and the guest's EOIs never leave the kernel. The 8254 PIT is in-kernel too.
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+
+use devices::IrqLine;
+
+/// Where KVM may put the three pages it needs for real-mode emulation on Intel
+/// (TSS) and the identity map page; both inside the MMIO hole, away from devices.
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
+const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+
+/// Errors while creating the interrupt controllers.
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    /// A KVM VM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Creates the in-kernel PIC/IOAPIC/LAPICs and the PIT. Must run before any vCPU is created.
+pub fn create_in_kernel_irqchip(vm: &VmFd) -> Result<(), InterruptError> {
+    let err = |what| move |source| InterruptError::Kvm { what, source };
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.set_tss_address(KVM_TSS_ADDR)
+        .map_err(err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
+    // The speaker port (0x61) is answered in the kernel with a dummy speaker.
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(err("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// An ISA interrupt line (GSI) of the in-kernel irqchip, driven with KVM_IRQ_LINE.
+///
+/// The in-kernel PIC and IOAPIC see the level and detect edges themselves, so a
+/// device only reports its output level, like a real chip's IRQ pin.
+pub struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl KvmIrqLine {
+    /// The line for `gsi` (0-23 on the in-kernel IOAPIC; 0-15 also reach the PIC).
+    pub fn new(vm: Arc<VmFd>, gsi: u32) -> Self {
+        KvmIrqLine { vm, gsi }
+    }
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, asserted: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, asserted) {
+            log::warn!("KVM_IRQ_LINE for GSI {} failed: {e}", self.gsi);
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The machine as a whole: builds a KVM VM from a [`VmConfig`] — memory, irqchip,
+//! devices, boot image, vCPUs — and runs it until something ends it.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::acpi_pm::AcpiSleepControl;
+use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
+use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use devices::rtc::Rtc;
+use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
+use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::signal::register_signal_handler;
+
+use crate::boot::{self, BootConfig, BootInfo, BootProtocol, ACPI_SLEEP_CONTROL_PORT};
+use crate::bus::{Bus, BusError};
+use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
+use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
+use crate::exit::{ExitSignal, VmExit};
+use crate::interrupt::{self, InterruptError, KvmIrqLine};
+use crate::memory::{self, MemoryError, MemoryLayout};
+
+/// The most vCPUs rvmm creates: APIC IDs are 8 bits in the MP table and the
+/// MADT's local APIC entries, 255 is the broadcast ID, and the IOAPIC takes one.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Everything that describes one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image bytes.
+    pub kernel: Vec<u8>,
+    /// Where the kernel came from (for messages).
+    pub kernel_name: PathBuf,
+    /// Initrd bytes.
+    pub initrd: Option<Vec<u8>>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+    /// Where COM1 goes.
+    pub console: ConsoleConfig,
+    /// Which boot entry to use.
+    pub boot_protocol: BootProtocol,
+    /// Path of the KVM device.
+    pub kvm_path: PathBuf,
+}
+
+/// Errors while building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open {path}: {source} (is KVM enabled, and may this user open it? try `ls -l {path}`)")]
+    OpenKvm {
+        /// The KVM device path.
+        path: PathBuf,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM lacks something rvmm needs.
+    #[error("KVM lacks {0}, which rvmm needs")]
+    MissingCapability(&'static str),
+    /// A KVM system or VM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Too few or too many vCPUs.
+    #[error("{requested} vCPUs requested; rvmm supports 1 to {max} on this host")]
+    VcpuCount {
+        /// The request.
+        requested: u64,
+        /// The limit here.
+        max: u64,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the guest.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Interrupt controllers.
+    #[error(transparent)]
+    Interrupt(#[from] InterruptError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// Device registration.
+    #[error("device registration: {0}")]
+    Bus(#[from] BusError),
+    /// Console set-up (opening the console file, raw mode, epoll).
+    #[error("console: {0}")]
+    Console(std::io::Error),
+}
+
+impl VmError {
+    /// Whether the error is the user's input (bad image, sizes, counts) rather than the host's.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, VmError::VcpuCount { .. } | VmError::Boot(_))
+            || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    vcpus: Vec<Vcpu>,
+    exit: Arc<ExitSignal>,
+    console_input: Option<Arc<Mutex<Serial>>>,
+    boot_info: BootInfo,
+    // Kept alive for as long as the VM: the vCPUs and devices refer to them.
+    _vm: Arc<VmFd>,
+    _memory: GuestMemoryMmap,
+}
+
+/// Signal number that ended the VM, set by the signal handler (0 = none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The exit eventfd for the signal handler to write to (-1 = none).
+static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn handle_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP_SIGNAL.store(num, Ordering::SeqCst);
+    let fd = EXIT_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` outlives the call and the fd is
+        // the VM's exit eventfd, which lives until the process exits.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl Vm {
+    /// Builds the VM described by `config`.
+    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+        let open_err = |source| VmError::OpenKvm {
+            path: config.kvm_path.clone(),
+            source,
+        };
+        let kvm_path = std::ffi::CString::new(config.kvm_path.as_os_str().as_encoded_bytes())
+            .map_err(|_| open_err(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let kvm = Kvm::new_with_path(kvm_path).map_err(open_err)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(name));
+            }
+        }
+        let max = (kvm.get_max_vcpus() as u64).min(u64::from(MAX_VCPUS));
+        if config.cpus == 0 || u64::from(config.cpus) > max {
+            return Err(VmError::VcpuCount {
+                requested: u64::from(config.cpus),
+                max,
+            });
+        }
+        let layout = MemoryLayout::new(config.memory_bytes)?;
+        let vm = Arc::new(kvm.create_vm().map_err(|source| VmError::Kvm {
+            what: "KVM_CREATE_VM",
+            source,
+        })?);
+        let memory = layout.allocate()?;
+        memory::register_slots(&vm, &memory)?;
+        interrupt::create_in_kernel_irqchip(&vm)?;
+
+        let boot_config = BootConfig {
+            kernel: config.kernel,
+            kernel_name: config.kernel_name,
+            initrd: config.initrd,
+            cmdline: config.cmdline,
+            protocol: config.boot_protocol,
+            num_cpus: config.cpus,
+        };
+        let boot_info = boot::load(&memory, &layout, &boot_config)?;
+        log::info!(
+            "boot: {:?}, entry {:?}",
+            boot_info.protocol,
+            boot_info.entry
+        );
+
+        let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
+        let pio_bus = Arc::new(Bus::new("pio"));
+        let mmio_bus = Arc::new(Bus::new("mmio"));
+        let console_input = add_legacy_devices(&vm, &pio_bus, &exit, &config.console, &layout)?;
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VmError::Kvm {
+                what: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        let msr_list = kvm.get_msr_index_list().map_err(|source| VmError::Kvm {
+            what: "KVM_GET_MSR_INDEX_LIST",
+            source,
+        })?;
+        let cpu_config = CpuConfig {
+            supported_cpuid: &supported_cpuid,
+            msr_index_list: msr_list.as_slice(),
+            num_cpus: config.cpus,
+        };
+        let context = VcpuContext {
+            pio_bus,
+            mmio_bus,
+            memory: memory.clone(),
+            exit: exit.clone(),
+        };
+        let vcpus = (0..config.cpus)
+            .map(|id| Vcpu::new(&vm, id, &cpu_config, boot_info.entry, context.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Vm {
+            vcpus,
+            exit,
+            console_input,
+            boot_info,
+            _vm: vm,
+            _memory: memory,
+        })
+    }
+
+    /// What the boot loader did.
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.boot_info
+    }
+
+    /// Runs the VM until the guest, the console user, a signal or an error ends it.
+    pub fn run(self) -> Result<VmExit, VmError> {
+        EXIT_EVENT_FD.store(self.exit.event().as_raw_fd(), Ordering::SeqCst);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            register_signal_handler(sig, handle_stop_signal)
+                .map_err(|e| VmError::Console(std::io::Error::from_raw_os_error(e.errno())))?;
+        }
+        if self.console_input.is_some() {
+            console::enter_raw_mode().map_err(VmError::Console)?;
+        }
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
+        let mut start_error = None;
+        for vcpu in self.vcpus {
+            match vcpu.start() {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    start_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let result = match start_error {
+            Some(e) => Err(VmError::Cpu(e)),
+            None => event_loop(&self.exit, self.console_input.as_ref()),
+        };
+        for h in &handles {
+            h.request_stop();
+        }
+        for h in handles {
+            h.stop_and_join();
+        }
+        console::restore_terminal();
+        EXIT_EVENT_FD.store(-1, Ordering::SeqCst);
+        result
+    }
+}
+
+/// Registers COM1-COM4, the i8042, the RTC, the ACPI sleep register and the debug exit port.
+/// Returns COM1 when its input comes from stdin.
+fn add_legacy_devices(
+    vm: &Arc<VmFd>,
+    pio: &Bus,
+    exit: &Arc<ExitSignal>,
+    console_config: &ConsoleConfig,
+    layout: &MemoryLayout,
+) -> Result<Option<Arc<Mutex<Serial>>>, VmError> {
+    let sink_exit = exit.clone();
+    let sink: GuestEventSink = Arc::new(move |event| {
+        sink_exit.request(match event {
+            GuestEvent::Reset => VmExit::Reset,
+            GuestEvent::PowerOff => VmExit::PowerOff,
+            GuestEvent::DebugExit(status) => VmExit::DebugExit(status),
+        })
+    });
+    let output = console::open_output(console_config).map_err(VmError::Console)?;
+    let com1 = Arc::new(Mutex::new(Serial::new(
+        Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM1.1))),
+        output,
+    )));
+    pio.insert(
+        com1.clone(),
+        u64::from(COM1.0),
+        u64::from(SERIAL_PORT_COUNT),
+    )?;
+    // COM2 has IRQ 3 to itself; COM3 and COM4 share IRQ 4 and 3 with COM1 and COM2
+    // on a PC, so they stay unwired rather than fight over the line's level.
+    let com2_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM2.1)));
+    for (port, irq) in [
+        (COM2.0, com2_irq),
+        (
+            COM3.0,
+            Arc::new(RecordingIrqLine::default()) as Arc<dyn IrqLine>,
+        ),
+        (COM4.0, Arc::new(RecordingIrqLine::default())),
+    ] {
+        pio.insert(
+            Arc::new(Mutex::new(Serial::new(irq, None))),
+            u64::from(port),
+            u64::from(SERIAL_PORT_COUNT),
+        )?;
+    }
+
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(sink.clone(), None)));
+    let base = u64::from(I8042_DATA_PORT);
+    pio.insert_with_offset_base(i8042.clone(), base, 1, base)?;
+    pio.insert_with_offset_base(i8042, u64::from(I8042_COMMAND_PORT), 1, base)?;
+
+    let mut rtc = Rtc::new();
+    store_cmos_memory_size(&mut rtc, layout);
+    pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))),
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        2,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(DebugExit::new(sink))),
+        u64::from(DEBUG_EXIT_PORT),
+        1,
+    )?;
+
+    Ok(matches!(console_config, ConsoleConfig::Stdio).then_some(com1))
+}
+
+/// The CMOS memory-size bytes PC firmware keeps (read by BIOSes and old loaders).
+fn store_cmos_memory_size(rtc: &mut Rtc, layout: &MemoryLayout) {
+    let low = layout.low_ram_end();
+    let ext_kb = ((low - memory::HIGH_RAM_START) / 1024).min(0xffff) as u16;
+    let above_16m = (low.saturating_sub(16 * memory::MIB) / (64 * 1024)).min(0xffff) as u16;
+    let above_4g =
+        (layout.ram_bytes().saturating_sub(memory::MMIO32_HOLE_START) / (64 * 1024)) as u32;
+    for (index, value) in [
+        (0x17, ext_kb as u8),
+        (0x18, (ext_kb >> 8) as u8),
+        (0x30, ext_kb as u8),
+        (0x31, (ext_kb >> 8) as u8),
+        (0x34, above_16m as u8),
+        (0x35, (above_16m >> 8) as u8),
+        (0x5b, above_4g as u8),
+        (0x5c, (above_4g >> 8) as u8),
+        (0x5d, (above_4g >> 16) as u8),
+    ] {
+        rtc.set_cmos_byte(index, value);
+    }
+}
+
+const TOKEN_EXIT: u64 = 0;
+const TOKEN_STDIN: u64 = 1;
+
+/// The main thread's loop: waits for the end of the VM and forwards console input.
+fn event_loop(
+    exit: &ExitSignal,
+    console_input: Option<&Arc<Mutex<Serial>>>,
+) -> Result<VmExit, VmError> {
+    let io_err = VmError::Console;
+    let epoll = Epoll::new().map_err(io_err)?;
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            exit.event().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_EXIT),
+        )
+        .map_err(io_err)?;
+    let stdin_fd = libc::STDIN_FILENO;
+    let mut stdin_open = false;
+    if console_input.is_some() {
+        // stdin may be /dev/null or a file, which epoll refuses: then there is no input.
+        stdin_open = epoll
+            .ctl(
+                ControlOperation::Add,
+                stdin_fd,
+                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+            )
+            .is_ok();
+    }
+    let mut decoder = EscapeDecoder::default();
+    let mut events = vec![EpollEvent::default(); 4];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(VmError::Console(e)),
+        };
+        if let Some(reason) = exit.reason() {
+            return Ok(reason);
+        }
+        let signal = STOP_SIGNAL.load(Ordering::SeqCst);
+        if signal != 0 {
+            return Ok(VmExit::Signal(signal));
+        }
+        for event in &events[..n] {
+            if event.data() != TOKEN_STDIN || !stdin_open {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            // SAFETY: reading into a stack buffer of the given length.
+            let got = unsafe { libc::read(stdin_fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                if got == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    // End of input: the guest keeps running without it.
+                    let _ = epoll.ctl(ControlOperation::Delete, stdin_fd, EpollEvent::default());
+                    stdin_open = false;
+                }
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(got as usize);
+            for &b in &buf[..got as usize] {
+                match decoder.feed(b) {
+                    ConsoleInput::Byte(b) => bytes.push(b),
+                    ConsoleInput::Quit => return Ok(VmExit::UserQuit),
+                    ConsoleInput::Help => eprint!("{}", console::ESCAPE_HELP),
+                    ConsoleInput::Nothing => {}
+                }
+            }
+            if let Some(serial) = console_input {
+                serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .queue_input(&bytes);
+            }
+        }
+    }
+}
