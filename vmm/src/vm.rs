@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::acpi_pm::AcpiSleepControl;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
-use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use devices::i8042::{I8042, I8042_AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ};
 use devices::rtc::Rtc;
 use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
 use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
@@ -266,6 +266,10 @@ impl Vm {
         }
         console::restore_terminal();
         EXIT_EVENT_FD.store(-1, Ordering::SeqCst);
+        log::info!(
+            "guest memory resident at exit: {} KiB",
+            memory::resident_bytes(&self._memory) / 1024
+        );
         result
     }
 }
@@ -315,7 +319,12 @@ fn add_legacy_devices(
         )?;
     }
 
-    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(sink.clone(), None)));
+    // Both lines wired: Linux's i8042 driver checks that the AUX port's IRQ 12 arrives.
+    let kbd_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(I8042_KBD_IRQ)));
+    let aux_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(I8042_AUX_IRQ)));
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
+        I8042::new(sink.clone(), Some(kbd_irq)).with_aux_irq(aux_irq),
+    ));
     let base = u64::from(I8042_DATA_PORT);
     pio.insert_with_offset_base(i8042.clone(), base, 1, base)?;
     pio.insert_with_offset_base(i8042, u64::from(I8042_COMMAND_PORT), 1, base)?;

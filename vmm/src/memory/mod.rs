@@ -254,6 +254,28 @@ pub fn register_slots(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryE
     Ok(())
 }
 
+/// How many bytes of guest memory are resident in host RAM (pages the guest or
+/// the loader touched), by asking the kernel with mincore(2).
+pub fn resident_bytes(memory: &GuestMemoryMmap) -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let mut total = 0;
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let pages = region.len().div_ceil(page) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: [host, host + len) is one live mapping owned by `memory`, and `vec`
+        // has one byte per page of it, as mincore requires.
+        let rc = unsafe { libc::mincore(host.cast(), region.len() as usize, vec.as_mut_ptr()) };
+        if rc == 0 {
+            total += vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page;
+        }
+    }
+    total
+}
+
 impl fmt::Display for MemoryLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for r in &self.regions {
