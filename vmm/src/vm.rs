@@ -97,7 +97,15 @@ pub enum VmError {
     /// Device registration.
     #[error("device registration: {0}")]
     Bus(#[from] BusError),
-    /// Console set-up (opening the console file, raw mode, epoll).
+    /// The console file could not be opened.
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Console set-up (raw mode, epoll, signals).
     #[error("console: {0}")]
     Console(std::io::Error),
 }
@@ -105,8 +113,10 @@ pub enum VmError {
 impl VmError {
     /// Whether the error is the user's input (bad image, sizes, counts) rather than the host's.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, VmError::VcpuCount { .. } | VmError::Boot(_))
-            || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+        matches!(
+            self,
+            VmError::VcpuCount { .. } | VmError::Boot(_) | VmError::ConsoleFile { .. }
+        ) || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
     }
 }
 
@@ -291,7 +301,13 @@ fn add_legacy_devices(
             GuestEvent::DebugExit(status) => VmExit::DebugExit(status),
         })
     });
-    let output = console::open_output(console_config).map_err(VmError::Console)?;
+    let output = console::open_output(console_config).map_err(|source| match console_config {
+        ConsoleConfig::File(path) => VmError::ConsoleFile {
+            path: path.clone(),
+            source,
+        },
+        _ => VmError::Console(source),
+    })?;
     let com1 = Arc::new(Mutex::new(Serial::new(
         Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM1.1))),
         output,

@@ -1,0 +1,302 @@
+//! Boots each probe image through each boot path with rvmm and checks, from the
+//! probe's own report, what Linux would read there: boot_params or
+//! hvm_start_info, the e820 map, command line, initrd, ACPI and MP tables, the
+//! CPUs actually started with INIT-SIPI-SIPI, the RTC, and serial input.
+
+mod common;
+
+use common::*;
+use rvmm_tests::{fnv1a32, Report, VmRunner};
+use vmm::memory::{MemoryLayout, MIB};
+
+/// Checks the report against what rvmm was asked to build.
+fn check_report(
+    report: &Report,
+    out: &rvmm_tests::VmOutput,
+    boot: &str,
+    cpus: u64,
+    memory: u64,
+    cmdline: &str,
+    initrd: &[u8],
+) {
+    let ctx = out.describe();
+    assert_eq!(
+        report.get("rvmm-probe"),
+        Some(format!("boot={boot}").as_str()),
+        "{ctx}"
+    );
+    assert_eq!(report.get("cmdline"), Some(cmdline), "{ctx}");
+
+    // The e820 map the guest sees is exactly the layout rvmm's memory slots follow.
+    let expected = MemoryLayout::new(memory).unwrap().e820_map();
+    assert_eq!(report.get_u64("e820"), Some(expected.len() as u64), "{ctx}");
+    for (i, e) in expected.iter().enumerate() {
+        let line = format!("{:#x} {:#x} {}", e.addr, e.size, e.kind as u32);
+        assert_eq!(
+            report.get(&format!("e820[{i}]")),
+            Some(line.as_str()),
+            "e820[{i}]\n{ctx}"
+        );
+    }
+
+    // The initrd: the bytes we gave, page-aligned, above the kernel (which loads at 1 MiB).
+    let size = initrd.len().to_string();
+    let hash = format!("{:#010x}", fnv1a32(initrd));
+    assert_eq!(report.field("initrd", "size"), Some(size.as_str()), "{ctx}");
+    assert_eq!(
+        report.field("initrd", "fnv1a"),
+        Some(hash.as_str()),
+        "{ctx}"
+    );
+    let addr = u64::from_str_radix(
+        report
+            .field("initrd", "addr")
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_eq!(addr % 4096, 0, "{ctx}");
+    assert!(
+        addr > 2 * MIB && addr + initrd.len() as u64 <= memory,
+        "{ctx}"
+    );
+
+    // ACPI and the MP table describe every CPU, and every AP really started.
+    assert_eq!(report.get("acpi-rsdp"), Some("0xe0000"), "{ctx}");
+    let tables = report.get("acpi-tables").unwrap_or("");
+    assert!(
+        tables.split_whitespace().any(|t| t == "FACP")
+            && tables.contains("APIC")
+            && !tables.contains('!'),
+        "{ctx}"
+    );
+    assert_eq!(report.get_u64("madt-cpus"), Some(cpus), "{ctx}");
+    assert_eq!(report.get_u64("mptable-cpus"), Some(cpus), "{ctx}");
+    assert_eq!(report.get_u64("smp-started"), Some(cpus), "{ctx}");
+
+    check_rtc(report.get("rtc").unwrap_or(""), &ctx);
+    assert!(report.ok(), "{ctx}");
+    assert_exit(out, 0);
+}
+
+/// The RTC shows the host's UTC date (allowing for a run across midnight).
+fn check_rtc(value: &str, ctx: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let dates: Vec<String> = [now - 60, now + 60]
+        .iter()
+        .map(|&t| {
+            let days = (t / 86400) as i64;
+            // Civil-from-days (Howard Hinnant's algorithm).
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!("{y:04}-{m:02}-{d:02}")
+        })
+        .collect();
+    assert!(
+        dates.iter().any(|d| value.starts_with(d.as_str())),
+        "rtc {value:?} is not today ({dates:?})\n{ctx}"
+    );
+    assert_eq!(value.len(), "YYYY-MM-DD hh:mm:ss".len(), "{ctx}");
+}
+
+fn boot_and_check(image: &str, extra: &[&str], boot: &str, cpus: u64, memory: &str) {
+    let (initrd_path, initrd) = initrd(boot, 70_000);
+    let cmdline = format!("console=ttyS0 probe.path={boot} root=/dev/vda");
+    let cpus_arg = cpus.to_string();
+    let mut args = vec![
+        "--kernel",
+        image,
+        "--initrd",
+        initrd_path.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--cpus",
+        &cpus_arg,
+        "--memory",
+        memory,
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let (n, unit) = memory.split_at(memory.len() - 1);
+    let mem = n.parse::<u64>().unwrap() << if unit == "G" { 30 } else { 20 };
+    check_report(&out.report(), &out, boot, cpus, mem, &cmdline, &initrd);
+}
+
+#[test]
+fn linux64_elf_two_cpus() {
+    boot_and_check(rvmm_probes::LINUX64_ELF, &[], "linux64", 2, "256M");
+}
+
+#[test]
+fn linux64_elf_boot_params_fields() {
+    let out = run(&["--kernel", rvmm_probes::LINUX64_ELF, "--cmdline", "x"]);
+    let r = out.report();
+    assert_eq!(
+        r.field("bootparams", "type_of_loader"),
+        Some("0xff"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        r.field("bootparams", "cmd_line_ptr"),
+        Some("0x20000"),
+        "{}",
+        out.describe()
+    );
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn pvh_elf_four_cpus() {
+    boot_and_check(rvmm_probes::PVH_ELF, &[], "pvh", 4, "256M");
+}
+
+#[test]
+fn bzimage_64bit_entry() {
+    boot_and_check(rvmm_probes::BZIMAGE, &[], "bzimage64", 2, "128M");
+}
+
+#[test]
+fn bzimage_32bit_entry() {
+    boot_and_check(
+        rvmm_probes::BZIMAGE,
+        &["--boot", "linux32"],
+        "bzimage32",
+        1,
+        "64M",
+    );
+}
+
+#[test]
+fn bzimage_legacy_real_mode_through_rvmm_bios() {
+    // The e820 lines come from the setup code's own `int 0x15, eax=0xE820` calls.
+    boot_and_check(
+        rvmm_probes::BZIMAGE,
+        &["--boot", "legacy"],
+        "bzimage-realmode",
+        2,
+        "256M",
+    );
+}
+
+#[test]
+fn memory_above_the_32bit_hole() {
+    // 5 GiB: 3 GiB below the hole and 2 GiB from 4 GiB on, reported and mapped.
+    boot_and_check(rvmm_probes::PVH_ELF, &[], "pvh", 1, "5G");
+}
+
+#[test]
+fn serial_input_reaches_the_guest_by_interrupt() {
+    let out = VmRunner::new(rvmm_run(&[
+        "--kernel",
+        rvmm_probes::PVH_ELF,
+        "--cmdline",
+        "rx=6",
+    ]))
+    .timeout(TIMEOUT)
+    .send_after("rvmm-probe: boot=", b"hello\x02")
+    .run()
+    .unwrap();
+    assert_eq!(
+        out.report().get("serial-rx"),
+        Some("hello\\x02"),
+        "{}",
+        out.describe()
+    );
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn debug_exit_status_is_the_exit_code() {
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "exit=7"]);
+    assert!(out.report().ok(), "{}", out.describe());
+    assert_exit(&out, 7);
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_cleanly() {
+    let out = run(&["--kernel", rvmm_probes::LINUX64_ELF, "--cmdline", "reset"]);
+    assert!(out.report().ok(), "{}", out.describe());
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn bundled_default_guest_runs() {
+    let out = run(&[]);
+    assert!(
+        out.stdout.contains("rvmm-probe: boot=pvh"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.report().ok(), "{}", out.describe());
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn console_to_a_file_and_to_nowhere() {
+    let path = scratch("console.log");
+    let _ = std::fs::remove_file(&path);
+    let console = format!("file:{}", path.display());
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--console", &console]);
+    assert_exit(&out, 0);
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains("probe-result: ok"), "{log}");
+
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--console", "none"]);
+    assert_exit(&out, 0);
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+}
+
+#[test]
+fn guest_triple_fault_is_reported_as_a_crash() {
+    // A 64-bit ELF whose entry is `ud2`: with the boot IDT empty, #UD escalates to
+    // #GP, a double fault and a triple fault (KVM_EXIT_SHUTDOWN).
+    let path = scratch("ud2.elf");
+    std::fs::write(&path, tiny_elf(&[0x0f, 0x0b])).unwrap();
+    let out = run(&["--kernel", path.to_str().unwrap()]);
+    assert_exit(&out, 70);
+    assert!(
+        out.stderr.contains("guest crashed") && out.stderr.contains("0f 0b"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// A minimal x86-64 ELF with one PT_LOAD at 1 MiB holding `code`, entered at its start.
+pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    let mut elf = vec![0u8; 0x78];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // ELFCLASS64
+    elf[5] = 1; // little-endian
+    elf[6] = 1; // version
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    elf[ph + 8..ph + 16].copy_from_slice(&0x78u64.to_le_bytes()); // p_offset
+    elf[ph + 16..ph + 24].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_vaddr
+    elf[ph + 24..ph + 32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_paddr
+    elf[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    elf[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(code);
+    elf
+}
