@@ -300,3 +300,46 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(code);
     elf
 }
+
+#[test]
+fn guest_int3_with_no_idt_is_a_crash_on_any_kvm() {
+    // On hardware KVM this is #BP -> #GP -> #DF -> triple fault; on the software
+    // KVM of our CI machines `int3` is an emulation failure (KVM_EXIT_INTERNAL_ERROR).
+    // Either way the guest crashed, and rvmm says where.
+    let path = scratch("int3.elf");
+    std::fs::write(&path, tiny_elf(&[0xcc, 0xf4])).unwrap();
+    let out = run(&["--kernel", path.to_str().unwrap()]);
+    assert_exit(&out, 70);
+    assert!(
+        out.stderr.contains("guest crashed: vCPU 0:") && out.stderr.contains("RIP 0x10000"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn sigterm_stops_the_vm_with_128_plus_signal() {
+    use std::io::Read;
+    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains("probe-result: ok") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "rvmm ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
