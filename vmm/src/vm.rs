@@ -126,9 +126,9 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     console_input: Option<Arc<Mutex<Serial>>>,
     boot_info: BootInfo,
-    // Kept alive for as long as the VM: the vCPUs and devices refer to them.
+    // The VM fd must outlive the vCPUs and the irq lines that refer to it.
     _vm: Arc<VmFd>,
-    _memory: GuestMemoryMmap,
+    memory: GuestMemoryMmap,
 }
 
 /// Signal number that ended the VM, set by the signal handler (0 = none).
@@ -234,7 +234,7 @@ impl Vm {
             console_input,
             boot_info,
             _vm: vm,
-            _memory: memory,
+            memory,
         })
     }
 
@@ -278,7 +278,7 @@ impl Vm {
         EXIT_EVENT_FD.store(-1, Ordering::SeqCst);
         log::info!(
             "guest memory resident at exit: {} KiB",
-            memory::resident_bytes(&self._memory) / 1024
+            memory::resident_bytes(&self.memory) / 1024
         );
         result
     }
