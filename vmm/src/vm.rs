@@ -14,13 +14,13 @@ use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
 use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::register_signal_handler;
 
 use crate::boot::{self, BootConfig, BootInfo, BootProtocol, ACPI_SLEEP_CONTROL_PORT};
 use crate::bus::{Bus, BusError};
 use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
+use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::{self, InterruptError, KvmIrqLine};
 use crate::memory::{self, MemoryError, MemoryLayout};
@@ -384,82 +384,57 @@ fn store_cmos_memory_size(rtc: &mut Rtc, layout: &MemoryLayout) {
     }
 }
 
-const TOKEN_EXIT: u64 = 0;
-const TOKEN_STDIN: u64 = 1;
+/// Console input: stdin through the escape decoder into COM1.
+struct ConsoleInputHandler {
+    serial: Arc<Mutex<Serial>>,
+    decoder: EscapeDecoder,
+    exit: Arc<ExitSignal>,
+}
 
-/// The main thread's loop: waits for the end of the VM and forwards console input.
-fn event_loop(
-    exit: &ExitSignal,
-    console_input: Option<&Arc<Mutex<Serial>>>,
-) -> Result<VmExit, VmError> {
-    let io_err = VmError::Console;
-    let epoll = Epoll::new().map_err(io_err)?;
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            exit.event().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_EXIT),
-        )
-        .map_err(io_err)?;
-    let stdin_fd = libc::STDIN_FILENO;
-    let mut stdin_open = false;
-    if console_input.is_some() {
-        // stdin may be /dev/null or a file, which epoll refuses: then there is no input.
-        stdin_open = epoll
-            .ctl(
-                ControlOperation::Add,
-                stdin_fd,
-                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
-            )
-            .is_ok();
+impl EventHandler for ConsoleInputHandler {
+    fn handle(&mut self, _: vmm_sys_util::epoll::EventSet) -> Watch {
+        let mut buf = [0u8; 256];
+        // SAFETY: reading into a stack buffer of the given length.
+        let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.kind() {
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => Watch::Keep,
+                _ => Watch::Remove,
+            };
+        }
+        if got == 0 {
+            // End of input: the guest keeps running without it.
+            return Watch::Remove;
+        }
+        let mut bytes = Vec::with_capacity(got as usize);
+        for &b in &buf[..got as usize] {
+            match self.decoder.feed(b) {
+                ConsoleInput::Byte(b) => bytes.push(b),
+                ConsoleInput::Quit => self.exit.request(VmExit::UserQuit),
+                ConsoleInput::Help => eprint!("{}", console::ESCAPE_HELP),
+                ConsoleInput::Nothing => {}
+            }
+        }
+        self.serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(&bytes);
+        Watch::Keep
     }
-    let mut decoder = EscapeDecoder::default();
-    let mut events = vec![EpollEvent::default(); 4];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(VmError::Console(e)),
-        };
-        if let Some(reason) = exit.reason() {
-            return Ok(reason);
-        }
-        let signal = STOP_SIGNAL.load(Ordering::SeqCst);
-        if signal != 0 {
-            return Ok(VmExit::Signal(signal));
-        }
-        for event in &events[..n] {
-            if event.data() != TOKEN_STDIN || !stdin_open {
-                continue;
-            }
-            let mut buf = [0u8; 256];
-            // SAFETY: reading into a stack buffer of the given length.
-            let got = unsafe { libc::read(stdin_fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if got <= 0 {
-                if got == 0
-                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-                {
-                    // End of input: the guest keeps running without it.
-                    let _ = epoll.ctl(ControlOperation::Delete, stdin_fd, EpollEvent::default());
-                    stdin_open = false;
-                }
-                continue;
-            }
-            let mut bytes = Vec::with_capacity(got as usize);
-            for &b in &buf[..got as usize] {
-                match decoder.feed(b) {
-                    ConsoleInput::Byte(b) => bytes.push(b),
-                    ConsoleInput::Quit => return Ok(VmExit::UserQuit),
-                    ConsoleInput::Help => eprint!("{}", console::ESCAPE_HELP),
-                    ConsoleInput::Nothing => {}
-                }
-            }
-            if let Some(serial) = console_input {
-                serial
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .queue_input(&bytes);
-            }
+}
+
+/// The main thread's loop: console input and device events until the VM ends.
+fn event_loop(exit: &Arc<ExitSignal>, console_input: Option<&Arc<Mutex<Serial>>>) -> Result<VmExit, VmError> {
+    let mut event_loop = EventLoop::new().map_err(|e| VmError::Console(std::io::Error::other(e)))?;
+    if let Some(serial) = console_input {
+        let handler = ConsoleInputHandler { serial: serial.clone(), decoder: EscapeDecoder::default(), exit: exit.clone() };
+        // stdin may be /dev/null or a regular file, which epoll refuses: then there is no input.
+        if event_loop.add(libc::STDIN_FILENO, Box::new(handler)).is_err() {
+            log::info!("console input is not pollable; the guest gets no input");
         }
     }
+    event_loop
+        .run(exit, || match STOP_SIGNAL.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(VmExit::Signal(signal)),
+        })
+        .map_err(|e| VmError::Console(std::io::Error::other(e)))
 }

@@ -3,6 +3,8 @@
 //! kernel, so an interrupt from a user-space device is one KVM_IRQ_LINE ioctl
 //! and the guest's EOIs never leave the kernel. The 8254 PIT is in-kernel too.
 
+pub mod msi;
+
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
