@@ -4,6 +4,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use virtio::block::disk::EngineKind;
+use virtio::block::BlockConfig;
 use vmm::{BootProtocol, ConsoleConfig, VmConfig, MAX_VCPUS};
 
 /// rvmm: a small virtual machine monitor for Linux/KVM.
@@ -48,6 +50,10 @@ struct RunArgs {
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// A virtio-blk disk: PATH[,ro][,direct][,serial=STR][,queues=N][,engine=auto|io_uring|threads].
+    /// Repeat for more disks.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    disk: Vec<BlockConfig>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -136,6 +142,51 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
     }
 }
 
+/// Parses `PATH[,ro][,direct][,serial=STR][,queues=N][,engine=E]`.
+pub fn parse_disk(s: &str) -> Result<BlockConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("'{s}': a disk needs a path"))?;
+    let mut disk = BlockConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        direct: false,
+        serial: None,
+        queues: 1,
+        engine: EngineKind::Auto,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => disk.read_only = true,
+            None if option == "direct" => disk.direct = true,
+            Some(("serial", v)) => disk.serial = Some(v.to_string()),
+            Some(("queues", v)) => {
+                disk.queues = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=64).contains(&n))
+                    .ok_or_else(|| format!("'{option}': queues must be a number from 1 to 64"))?
+            }
+            Some(("engine", v)) => {
+                disk.engine = match v {
+                    "auto" => EngineKind::Auto,
+                    "io_uring" => EngineKind::IoUring,
+                    "threads" => EngineKind::Threads,
+                    _ => return Err(format!("'{option}': engine is auto, io_uring or threads")),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "'{option}' is not a disk option (ro, direct, serial=, queues=, engine=)"
+                ))
+            }
+        }
+    }
+    Ok(disk)
+}
+
 fn read_file(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliExit> {
     std::fs::read(path)
         .map_err(|e| CliExit::Usage(format!("cannot read {what} {}: {e}", path.display())))
@@ -185,6 +236,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         console: run.console,
         boot_protocol: run.boot.into(),
         kvm_path: run.kvm_device,
+        disks: run.disk,
     }))
 }
 
@@ -204,6 +256,21 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn disks() {
+        let d = parse_disk("/tmp/a.img,ro,serial=abc,queues=2,engine=threads").unwrap();
+        assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
+        assert!(d.read_only && !d.direct);
+        assert_eq!(
+            (d.serial.as_deref(), d.queues, d.engine),
+            (Some("abc"), 2, EngineKind::Threads)
+        );
+        assert!(parse_disk("").is_err());
+        assert!(parse_disk("a,queues=0").is_err());
+        assert!(parse_disk("a,engine=aio").is_err());
+        assert!(parse_disk("a,rw").is_err());
     }
 
     #[test]

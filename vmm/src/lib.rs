@@ -12,6 +12,7 @@ pub mod boot;
 pub mod bus;
 pub mod console;
 pub mod cpu;
+pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
 pub mod interrupt;

@@ -13,6 +13,7 @@ use devices::rtc::Rtc;
 use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
 use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use virtio::block::BlockConfig;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -20,6 +21,7 @@ use crate::boot::{self, BootConfig, BootInfo, BootProtocol, ACPI_SLEEP_CONTROL_P
 use crate::bus::{Bus, BusError};
 use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
+use crate::device_manager::{self, DeviceError};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::{self, InterruptError, KvmIrqLine};
@@ -50,6 +52,8 @@ pub struct VmConfig {
     pub boot_protocol: BootProtocol,
     /// Path of the KVM device.
     pub kvm_path: PathBuf,
+    /// Virtio block devices.
+    pub disks: Vec<BlockConfig>,
 }
 
 /// Errors while building a VM.
@@ -97,6 +101,9 @@ pub enum VmError {
     /// Device registration.
     #[error("device registration: {0}")]
     Bus(#[from] BusError),
+    /// Creating or wiring a device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     /// The console file could not be opened.
     #[error("cannot open console file {path}: {source}")]
     ConsoleFile {
@@ -183,11 +190,24 @@ impl Vm {
         memory::register_slots(&vm, &memory)?;
         interrupt::create_in_kernel_irqchip(&vm)?;
 
+        // Virtio devices first: opening their backends can fail on user input, and
+        // the kernel command line must announce the MMIO ones.
+        let virtio_devices = device_manager::create_block_devices(&config.disks)?;
+        let slots = (0..virtio_devices.len())
+            .map(device_manager::mmio_slot)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cmdline = config.cmdline;
+        for slot in &slots {
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str(&slot.cmdline_param());
+        }
         let boot_config = BootConfig {
             kernel: config.kernel,
             kernel_name: config.kernel_name,
             initrd: config.initrd,
-            cmdline: config.cmdline,
+            cmdline,
             protocol: config.boot_protocol,
             num_cpus: config.cpus,
         };
@@ -202,6 +222,9 @@ impl Vm {
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
         let console_input = add_legacy_devices(&vm, &pio_bus, &exit, &config.console, &layout)?;
+        for (device, slot) in virtio_devices.into_iter().zip(slots) {
+            device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?;
+        }
 
         let supported_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -416,18 +439,32 @@ impl EventHandler for ConsoleInputHandler {
                 ConsoleInput::Nothing => {}
             }
         }
-        self.serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(&bytes);
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue_input(&bytes);
         Watch::Keep
     }
 }
 
 /// The main thread's loop: console input and device events until the VM ends.
-fn event_loop(exit: &Arc<ExitSignal>, console_input: Option<&Arc<Mutex<Serial>>>) -> Result<VmExit, VmError> {
-    let mut event_loop = EventLoop::new().map_err(|e| VmError::Console(std::io::Error::other(e)))?;
+fn event_loop(
+    exit: &Arc<ExitSignal>,
+    console_input: Option<&Arc<Mutex<Serial>>>,
+) -> Result<VmExit, VmError> {
+    let mut event_loop =
+        EventLoop::new().map_err(|e| VmError::Console(std::io::Error::other(e)))?;
     if let Some(serial) = console_input {
-        let handler = ConsoleInputHandler { serial: serial.clone(), decoder: EscapeDecoder::default(), exit: exit.clone() };
+        let handler = ConsoleInputHandler {
+            serial: serial.clone(),
+            decoder: EscapeDecoder::default(),
+            exit: exit.clone(),
+        };
         // stdin may be /dev/null or a regular file, which epoll refuses: then there is no input.
-        if event_loop.add(libc::STDIN_FILENO, Box::new(handler)).is_err() {
+        if event_loop
+            .add(libc::STDIN_FILENO, Box::new(handler))
+            .is_err()
+        {
             log::info!("console input is not pollable; the guest gets no input");
         }
     }

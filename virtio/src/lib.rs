@@ -1,0 +1,8 @@
+//! Virtio (book chapter 5): the split virtqueue shared by driver and device
+//! ([`queue`]), the transport-independent device interface ([`device`]), and
+//! the devices built on them ([`block`]).
+
+pub mod block;
+pub mod device;
+pub mod queue;
+pub mod transport;

@@ -1,0 +1,349 @@
+//! Virtio transports (virtio 1.x chapter 4): how a driver finds a device and
+//! reaches its features, status, queues and configuration. PCI ([`pci`]) and
+//! MMIO ([`mmio`]) lay the registers out differently but share everything
+//! else, which lives here in [`VirtioCommon`]: the device-status state machine
+//! (book 5.3), feature negotiation, queue set-up and activation.
+
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use devices::IrqLine;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{ActiveQueue, DeviceStatusSink, VirtioDevice, VirtioInterrupt};
+use crate::queue::Queue;
+
+/// Interrupt status bit: a queue has used buffers (ISR bit 0).
+pub const INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration changed (ISR bit 1).
+pub const INT_CONFIG: u32 = 2;
+
+/// The status byte, shared with the device worker so it can set NEEDS_RESET.
+#[derive(Debug, Default)]
+pub struct DeviceStatus(AtomicU8);
+
+impl DeviceStatus {
+    /// The current value.
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::SeqCst)
+    }
+}
+
+/// The transport-independent state of one virtio device.
+pub struct VirtioCommon {
+    /// The device.
+    pub device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    status: Arc<DeviceStatus>,
+    /// Selects which 32 bits of the device features the driver reads.
+    pub device_features_select: u32,
+    /// Selects which 32 bits of the driver features the driver writes.
+    pub driver_features_select: u32,
+    driver_features: u64,
+    /// The selected queue.
+    pub queue_select: u16,
+    queues: Vec<Queue>,
+    notify: Vec<EventFd>,
+    config_generation: u32,
+    activated: bool,
+}
+
+/// Errors when creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// An eventfd for queue notifications could not be created.
+    #[error("cannot create a queue notification eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+impl VirtioCommon {
+    /// Wraps `device`; creates one notification eventfd per queue.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+    ) -> Result<Self, TransportError> {
+        let sizes = device.queue_max_sizes();
+        let queues = sizes.iter().map(|&s| Queue::new(s)).collect();
+        let notify = sizes
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd))
+            .collect::<Result<_, _>>()?;
+        Ok(VirtioCommon {
+            device,
+            memory,
+            status: Arc::new(DeviceStatus::default()),
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            queues,
+            notify,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The eventfd each queue's notifications arrive on, to register as ioeventfds.
+    pub fn notify_events(&self) -> &[EventFd] {
+        &self.notify
+    }
+
+    /// Number of queues.
+    pub fn num_queues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    /// The device status byte.
+    pub fn status(&self) -> u8 {
+        self.status.get()
+    }
+
+    /// The configuration generation (bumped when the device changes its config).
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+
+    /// The 32 bits of device features selected by `device_features_select`.
+    pub fn device_features_window(&self) -> u32 {
+        match self.device_features_select {
+            0 => self.device.features() as u32,
+            1 => (self.device.features() >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// Writes the 32 bits of driver features selected by `driver_features_select`.
+    pub fn write_driver_features(&mut self, value: u32) {
+        // Features are fixed once FEATURES_OK is set (virtio 1.x 3.1.1).
+        if self.status() & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 {
+            return;
+        }
+        match self.driver_features_select {
+            0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
+            1 => {
+                self.driver_features =
+                    (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+            }
+            _ => {}
+        }
+    }
+
+    /// The 32 bits of driver features selected by `driver_features_select`.
+    pub fn driver_features_window(&self) -> u32 {
+        match self.driver_features_select {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// The selected queue, if the selector names one.
+    pub fn selected_queue(&self) -> Option<&Queue> {
+        self.queues.get(usize::from(self.queue_select))
+    }
+
+    /// The selected queue for writing: only before DRIVER_OK, as the spec requires.
+    pub fn selected_queue_mut(&mut self) -> Option<&mut Queue> {
+        if self.activated {
+            return None;
+        }
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    /// Handles a driver write of the status register; `interrupt` is how the
+    /// device will interrupt once activated.
+    pub fn write_status(&mut self, value: u8, interrupt: Arc<dyn VirtioInterrupt>) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status();
+        // The driver only ever adds bits; clearing needs a reset (3.1.1).
+        let mut new = old | value;
+        if value & !old & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 && !self.features_acceptable() {
+            // Leave FEATURES_OK clear: the driver reads the status back and gives up.
+            new &= !(VIRTIO_CONFIG_S_FEATURES_OK as u8);
+            log::info!(
+                "virtio: driver features {:#x} not acceptable",
+                self.driver_features
+            );
+        } else if value & !old & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 {
+            self.device.ack_features(self.driver_features);
+        }
+        self.status.set(new);
+        let ready = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK;
+        if !self.activated
+            && u32::from(new) & ready == ready
+            && new & VIRTIO_CONFIG_S_FAILED as u8 == 0
+        {
+            self.activate(interrupt);
+        }
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.features();
+        self.driver_features & !offered == 0
+            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+    }
+
+    fn activate(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut active = Vec::new();
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            if !q.ready() {
+                continue;
+            }
+            if !q.is_valid(&self.memory) {
+                log::warn!(
+                    "virtio: queue {i} is enabled but not valid (size, alignment or addresses)"
+                );
+                return self.set_needs_reset(&interrupt);
+            }
+            q.set_event_idx(event_idx);
+            let notify = match self.notify[i].try_clone() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::error!("virtio: cannot clone a notification eventfd: {e}");
+                    return self.set_needs_reset(&interrupt);
+                }
+            };
+            active.push(ActiveQueue {
+                queue: q.clone(),
+                notify,
+            });
+        }
+        let sink: Arc<dyn DeviceStatusSink> = Arc::new(NeedsResetSink {
+            status: self.status.clone(),
+            interrupt: interrupt.clone(),
+        });
+        match self
+            .device
+            .activate(self.memory.clone(), interrupt.clone(), sink, active)
+        {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                log::warn!("virtio: device activation failed: {e}");
+                self.set_needs_reset(&interrupt);
+            }
+        }
+    }
+
+    fn set_needs_reset(&self, interrupt: &Arc<dyn VirtioInterrupt>) {
+        self.status
+            .set(self.status() | VIRTIO_CONFIG_S_NEEDS_RESET as u8);
+        interrupt.notify_config();
+    }
+
+    /// Resets device and transport state (status written 0).
+    pub fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+            self.activated = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        for fd in &self.notify {
+            // Drop notifications that arrived before the reset.
+            let _ = fd.read();
+        }
+        self.status.set(0);
+        self.driver_features = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.queue_select = 0;
+    }
+
+    /// Whether the device is running (DRIVER_OK accepted).
+    pub fn activated(&self) -> bool {
+        self.activated
+    }
+
+    /// Delivers a notification that reached user space (no ioeventfd registered).
+    pub fn notify_queue(&self, index: u32) {
+        if let Some(fd) = self.notify.get(index as usize) {
+            let _ = fd.write(1);
+        }
+    }
+}
+
+struct NeedsResetSink {
+    status: Arc<DeviceStatus>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl DeviceStatusSink for NeedsResetSink {
+    fn needs_reset(&self) {
+        self.status
+            .set(self.status.get() | VIRTIO_CONFIG_S_NEEDS_RESET as u8);
+        self.interrupt.notify_config();
+    }
+}
+
+/// The INTx-style interrupt of a transport: an interrupt status register and
+/// one level-triggered line, asserted while any status bit is set.
+pub struct LineInterrupt {
+    status: AtomicU32,
+    line: Arc<dyn IrqLine>,
+}
+
+impl LineInterrupt {
+    /// An interrupt driving `line`.
+    pub fn new(line: Arc<dyn IrqLine>) -> Self {
+        LineInterrupt {
+            status: AtomicU32::new(0),
+            line,
+        }
+    }
+
+    /// The interrupt status bits.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears `bits` (MMIO InterruptACK); the line drops when none are left.
+    pub fn acknowledge(&self, bits: u32) {
+        let left = self.status.fetch_and(!bits, Ordering::SeqCst) & !bits;
+        if left == 0 {
+            self.line.set_level(false);
+        }
+    }
+
+    /// Reads and clears every bit (PCI ISR read-to-clear).
+    pub fn take(&self) -> u32 {
+        let bits = self.status.swap(0, Ordering::SeqCst);
+        if bits != 0 {
+            self.line.set_level(false);
+        }
+        bits
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.line.set_level(true);
+    }
+}
+
+impl VirtioInterrupt for LineInterrupt {
+    fn notify_queue(&self, _queue: u16) {
+        self.raise(INT_VRING);
+    }
+    fn notify_config(&self) {
+        self.raise(INT_CONFIG);
+    }
+}
