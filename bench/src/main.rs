@@ -1,0 +1,852 @@
+//! `rvmm-bench`: start-up and whole-life latency and peak memory of `rvmm run`, side by
+//! side with QEMU, on a probe guest that powers off at once.
+//!
+//! Every VMM boots the PVH probe (`rvmm_probes::PVH_ELF`) with the command line
+//! `quick`: the probe prints `rvmm-probe: quick` on COM1 and exits through the debug
+//! exit port 0xf4 at once. For each run the program measures (see [`measure`]):
+//!
+//! - **start-up latency**: spawn to the first byte of `rvmm-probe:` on stdout;
+//! - **whole-life latency**: spawn to process exit;
+//! - **peak RSS**: `ru_maxrss` from `wait4`;
+//! - for rvmm, the guest RAM resident at exit (its `RVMM_LOG=info` line
+//!   `guest memory resident at exit: N KiB`), and so peak RSS minus guest RAM touched.
+//!
+//! The VMMs run interleaved (rvmm, QEMU microvm, QEMU q35, rvmm, ...) so that load from
+//! other processes falls on all of them alike. The result is a table of
+//! min / median / p90 per VMM, as plain text or (`--markdown`) Markdown.
+//!
+//! rvmm must be built in release mode (`cargo build --release`); the program looks for
+//! `rvmm` next to its own executable unless `--rvmm PATH` is given.
+
+mod host;
+mod measure;
+mod stats;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use measure::{Ended, Outcome};
+use stats::Summary;
+
+/// Guest RAM given to every VMM.
+const MEMORY: &str = "256M";
+/// The probe's command line: print one line and exit at once.
+const CMDLINE: &str = "quick";
+/// The line the probe prints for `quick`.
+const QUICK_LINE: &str = "rvmm-probe: quick";
+/// The rvmm log line (at `RVMM_LOG=info`) that gives the guest RAM resident at exit.
+const RESIDENT_PREFIX: &str = "guest memory resident at exit: ";
+
+const USAGE: &str = "\
+usage: rvmm-bench [OPTIONS]
+
+Boots the PVH probe guest with the command line `quick` (it prints one line and
+powers off at once) under rvmm and under QEMU, N times each, interleaved, and prints
+start-up latency, whole-life latency and peak RSS (min / median / p90).
+
+Build first: cargo build --release   (then: target/release/rvmm-bench --runs 20)
+
+options:
+  --runs N        measured runs per VMM (default 20)
+  --warmup N      discarded warm-up runs per VMM before measuring (default 1)
+  --rvmm PATH     the rvmm binary (default: `rvmm` next to this program)
+  --qemu PATH     qemu-system-x86_64 (default: $RVMM_QEMU, else from PATH)
+  --kernel PATH   the probe image (default: the PVH probe built by rvmm-probes)
+  --no-qemu       measure rvmm only
+  --no-q35        skip QEMU's q35 machine (SeaBIOS makes it slow)
+  --timeout SECS  kill a run that takes longer (default 60)
+  --markdown      print the report as Markdown
+  -h, --help      print this help
+";
+
+/// The command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Measured runs per VMM.
+    pub runs: usize,
+    /// Discarded warm-up runs per VMM.
+    pub warmup: usize,
+    /// The rvmm binary, if given.
+    pub rvmm: Option<PathBuf>,
+    /// The QEMU binary, if given.
+    pub qemu: Option<PathBuf>,
+    /// The guest image.
+    pub kernel: PathBuf,
+    /// Skip QEMU altogether.
+    pub no_qemu: bool,
+    /// Skip QEMU's q35 machine.
+    pub no_q35: bool,
+    /// The per-run time limit.
+    pub timeout: Duration,
+    /// Print Markdown instead of plain text.
+    pub markdown: bool,
+}
+
+/// Why parsing stopped without options.
+#[derive(Debug)]
+pub enum ArgsExit {
+    /// `--help` was asked for.
+    Help,
+    /// The arguments are wrong; the message says how.
+    Usage(String),
+}
+
+/// Parses the program's arguments (without the program name).
+pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, ArgsExit> {
+    let mut o = Options {
+        runs: 20,
+        warmup: 1,
+        rvmm: None,
+        qemu: None,
+        kernel: PathBuf::from(rvmm_probes::PVH_ELF),
+        no_qemu: false,
+        no_q35: false,
+        timeout: Duration::from_secs(60),
+        markdown: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(arg_str) = arg.to_str() else {
+            return Err(ArgsExit::Usage(format!(
+                "unexpected argument {}",
+                arg.to_string_lossy()
+            )));
+        };
+        let mut value = |name: &str| -> Result<OsString, ArgsExit> {
+            args.next()
+                .ok_or_else(|| ArgsExit::Usage(format!("{name} needs a value")))
+        };
+        match arg_str {
+            "-h" | "--help" => return Err(ArgsExit::Help),
+            "--runs" => o.runs = parse_count("--runs", &value("--runs")?, 1)?,
+            "--warmup" => o.warmup = parse_count("--warmup", &value("--warmup")?, 0)?,
+            "--rvmm" => o.rvmm = Some(PathBuf::from(value("--rvmm")?)),
+            "--qemu" => o.qemu = Some(PathBuf::from(value("--qemu")?)),
+            "--kernel" => o.kernel = PathBuf::from(value("--kernel")?),
+            "--timeout" => {
+                let secs = parse_count("--timeout", &value("--timeout")?, 1)?;
+                o.timeout = Duration::from_secs(secs as u64);
+            }
+            "--no-qemu" => o.no_qemu = true,
+            "--no-q35" => o.no_q35 = true,
+            "--markdown" => o.markdown = true,
+            other => {
+                return Err(ArgsExit::Usage(format!(
+                    "unknown argument '{other}' (see --help)"
+                )))
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn parse_count(name: &str, v: &OsString, min: usize) -> Result<usize, ArgsExit> {
+    let s = v.to_string_lossy();
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= min && n <= 100_000 => Ok(n),
+        _ => Err(ArgsExit::Usage(format!(
+            "{name} {s}: expected a whole number from {min} to 100000"
+        ))),
+    }
+}
+
+/// Which VMM a [`Target`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    /// `rvmm run`.
+    Rvmm,
+    /// `qemu-system-x86_64 -M <machine>`.
+    Qemu {
+        /// The machine type given to `-M`.
+        machine: &'static str,
+    },
+}
+
+/// QEMU's accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// `-accel kvm`.
+    Kvm,
+    /// `-accel tcg`, QEMU's own emulator (used only if KVM fails).
+    Tcg,
+}
+
+impl Accel {
+    fn arg(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// One measured run, reduced to the figures the report uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Start-up latency, ms.
+    pub startup_ms: f64,
+    /// Whole-life latency, ms.
+    pub life_ms: f64,
+    /// Peak RSS, KiB.
+    pub rss_kib: u64,
+    /// Guest RAM resident at exit, KiB (rvmm only).
+    pub guest_kib: Option<u64>,
+}
+
+/// A VMM configuration being measured, and its runs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Which VMM.
+    pub vmm: Vmm,
+    /// Its executable.
+    pub program: PathBuf,
+    /// QEMU's accelerator (rvmm always uses KVM).
+    pub accel: Accel,
+    /// Why the accelerator is not KVM, if it is not.
+    pub accel_note: Option<String>,
+    /// The measured runs.
+    pub runs: Vec<Run>,
+}
+
+impl Target {
+    fn new(vmm: Vmm, program: PathBuf) -> Target {
+        Target {
+            vmm,
+            program,
+            accel: Accel::Kvm,
+            accel_note: None,
+            runs: Vec::new(),
+        }
+    }
+
+    /// The column heading: `rvmm`, `QEMU microvm (KVM)`, ...
+    pub fn label(&self) -> String {
+        match self.vmm {
+            Vmm::Rvmm => "rvmm".to_string(),
+            Vmm::Qemu { machine } => format!(
+                "QEMU {machine} ({})",
+                match self.accel {
+                    Accel::Kvm => "KVM",
+                    Accel::Tcg => "TCG, not KVM",
+                }
+            ),
+        }
+    }
+
+    /// The arguments after the program name.
+    pub fn args(&self, kernel: &Path) -> Vec<OsString> {
+        let s = |x: &str| OsString::from(x);
+        match self.vmm {
+            Vmm::Rvmm => vec![
+                s("run"),
+                s("--kernel"),
+                kernel.as_os_str().to_owned(),
+                s("--cmdline"),
+                s(CMDLINE),
+                s("--memory"),
+                s(MEMORY),
+                s("--console"),
+                s("stdio"),
+            ],
+            Vmm::Qemu { machine } => vec![
+                s("-M"),
+                s(machine),
+                s("-accel"),
+                s(self.accel.arg()),
+                s("-m"),
+                s(MEMORY),
+                s("-nodefaults"),
+                s("-no-user-config"),
+                s("-nographic"),
+                s("-serial"),
+                s("stdio"),
+                s("-kernel"),
+                kernel.as_os_str().to_owned(),
+                s("-append"),
+                s(CMDLINE),
+                s("-device"),
+                s("isa-debug-exit,iobase=0xf4,iosize=0x04"),
+            ],
+        }
+    }
+
+    /// The process to spawn for one run.
+    pub fn command(&self, kernel: &Path) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(self.args(kernel));
+        if self.vmm == Vmm::Rvmm {
+            cmd.env("RVMM_LOG", "info").env("RVMM_LOG_STYLE", "never");
+        }
+        cmd
+    }
+
+    /// The command line as a shell would take it, for the report.
+    pub fn command_line(&self, kernel: &Path) -> String {
+        let mut words = Vec::new();
+        if self.vmm == Vmm::Rvmm {
+            words.push("RVMM_LOG=info".to_string());
+        }
+        words.push(self.program.display().to_string());
+        words.extend(
+            self.args(kernel)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        words
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The exit code a successful run ends with: rvmm passes the debug-exit status 0
+    /// through; QEMU's isa-debug-exit exits with `(0 << 1) | 1`.
+    pub fn expected_exit(&self) -> i32 {
+        match self.vmm {
+            Vmm::Rvmm => 0,
+            Vmm::Qemu { .. } => 1,
+        }
+    }
+
+    /// Spawns one run and checks that the guest did what it should.
+    pub fn run_once(&self, kernel: &Path, timeout: Duration) -> Result<Run, String> {
+        let outcome = measure::run_once(&mut self.command(kernel), timeout)?;
+        self.check(&outcome)
+            .map_err(|why| format!("{}: {why}\n{}", self.label(), describe(&outcome)))
+    }
+
+    fn check(&self, o: &Outcome) -> Result<Run, String> {
+        if o.ended != Ended::Code(self.expected_exit()) {
+            return Err(format!(
+                "the run ended with {}, expected exit code {}",
+                o.ended,
+                self.expected_exit()
+            ));
+        }
+        if measure::find(&o.stdout, QUICK_LINE.as_bytes()).is_none() {
+            return Err(format!("the console did not show '{QUICK_LINE}'"));
+        }
+        let Some(startup) = o.startup else {
+            return Err("no start-up time was recorded".to_string());
+        };
+        let guest_kib = match self.vmm {
+            Vmm::Rvmm => Some(parse_resident_kib(&o.stderr).ok_or_else(|| {
+                format!(
+                    "rvmm's stderr has no '{RESIDENT_PREFIX}N KiB' line (is this rvmm too \
+                     old, or does it ignore RVMM_LOG=info?)"
+                )
+            })?),
+            Vmm::Qemu { .. } => None,
+        };
+        Ok(Run {
+            startup_ms: startup.as_secs_f64() * 1e3,
+            life_ms: o.whole_life.as_secs_f64() * 1e3,
+            rss_kib: o.max_rss_kib,
+            guest_kib,
+        })
+    }
+}
+
+/// Reads `N` from rvmm's log line `... guest memory resident at exit: N KiB`.
+pub fn parse_resident_kib(stderr: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(stderr);
+    let rest = &text[text.find(RESIDENT_PREFIX)? + RESIDENT_PREFIX.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn describe(o: &Outcome) -> String {
+    format!(
+        "{}, after {:.1} ms\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.ended,
+        o.whole_life.as_secs_f64() * 1e3,
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        String::from_utf8_lossy(&o.stderr).trim_end()
+    )
+}
+
+/// The last non-empty line of the `--- stderr ---` part of a run's error message
+/// (where QEMU says why it failed; its first lines are often warnings).
+fn stderr_hint(error: &str) -> Option<&str> {
+    let (_, stderr) = error.split_once("--- stderr ---\n")?;
+    stderr.lines().rev().map(str::trim).find(|l| !l.is_empty())
+}
+
+fn shell_quote(w: &str) -> String {
+    if !w.is_empty()
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:+".contains(&b))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn find_rvmm(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("--rvmm {}: not an executable file", p.display()))
+        };
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program's own path: {e}; pass --rvmm PATH"))?;
+    let p = exe.with_file_name("rvmm");
+    if is_executable(&p) {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no rvmm binary at {}: build it with `cargo build --release` (or pass --rvmm PATH)",
+            p.display()
+        ))
+    }
+}
+
+fn find_qemu(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let given = given.or_else(|| std::env::var_os("RVMM_QEMU").map(PathBuf::from));
+    if let Some(p) = given {
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("QEMU {}: not an executable file", p.display()))
+        };
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|p| is_executable(p))
+        })
+        .ok_or_else(|| {
+            "qemu-system-x86_64 not found in PATH: install it (apt-get install qemu-system-x86), \
+             pass --qemu PATH, or measure rvmm alone with --no-qemu"
+                .to_string()
+        })
+}
+
+/// The first line a program prints for `flag` (its version), or why there is none.
+fn version_of(program: &Path, flag: &str) -> String {
+    match Command::new(program).arg(flag).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Ok(out) => format!("unknown ({flag} ended with {})", out.status),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// This process's own peak RSS, KiB.
+fn own_max_rss_kib() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    u64::try_from(ru.ru_maxrss).unwrap_or(0)
+}
+
+/// Everything the report shows.
+pub struct Report {
+    /// The host facts.
+    pub host: host::Host,
+    /// Load averages before and after the runs.
+    pub load: (String, String),
+    /// Measured runs per VMM and warm-up runs per VMM.
+    pub runs: (usize, usize),
+    /// The guest image.
+    pub kernel: PathBuf,
+    /// rvmm's and QEMU's versions.
+    pub versions: Vec<(String, String)>,
+    /// The measured VMMs.
+    pub targets: Vec<Target>,
+    /// This program's own peak RSS, KiB.
+    pub bench_rss_kib: u64,
+}
+
+fn fmt3(s: Option<Summary>, decimals: usize, prefix: &str) -> String {
+    match s {
+        Some(s) => format!(
+            "{prefix}{:.d$} / {prefix}{:.d$} / {prefix}{:.d$}",
+            s.min,
+            s.median,
+            s.p90,
+            d = decimals
+        ),
+        None => "n/a".to_string(),
+    }
+}
+
+impl Report {
+    /// rvmm's median guest RAM touched, KiB, the estimate used for QEMU.
+    fn guest_estimate_kib(&self) -> Option<f64> {
+        let v: Vec<f64> = self
+            .targets
+            .iter()
+            .filter(|t| t.vmm == Vmm::Rvmm)
+            .flat_map(|t| t.runs.iter().filter_map(|r| r.guest_kib.map(|g| g as f64)))
+            .collect();
+        Summary::of(&v).map(|s| s.median)
+    }
+
+    /// The table: a heading row, then one row per metric; cells are min / median / p90.
+    pub fn table(&self) -> Vec<Vec<String>> {
+        let estimate = self.guest_estimate_kib();
+        let mut head = vec!["metric (min / median / p90)".to_string()];
+        head.extend(self.targets.iter().map(Target::label));
+        let row = |name: &str, cell: &dyn Fn(&Target) -> String| {
+            let mut r = vec![name.to_string()];
+            r.extend(self.targets.iter().map(cell));
+            r
+        };
+        let of = |t: &Target, f: &dyn Fn(&Run) -> Option<f64>| -> Option<Summary> {
+            let v: Vec<f64> = t.runs.iter().filter_map(f).collect();
+            Summary::of(&v)
+        };
+        vec![
+            head,
+            row("start-up latency, ms", &|t| {
+                fmt3(of(t, &|r| Some(r.startup_ms)), 2, "")
+            }),
+            row("whole-life latency, ms", &|t| {
+                fmt3(of(t, &|r| Some(r.life_ms)), 2, "")
+            }),
+            row("peak RSS, KiB", &|t| {
+                fmt3(of(t, &|r| Some(r.rss_kib as f64)), 0, "")
+            }),
+            row("guest RAM touched, KiB", &|t| match t.vmm {
+                Vmm::Rvmm => fmt3(of(t, &|r| r.guest_kib.map(|g| g as f64)), 0, ""),
+                Vmm::Qemu { .. } => "not measured".to_string(),
+            }),
+            row("peak RSS - guest RAM touched, KiB", &|t| match t.vmm {
+                Vmm::Rvmm => fmt3(
+                    of(t, &|r| r.guest_kib.map(|g| r.rss_kib as f64 - g as f64)),
+                    0,
+                    "",
+                ),
+                Vmm::Qemu { .. } => match estimate {
+                    Some(g) => format!(
+                        "{} (estimate)",
+                        fmt3(of(t, &|r| Some(r.rss_kib as f64 - g)), 0, "~")
+                    ),
+                    None => "n/a".to_string(),
+                },
+            }),
+        ]
+    }
+
+    /// The `key: value` facts printed above the table.
+    pub fn facts(&self) -> Vec<(String, String)> {
+        let h = &self.host;
+        let mut f = vec![
+            ("date".to_string(), h.date.clone()),
+            ("host kernel".to_string(), h.kernel.clone()),
+            ("CPU".to_string(), h.cpu.clone()),
+            ("KVM".to_string(), h.kvm.clone()),
+            ("transparent huge pages".to_string(), h.thp.clone()),
+            (
+                "load average (1/5/15 min)".to_string(),
+                format!("{} before, {} after", self.load.0, self.load.1),
+            ),
+        ];
+        f.extend(self.versions.iter().cloned());
+        f.push((
+            "guest".to_string(),
+            format!(
+                "{} (PVH entry), command line `{CMDLINE}`, {MEMORY} RAM, 1 vCPU",
+                self.kernel.display()
+            ),
+        ));
+        f.push((
+            "runs".to_string(),
+            format!(
+                "{} measured per VMM, interleaved, after {} discarded warm-up run(s) each",
+                self.runs.0, self.runs.1
+            ),
+        ));
+        f
+    }
+
+    /// The notes printed below the table: definitions, caveats and the exact commands.
+    pub fn notes(&self) -> Vec<String> {
+        let mut n = vec![
+            "start-up latency: from spawn to the read() that delivered the first byte of \
+             `rvmm-probe:` on the VMM's stdout (the guest's COM1)."
+                .to_string(),
+            "whole-life latency: from spawn to process exit (pidfd readable; reaped with wait4)."
+                .to_string(),
+            format!(
+                "peak RSS: ru_maxrss from wait4. Linux carries the spawning process's peak RSS \
+                 across exec into it, so no figure can be below this program's own peak RSS \
+                 ({} KiB).",
+                self.bench_rss_kib
+            ),
+            format!(
+                "guest RAM touched: rvmm's `{RESIDENT_PREFIX}N KiB` log line (RVMM_LOG=info): \
+                 mincore() over the guest RAM mapping when the VM has ended."
+            ),
+        ];
+        if let Some(g) = self.guest_estimate_kib() {
+            if self.targets.iter().any(|t| t.vmm != Vmm::Rvmm) {
+                n.push(format!(
+                    "estimate (QEMU columns): QEMU does not report the guest RAM it touched; its column \
+                     subtracts rvmm's median ({g:.0} KiB). QEMU's firmware (qboot on microvm, \
+                     SeaBIOS on q35) and its transparent huge pages for guest RAM make it \
+                     touch more guest RAM than rvmm, so its real figure is lower by the \
+                     difference."
+                ));
+            }
+        }
+        for t in &self.targets {
+            if let Some(why) = &t.accel_note {
+                n.push(format!("{}: {why}", t.label()));
+            }
+        }
+        for t in &self.targets {
+            n.push(format!(
+                "{}: `{}` (exit code {})",
+                t.label(),
+                t.command_line(&self.kernel),
+                t.expected_exit()
+            ));
+        }
+        n
+    }
+
+    /// The report as plain text.
+    pub fn plain(&self) -> String {
+        let mut out = String::from("rvmm-bench: `rvmm run` vs QEMU on the quick probe guest\n\n");
+        let facts = self.facts();
+        let w = facts.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+        for (k, v) in &facts {
+            out.push_str(&format!("{:<w$}  {v}\n", format!("{k}:")));
+        }
+        out.push('\n');
+        let table = self.table();
+        let cols = table.first().map_or(0, Vec::len);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                table
+                    .iter()
+                    .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for (i, row) in table.iter().enumerate() {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (s, &w))| {
+                    if c == 0 {
+                        format!("{s:<w$}")
+                    } else {
+                        format!("{s:>w$}")
+                    }
+                })
+                .collect();
+            out.push_str(cells.join("   ").trim_end());
+            out.push('\n');
+            if i == 0 {
+                let total = widths.iter().sum::<usize>() + 3 * widths.len().saturating_sub(1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
+        }
+        out.push('\n');
+        for note in self.notes() {
+            out.push_str(&format!("- {note}\n"));
+        }
+        out
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in self.facts() {
+            out.push_str(&format!("- **{k}:** {}\n", md_escape(&v)));
+        }
+        out.push('\n');
+        for (i, row) in self.table().iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|c| md_escape(c)).collect();
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+            if i == 0 {
+                let seps: Vec<&str> = (0..row.len())
+                    .map(|c| if c == 0 { "---" } else { "---:" })
+                    .collect();
+                out.push_str(&format!("| {} |\n", seps.join(" | ")));
+            }
+        }
+        out.push('\n');
+        for note in self.notes() {
+            out.push_str(&format!("- {}\n", md_escape(&note)));
+        }
+        out
+    }
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args_os().skip(1)) {
+        Ok(o) => o,
+        Err(ArgsExit::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(ArgsExit::Usage(message)) => {
+            eprintln!("rvmm-bench: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match bench(&options) {
+        Ok(report) => {
+            if options.markdown {
+                print!("{}", report.markdown());
+            } else {
+                print!("{}", report.plain());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("rvmm-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Finds the programs, runs everything and returns the report.
+fn bench(o: &Options) -> Result<Report, String> {
+    if !o.kernel.is_file() {
+        return Err(format!(
+            "probe image {} not found: build the workspace (`cargo build --release`) or pass \
+             --kernel PATH",
+            o.kernel.display()
+        ));
+    }
+    let rvmm = find_rvmm(o.rvmm.clone())?;
+    if rvmm.components().any(|c| c.as_os_str() == "debug") {
+        eprintln!(
+            "rvmm-bench: warning: {} looks like a debug build; benchmark the release build",
+            rvmm.display()
+        );
+    }
+    let mut versions = vec![(
+        "rvmm".to_string(),
+        format!("{} ({})", rvmm.display(), version_of(&rvmm, "--version")),
+    )];
+    let mut targets = vec![Target::new(Vmm::Rvmm, rvmm)];
+    if !o.no_qemu {
+        let qemu = find_qemu(o.qemu.clone())?;
+        versions.push((
+            "QEMU".to_string(),
+            format!("{} ({})", qemu.display(), version_of(&qemu, "-version")),
+        ));
+        targets.push(Target::new(Vmm::Qemu { machine: "microvm" }, qemu.clone()));
+        if !o.no_q35 {
+            targets.push(Target::new(Vmm::Qemu { machine: "q35" }, qemu));
+        }
+    }
+    let host = host::Host::gather();
+    let load_before = host::loadavg();
+
+    // Warm-up; for QEMU the first run also checks that KVM works, else falls back to TCG.
+    for t in &mut targets {
+        for i in 0..o.warmup.max(usize::from(t.vmm != Vmm::Rvmm)) {
+            eprintln!("rvmm-bench: warm-up {} {}", t.label(), i + 1);
+            match t.run_once(&o.kernel, o.timeout) {
+                Ok(_) => {}
+                Err(e) if i == 0 && t.vmm != Vmm::Rvmm && t.accel == Accel::Kvm => {
+                    let first = match stderr_hint(&e) {
+                        Some(hint) => format!("{}: {hint}", e.lines().next().unwrap_or("")),
+                        None => e.lines().next().unwrap_or("").to_string(),
+                    };
+                    t.accel = Accel::Tcg;
+                    eprintln!("rvmm-bench: {first}\nrvmm-bench: retrying with -accel tcg");
+                    t.run_once(&o.kernel, o.timeout)
+                        .map_err(|e2| format!("with -accel kvm: {e}\nwith -accel tcg: {e2}"))?;
+                    t.accel_note = Some(format!("-accel kvm failed ({first}); measured with TCG"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for round in 0..o.runs {
+        eprintln!("rvmm-bench: run {}/{}", round + 1, o.runs);
+        for t in &mut targets {
+            let run = t.run_once(&o.kernel, o.timeout)?;
+            t.runs.push(run);
+        }
+    }
+    Ok(Report {
+        host,
+        load: (load_before, host::loadavg()),
+        runs: (o.runs, o.warmup),
+        kernel: o.kernel.clone(),
+        versions,
+        targets,
+        bench_rss_kib: own_max_rss_kib(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse_args(args(&[])).unwrap();
+        assert_eq!((o.runs, o.warmup, o.markdown), (20, 1, false));
+        let o = parse_args(args(&["--runs", "5", "--markdown", "--no-q35"])).unwrap();
+        assert!(o.runs == 5 && o.markdown && o.no_q35);
+        assert!(matches!(
+            parse_args(args(&["--runs", "0"])),
+            Err(ArgsExit::Usage(_))
+        ));
+        assert!(matches!(
+            parse_args(args(&["--runs"])),
+            Err(ArgsExit::Usage(_))
+        ));
+        assert!(matches!(
+            parse_args(args(&["--bogus"])),
+            Err(ArgsExit::Usage(_))
+        ));
+        assert!(matches!(parse_args(args(&["-h"])), Err(ArgsExit::Help)));
+    }
+
+    #[test]
+    fn resident_line() {
+        let log =
+            b"[INFO  vmm::vm] VM ended\n[INFO  vmm::vm] guest memory resident at exit: 1234 KiB\n";
+        assert_eq!(parse_resident_kib(log), Some(1234));
+        assert_eq!(parse_resident_kib(b"nothing"), None);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("-M"), "-M");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
