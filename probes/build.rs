@@ -231,6 +231,8 @@ fn main() {
 
     // ---- compile ----
     let probe_o = out.join("probe.o");
+    let pci_o = out.join("pci.o");
+    let blk_o = out.join("virtio_blk.o");
     let entry_o = out.join("entry.o");
     let note_o = out.join("pvhnote.o");
     let setup_o = out.join("bzsetup.o");
@@ -242,6 +244,9 @@ fn main() {
         CFLAGS,
         &["-m64"],
     );
+    for (src, obj) in [("pci.c", &pci_o), ("virtio_blk.c", &blk_o)] {
+        compile(&cc, &guest.join(src), obj, &guest, CFLAGS, &["-m64"]);
+    }
     compile(
         &cc,
         &guest.join("entry.S"),
@@ -292,8 +297,13 @@ fn main() {
 
     let linux64 = out.join("probe-linux64.elf");
     let pvh = out.join("probe-pvh.elf");
-    link(&ld, &ld64, &[&entry_o, &probe_o], &linux64);
-    link(&ld, &ldpvh, &[&entry_o, &probe_o, &note_o], &pvh);
+    link(&ld, &ld64, &[&entry_o, &probe_o, &pci_o, &blk_o], &linux64);
+    link(
+        &ld,
+        &ldpvh,
+        &[&entry_o, &probe_o, &pci_o, &blk_o, &note_o],
+        &pvh,
+    );
 
     let syms = symbols(&nm, &linux64);
     assert_eq!(

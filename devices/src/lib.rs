@@ -10,6 +10,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod pci;
 mod ratelimit;
 pub mod rtc;
 pub mod serial;

@@ -249,6 +249,8 @@ exc_stubs:
 
 	IRQ_STUB serial_stub, serial_isr
 	IRQ_STUB timer_stub, timer_isr
+	IRQ_STUB blk_stub, blk_isr
+	IRQ_STUB blk_cfg_stub, blk_cfg_isr
 
 	.globl spurious_stub
 spurious_stub:

@@ -20,6 +20,8 @@
 /* Interrupt vectors. */
 #define VEC_SERIAL   0x30
 #define VEC_TIMER    0x31
+#define VEC_BLK      0x40 /* virtio-blk request queue (MSI-X entry 1, INTx or virtio-mmio IRQ) */
+#define VEC_BLK_CFG  0x41 /* virtio-blk configuration change (MSI-X entry 0) */
 #define VEC_SPURIOUS 0xff
 
 /* Where the AP trampoline is copied (SIPI vector 0x08). */

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use virtio::block::disk::EngineKind;
 use virtio::block::BlockConfig;
+use vmm::device_manager::{DiskSpec, VirtioTransport};
 use vmm::{BootProtocol, ConsoleConfig, VmConfig, MAX_VCPUS};
 
 /// rvmm: a small virtual machine monitor for Linux/KVM.
@@ -50,10 +51,31 @@ struct RunArgs {
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
-    /// A virtio-blk disk: PATH[,ro][,direct][,serial=STR][,queues=N][,engine=auto|io_uring|threads].
-    /// Repeat for more disks.
+    /// A virtio-blk disk: PATH[,ro][,direct][,serial=STR][,queues=N][,engine=auto|io_uring|threads]
+    /// [,transport=pci|mmio]. Repeat for more disks.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
-    disk: Vec<BlockConfig>,
+    disk: Vec<DiskSpec>,
+    /// Transport of virtio devices that do not choose one: a PCI function, or a
+    /// virtio-mmio window announced on the kernel command line.
+    #[arg(long, value_enum, default_value_t = TransportArg::Pci)]
+    transport: TransportArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum TransportArg {
+    /// virtio-pci (modern), with MSI-X.
+    Pci,
+    /// virtio-mmio version 2.
+    Mmio,
+}
+
+impl From<TransportArg> for VirtioTransport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Pci => VirtioTransport::Pci,
+            TransportArg::Mmio => VirtioTransport::Mmio,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -142,8 +164,8 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
     }
 }
 
-/// Parses `PATH[,ro][,direct][,serial=STR][,queues=N][,engine=E]`.
-pub fn parse_disk(s: &str) -> Result<BlockConfig, String> {
+/// Parses `PATH[,ro][,direct][,serial=STR][,queues=N][,engine=E][,transport=T]`.
+pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     let mut parts = s.split(',');
     let path = parts
         .next()
@@ -157,6 +179,7 @@ pub fn parse_disk(s: &str) -> Result<BlockConfig, String> {
         queues: 1,
         engine: EngineKind::Auto,
     };
+    let mut transport = None;
     for option in parts {
         match option.split_once('=') {
             None if option == "ro" => disk.read_only = true,
@@ -177,14 +200,19 @@ pub fn parse_disk(s: &str) -> Result<BlockConfig, String> {
                     _ => return Err(format!("'{option}': engine is auto, io_uring or threads")),
                 }
             }
+            Some(("transport", "pci")) => transport = Some(VirtioTransport::Pci),
+            Some(("transport", "mmio")) => transport = Some(VirtioTransport::Mmio),
             _ => {
                 return Err(format!(
-                    "'{option}' is not a disk option (ro, direct, serial=, queues=, engine=)"
+                    "'{option}' is not a disk option (ro, direct, serial=, queues=, engine=, transport=pci|mmio)"
                 ))
             }
         }
     }
-    Ok(disk)
+    Ok(DiskSpec {
+        block: disk,
+        transport,
+    })
 }
 
 fn read_file(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliExit> {
@@ -237,6 +265,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         boot_protocol: run.boot.into(),
         kvm_path: run.kvm_device,
         disks: run.disk,
+        transport: run.transport.into(),
     }))
 }
 
@@ -260,7 +289,10 @@ mod tests {
 
     #[test]
     fn disks() {
-        let d = parse_disk("/tmp/a.img,ro,serial=abc,queues=2,engine=threads").unwrap();
+        let spec =
+            parse_disk("/tmp/a.img,ro,serial=abc,queues=2,engine=threads,transport=mmio").unwrap();
+        assert_eq!(spec.transport, Some(VirtioTransport::Mmio));
+        let d = spec.block;
         assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
         assert!(d.read_only && !d.direct);
         assert_eq!(

@@ -379,10 +379,14 @@ pub struct QemuProbe<'a> {
     pub append: Option<&'a str>,
     /// The initrd file (`-initrd`), if any.
     pub initrd: Option<&'a Path>,
+    /// The machine type with its options (`-M`): `q35` unless set.
+    pub machine: &'a str,
+    /// More arguments, appended last (drives, devices, `-global`s).
+    pub extra: Vec<String>,
 }
 
 impl<'a> QemuProbe<'a> {
-    /// One vCPU, 256 MiB, no command line, no initrd.
+    /// One vCPU, 256 MiB, q35, no command line, no initrd, nothing extra.
     pub fn new(kernel: &'a Path) -> Self {
         QemuProbe {
             kernel,
@@ -390,12 +394,15 @@ impl<'a> QemuProbe<'a> {
             mem_mib: 256,
             append: None,
             initrd: None,
+            machine: "q35",
+            extra: Vec::new(),
         }
     }
 }
 
-/// The QEMU command that boots a probe with TCG on a q35 machine, serial console on
-/// stdio, no display, no monitor, no reboot, and the debug exit device at port 0xf4.
+/// The QEMU command that boots a probe with TCG on a q35 machine (or
+/// [`QemuProbe::machine`]), serial console on stdio, no display, no monitor, no reboot,
+/// and the debug exit device at port 0xf4.
 ///
 /// QEMU's exit code is then `(status << 1) | 1` for a guest that wrote `status` to port
 /// 0xf4 (so 1 means the probe passed), and 0 if the guest reset.
@@ -403,7 +410,7 @@ pub fn qemu_probe_command(qemu: &Path, probe: &QemuProbe<'_>) -> Command {
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-M",
-        "q35",
+        probe.machine,
         "-accel",
         "tcg",
         "-nographic",
@@ -424,6 +431,7 @@ pub fn qemu_probe_command(qemu: &Path, probe: &QemuProbe<'_>) -> Command {
     if let Some(i) = probe.initrd {
         cmd.arg("-initrd").arg(i);
     }
+    cmd.args(&probe.extra);
     cmd
 }
 

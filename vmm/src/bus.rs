@@ -117,6 +117,12 @@ impl Bus {
         Ok(())
     }
 
+    /// Removes the range that starts at `start`, returning its device.
+    pub fn remove(&self, start: u64) -> Option<SharedDevice> {
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        ranges.remove(&start).map(|e| e.device)
+    }
+
     fn lookup(&self, addr: u64, width: usize) -> Option<(u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&start, entry) = ranges.range(..=addr).next_back()?;
@@ -238,7 +244,13 @@ mod tests {
             Err(BusError::BadRange { .. })
         ));
         bus.insert(dev.clone(), 0x1100, 0x10).unwrap();
-        bus.insert(dev, 0xf00, 0x100).unwrap();
+        bus.insert(dev.clone(), 0xf00, 0x100).unwrap();
+        // A removed range frees its addresses, as when a guest moves a PCI BAR.
+        assert!(bus.remove(0x1000).is_some());
+        assert!(bus.remove(0x1000).is_none());
+        let mut b = [0u8; 1];
+        assert!(!bus.read(0x1000, &mut b));
+        bus.insert(dev, 0x1000, 0x100).unwrap();
     }
 
     #[test]

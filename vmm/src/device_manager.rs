@@ -1,24 +1,62 @@
 //! Where devices live in the guest's address spaces and how their interrupts
-//! and notifications are wired: the legacy PC devices at their fixed ports
-//! (book chapter 4.4) and virtio devices on the MMIO transport (chapter 5).
+//! and notifications are wired (book chapters 4.2 and 5): virtio devices on
+//! the MMIO transport or as PCI functions, the PCI root with configuration
+//! mechanism 1 and ECAM, BAR placement and relocation, MSI-X through irqfd.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use devices::pci::bus::{PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_COUNT};
+use devices::pci::{
+    BarRelocator, BarReprogram, Bdf, MsiInterrupt, MsiMessage, PciBarKind, PciBarRegion,
+    PciConfigIo, PciConfigMmio, PciDevice, PciRoot, SharedPciDevice,
+};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio::block::{Block, BlockConfig, BlockError};
 use virtio::device::VirtioDevice;
 use virtio::transport::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use virtio::transport::pci::{
+    VirtioPciDevice, VirtioPciError, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER,
+};
 use virtio::transport::TransportError;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError};
+use crate::interrupt::msi::{self, GsiRouter, MsiError, MsiVector};
 use crate::interrupt::KvmIrqLine;
+use crate::memory::allocator::AddressAllocator;
 
 /// Start of the virtio-mmio windows, inside the 32-bit MMIO hole.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-/// The GSIs virtio-mmio devices get, in order: ISA lines no PC device here uses,
-/// then the IOAPIC-only pins.
-pub const VIRTIO_MMIO_GSIS: [u32; 13] = [5, 6, 7, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21];
+/// The device interrupt lines (virtio-mmio lines and PCI INTx), in the order they
+/// are handed out: ISA lines no PC device here uses, then the IOAPIC-only pins.
+pub const DEVICE_GSIS: [u32; 15] = [5, 6, 7, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+/// Window for PCI memory BARs that rvmm assigns (below the virtio-mmio area).
+pub const PCI_MMIO_WINDOW: (u64, u64) = (0xc000_0000, 0xd000_0000);
+/// The ECAM (PCI Express enhanced configuration) window, one bus.
+pub const PCI_ECAM_BASE: u64 = 0xe000_0000;
+/// Buses the ECAM window covers.
+pub const PCI_ECAM_BUSES: u16 = 1;
+
+/// How a virtio device is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VirtioTransport {
+    /// A PCI function (virtio-pci, modern).
+    #[default]
+    Pci,
+    /// A virtio-mmio window announced on the kernel command line.
+    Mmio,
+}
+
+/// A disk and how it is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The block device.
+    pub block: BlockConfig,
+    /// Its transport; `None` takes the VM's default.
+    pub transport: Option<VirtioTransport>,
+}
 
 /// Where one virtio-mmio device sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +82,24 @@ impl MmioSlot {
 /// Errors while adding devices.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// More virtio-mmio devices than interrupt lines for them.
-    #[error("too many virtio-mmio devices: at most {max}")]
-    TooManyMmioDevices {
+    /// More devices than interrupt lines for them.
+    #[error("too many devices: at most {max} virtio devices fit")]
+    TooManyDevices {
         /// The limit.
         max: usize,
     },
+    /// The PCI memory window is full.
+    #[error("no room left for a PCI BAR of {0:#x} bytes")]
+    PciWindowFull(u64),
+    /// A PCI function could not be created or added.
+    #[error(transparent)]
+    VirtioPci(#[from] VirtioPciError),
+    /// The PCI root refused a device.
+    #[error("PCI: {0}")]
+    Pci(#[from] devices::pci::PciError),
+    /// MSI routing.
+    #[error(transparent)]
+    Msi(#[from] MsiError),
     /// A block device could not be created.
     #[error(transparent)]
     Block(#[from] BlockError),
@@ -69,26 +119,21 @@ pub enum DeviceError {
     },
 }
 
-/// Slot `index` of the virtio-mmio area.
-pub fn mmio_slot(index: usize) -> Result<MmioSlot, DeviceError> {
-    let gsi = *VIRTIO_MMIO_GSIS
+/// The `index`-th device interrupt line.
+pub fn device_gsi(index: usize) -> Result<u32, DeviceError> {
+    DEVICE_GSIS
         .get(index)
-        .ok_or(DeviceError::TooManyMmioDevices {
-            max: VIRTIO_MMIO_GSIS.len(),
-        })?;
-    Ok(MmioSlot {
-        base: VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW_SIZE,
-        gsi,
-    })
+        .copied()
+        .ok_or(DeviceError::TooManyDevices {
+            max: DEVICE_GSIS.len(),
+        })
 }
 
 /// Creates the block devices described by `disks`.
-pub fn create_block_devices(
-    disks: &[BlockConfig],
-) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
+pub fn create_block_devices(disks: &[DiskSpec]) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
     disks
         .iter()
-        .map(|d| Ok(Box::new(Block::new(d.clone())?) as Box<dyn VirtioDevice>))
+        .map(|d| Ok(Box::new(Block::new(d.block.clone())?) as Box<dyn VirtioDevice>))
         .collect()
 }
 
@@ -118,4 +163,188 @@ pub fn add_virtio_mmio(
         MMIO_WINDOW_SIZE,
     )?;
     Ok(())
+}
+
+/// MSI-X vectors of one PCI function, each a GSI with an irqfd.
+struct KvmMsiInterrupt {
+    vectors: Vec<MsiVector>,
+}
+
+impl MsiInterrupt for KvmMsiInterrupt {
+    fn update(&self, vector: u16, msg: Option<MsiMessage>) {
+        let Some(v) = self.vectors.get(usize::from(vector)) else {
+            return;
+        };
+        let route = msg.map(|m| msi::MsiMessage {
+            address: m.address,
+            data: m.data,
+        });
+        if let Err(e) = v.set_message(route) {
+            log::warn!("MSI-X vector {vector}: {e}");
+        }
+    }
+
+    fn trigger(&self, vector: u16) {
+        if let Some(v) = self.vectors.get(usize::from(vector)) {
+            v.trigger();
+        }
+    }
+}
+
+/// An ioeventfd that belongs at an offset of a BAR.
+struct BarIoEvent {
+    offset: u64,
+    datamatch: u32,
+    event: EventFd,
+}
+
+/// Moves BAR mappings on the buses (and the ioeventfds inside them) when the
+/// guest reprograms a BAR or toggles decoding.
+pub struct BarMapper {
+    vm: Arc<VmFd>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    ioevents: Mutex<HashMap<(Bdf, u8), Vec<BarIoEvent>>>,
+}
+
+impl BarMapper {
+    fn ioevent_address(kind: PciBarKind, addr: u64) -> IoEventAddress {
+        match kind {
+            PciBarKind::Io => IoEventAddress::Pio(addr),
+            _ => IoEventAddress::Mmio(addr),
+        }
+    }
+}
+
+impl BarRelocator for BarMapper {
+    fn relocate(&self, bdf: Bdf, change: &BarReprogram, device: SharedPciDevice) {
+        let bus = if change.kind == PciBarKind::Io {
+            &self.pio
+        } else {
+            &self.mmio
+        };
+        let ioevents = self.ioevents.lock().unwrap_or_else(|e| e.into_inner());
+        let events = ioevents.get(&(bdf, change.index));
+        if let Some(old) = change.old {
+            bus.remove(old);
+            for e in events.into_iter().flatten() {
+                let addr = Self::ioevent_address(change.kind, old + e.offset);
+                if let Err(err) = self.vm.unregister_ioevent(&e.event, &addr, e.datamatch) {
+                    log::warn!(
+                        "PCI {bdf}: cannot remove an ioeventfd at {:#x}: {err}",
+                        old + e.offset
+                    );
+                }
+            }
+        }
+        if let Some(new) = change.new {
+            let region = Arc::new(Mutex::new(PciBarRegion::new(device, change.index)));
+            if let Err(err) = bus.insert(region, new, change.size) {
+                // The guest placed the BAR on top of something else: it does not decode there.
+                log::warn!("PCI {bdf}: BAR {} at {new:#x}: {err}", change.index);
+                return;
+            }
+            for e in events.into_iter().flatten() {
+                let addr = Self::ioevent_address(change.kind, new + e.offset);
+                if let Err(err) = self.vm.register_ioevent(&e.event, &addr, e.datamatch) {
+                    log::warn!(
+                        "PCI {bdf}: cannot add an ioeventfd at {:#x}: {err}",
+                        new + e.offset
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The PCI segment of a VM: root, config access devices, BAR window, MSI routing.
+pub struct PciSegment {
+    root: Arc<PciRoot>,
+    mapper: Arc<BarMapper>,
+    router: Arc<GsiRouter>,
+    window: AddressAllocator,
+    next_slot: u8,
+}
+
+impl PciSegment {
+    /// Creates the root (host bridge at 00:00.0) and registers configuration
+    /// mechanism 1 at 0xCF8 and the ECAM window.
+    pub fn new(
+        vm: &Arc<VmFd>,
+        pio: &Arc<Bus>,
+        mmio: &Arc<Bus>,
+        max_gsi: u32,
+    ) -> Result<Self, DeviceError> {
+        let mapper = Arc::new(BarMapper {
+            vm: vm.clone(),
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            ioevents: Mutex::new(HashMap::new()),
+        });
+        let root = Arc::new(PciRoot::new(mapper.clone()));
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+            u64::from(PCI_CONFIG_IO_PORT),
+            PCI_CONFIG_IO_PORT_COUNT,
+        )?;
+        let ecam = PciConfigMmio::new(root.clone(), PCI_ECAM_BUSES);
+        let ecam_size = ecam.size();
+        mmio.insert(Arc::new(Mutex::new(ecam)), PCI_ECAM_BASE, ecam_size)?;
+        Ok(PciSegment {
+            root,
+            mapper,
+            router: Arc::new(GsiRouter::new(vm.clone(), max_gsi)),
+            window: AddressAllocator::new(PCI_MMIO_WINDOW.0, PCI_MMIO_WINDOW.1),
+            next_slot: 1,
+        })
+    }
+
+    /// Adds `device` as a virtio-pci function in the next free slot, with its
+    /// BAR assigned and decoding (as firmware would leave it), MSI-X vectors
+    /// on irqfds and INTx on `gsi`.
+    pub fn add_virtio(
+        &mut self,
+        vm: &Arc<VmFd>,
+        memory: &GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+        gsi: u32,
+    ) -> Result<Bdf, DeviceError> {
+        let vectors = (0..device.queue_max_sizes().len() + 1)
+            .map(|_| self.router.allocate())
+            .collect::<Result<Vec<_>, _>>()?;
+        let msi = Arc::new(KvmMsiInterrupt { vectors });
+        let intx = Arc::new(KvmIrqLine::new(vm.clone(), gsi));
+        let bar = self
+            .window
+            .allocate(BAR_SIZE, BAR_SIZE)
+            .ok_or(DeviceError::PciWindowFull(BAR_SIZE))?;
+        let mut pci = VirtioPciDevice::new(device, memory.clone(), msi, intx, gsi as u8, bar)?;
+        pci.config_mut()
+            .set_command(devices::pci::configuration::COMMAND_MEMORY_SPACE);
+        let bdf = Bdf::new(0, self.next_slot, 0)?;
+        let events = pci
+            .common()
+            .notify_events()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(BarIoEvent {
+                    offset: NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER),
+                    datamatch: i as u32,
+                    event: e
+                        .try_clone()
+                        .map_err(|err| DeviceError::Msi(MsiError::EventFd(err)))?,
+                })
+            })
+            .collect::<Result<Vec<_>, DeviceError>>()?;
+        self.mapper
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((bdf, 0), events);
+        // Adding a function whose BAR already decodes maps it through the BarMapper.
+        self.root.add_device_at(bdf, Arc::new(Mutex::new(pci)))?;
+        self.next_slot += 1;
+        Ok(bdf)
+    }
 }

@@ -13,7 +13,6 @@ use devices::rtc::Rtc;
 use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
 use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use virtio::block::BlockConfig;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -21,7 +20,9 @@ use crate::boot::{self, BootConfig, BootInfo, BootProtocol, ACPI_SLEEP_CONTROL_P
 use crate::bus::{Bus, BusError};
 use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
-use crate::device_manager::{self, DeviceError};
+use virtio::transport::mmio::MMIO_WINDOW_SIZE;
+
+use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, PciSegment, VirtioTransport};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::{self, InterruptError, KvmIrqLine};
@@ -53,7 +54,9 @@ pub struct VmConfig {
     /// Path of the KVM device.
     pub kvm_path: PathBuf,
     /// Virtio block devices.
-    pub disks: Vec<BlockConfig>,
+    pub disks: Vec<DiskSpec>,
+    /// The transport of virtio devices that do not name one.
+    pub transport: VirtioTransport,
 }
 
 /// Errors while building a VM.
@@ -124,7 +127,17 @@ impl VmError {
             self,
             VmError::VcpuCount { .. } | VmError::Boot(_) | VmError::ConsoleFile { .. }
         ) || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+            || matches!(
+                self,
+                VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. })
+            )
     }
+}
+
+/// Where a virtio device goes.
+enum Placement {
+    Pci(u32),
+    Mmio(MmioSlot),
 }
 
 /// A built VM, ready to run.
@@ -193,15 +206,24 @@ impl Vm {
         // Virtio devices first: opening their backends can fail on user input, and
         // the kernel command line must announce the MMIO ones.
         let virtio_devices = device_manager::create_block_devices(&config.disks)?;
-        let slots = (0..virtio_devices.len())
-            .map(device_manager::mmio_slot)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut placements = Vec::with_capacity(virtio_devices.len());
+        let mut mmio_count = 0;
         let mut cmdline = config.cmdline;
-        for slot in &slots {
-            if !cmdline.is_empty() {
-                cmdline.push(' ');
+        for (index, spec) in config.disks.iter().enumerate() {
+            let gsi = device_manager::device_gsi(index)?;
+            match spec.transport.unwrap_or(config.transport) {
+                VirtioTransport::Pci => placements.push(Placement::Pci(gsi)),
+                VirtioTransport::Mmio => {
+                    let base = device_manager::VIRTIO_MMIO_BASE + mmio_count * MMIO_WINDOW_SIZE;
+                    let slot = MmioSlot { base, gsi };
+                    mmio_count += 1;
+                    if !cmdline.is_empty() {
+                        cmdline.push(' ');
+                    }
+                    cmdline.push_str(&slot.cmdline_param());
+                    placements.push(Placement::Mmio(slot));
+                }
             }
-            cmdline.push_str(&slot.cmdline_param());
         }
         let boot_config = BootConfig {
             kernel: config.kernel,
@@ -222,8 +244,19 @@ impl Vm {
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
         let console_input = add_legacy_devices(&vm, &pio_bus, &exit, &config.console, &layout)?;
-        for (device, slot) in virtio_devices.into_iter().zip(slots) {
-            device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?;
+        // The PCI host bridge is always there, with or without devices behind it.
+        let max_gsi = u32::try_from(kvm.check_extension_int(Cap::IrqRouting)).unwrap_or(0);
+        let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, max_gsi)?;
+        for (device, placement) in virtio_devices.into_iter().zip(placements) {
+            match placement {
+                Placement::Mmio(slot) => {
+                    device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?
+                }
+                Placement::Pci(gsi) => {
+                    let bdf = pci.add_virtio(&vm, &memory, device, gsi)?;
+                    log::info!("virtio-pci device at {bdf}, INTx on GSI {gsi}");
+                }
+            }
         }
 
         let supported_cpuid = kvm

@@ -5,6 +5,7 @@
 //! (book 5.3), feature negotiation, queue set-up and activation.
 
 pub mod mmio;
+pub mod pci;
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -333,7 +334,8 @@ impl LineInterrupt {
         bits
     }
 
-    fn raise(&self, bit: u32) {
+    /// Sets `bit` and asserts the line.
+    pub fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         self.line.set_level(true);
     }

@@ -17,6 +17,7 @@
 //! The e820 map handed to the guest is derived from the same [`MemoryLayout`]
 //! that creates the slots, so the two can never disagree.
 
+pub mod allocator;
 pub mod e820;
 pub mod pagewalk;
 
