@@ -335,3 +335,45 @@ fn bad_disk_options() {
         out.describe()
     );
 }
+
+#[test]
+fn config_space_through_ecam_from_the_acpi_mcfg() {
+    let (path, out) = run_blk("ecam", &[], "blk msix ecam", 77);
+    check_report(&out, 77);
+    assert!(
+        out.report()
+            .get("acpi-tables")
+            .unwrap_or("")
+            .contains("MCFG"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.report().get("pci-host"),
+        Some("00:00.0 1b36:0008 mech=ecam ecam=0xe0000000"),
+        "{}",
+        out.describe()
+    );
+    check_file(&path, 77);
+}
+
+#[test]
+fn guest_moves_the_bar_and_everything_follows() {
+    // The probe re-assigns BAR 0; the MMIO mapping, the MSI-X table inside it and
+    // the queue-notify ioeventfds must all move with it.
+    let (path, out) = run_blk(
+        "reassign",
+        &[],
+        "blk msix pci-reassign pcimem=0xc8000000",
+        88,
+    );
+    check_report(&out, 88);
+    assert!(
+        out.stdout
+            .contains("pci-assign: 00:01.0 bar=0 type=mem64 addr=0xc8000000"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("ioeventfd"), "{}", out.describe());
+    check_file(&path, 88);
+}

@@ -22,6 +22,7 @@ use virtio::transport::TransportError;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot::pci_acpi::PciDescription;
 use crate::bus::{Bus, BusError};
 use crate::interrupt::msi::{self, GsiRouter, MsiError, MsiVector};
 use crate::interrupt::KvmIrqLine;
@@ -264,6 +265,7 @@ pub struct PciSegment {
     router: Arc<GsiRouter>,
     window: AddressAllocator,
     next_slot: u8,
+    intx_routes: Vec<(u8, u32)>,
 }
 
 impl PciSegment {
@@ -296,6 +298,7 @@ impl PciSegment {
             router: Arc::new(GsiRouter::new(vm.clone(), max_gsi)),
             window: AddressAllocator::new(PCI_MMIO_WINDOW.0, PCI_MMIO_WINDOW.1),
             next_slot: 1,
+            intx_routes: Vec::new(),
         })
     }
 
@@ -344,7 +347,18 @@ impl PciSegment {
             .insert((bdf, 0), events);
         // Adding a function whose BAR already decodes maps it through the BarMapper.
         self.root.add_device_at(bdf, Arc::new(Mutex::new(pci)))?;
+        self.intx_routes.push((self.next_slot, gsi));
         self.next_slot += 1;
         Ok(bdf)
+    }
+
+    /// The segment as ACPI describes it (MCFG, host bridge windows, `_PRT`).
+    pub fn description(&self) -> PciDescription {
+        PciDescription {
+            ecam_base: PCI_ECAM_BASE,
+            ecam_buses: PCI_ECAM_BUSES,
+            mmio_window: PCI_MMIO_WINDOW,
+            intx_routes: self.intx_routes.clone(),
+        }
     }
 }

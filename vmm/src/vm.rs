@@ -225,21 +225,6 @@ impl Vm {
                 }
             }
         }
-        let boot_config = BootConfig {
-            kernel: config.kernel,
-            kernel_name: config.kernel_name,
-            initrd: config.initrd,
-            cmdline,
-            protocol: config.boot_protocol,
-            num_cpus: config.cpus,
-        };
-        let boot_info = boot::load(&memory, &layout, &boot_config)?;
-        log::info!(
-            "boot: {:?}, entry {:?}",
-            boot_info.protocol,
-            boot_info.entry
-        );
-
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
@@ -258,6 +243,23 @@ impl Vm {
                 }
             }
         }
+
+        // The firmware tables describe the devices just placed.
+        let boot_config = BootConfig {
+            kernel: config.kernel,
+            kernel_name: config.kernel_name,
+            initrd: config.initrd,
+            cmdline,
+            protocol: config.boot_protocol,
+            num_cpus: config.cpus,
+            pci: Some(pci.description()),
+        };
+        let boot_info = boot::load(&memory, &layout, &boot_config)?;
+        log::info!(
+            "boot: {:?}, entry {:?}",
+            boot_info.protocol,
+            boot_info.entry
+        );
 
         let supported_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)

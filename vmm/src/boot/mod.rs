@@ -20,6 +20,7 @@ pub mod aml;
 pub mod bios;
 pub mod linux;
 pub mod mptable;
+pub mod pci_acpi;
 pub mod pvh;
 pub mod realmode;
 
@@ -122,6 +123,8 @@ pub struct BootConfig {
     pub protocol: BootProtocol,
     /// Number of vCPUs, for the MP table and ACPI.
     pub num_cpus: u8,
+    /// The PCI segment to describe in ACPI, if the VM has one.
+    pub pci: Option<pci_acpi::PciDescription>,
 }
 
 /// Errors while loading a guest. Each names the file or the limit involved.
@@ -235,7 +238,7 @@ pub fn load(
     if config.cmdline.as_bytes().contains(&0) {
         return Err(BootError::CmdlineNul);
     }
-    let rsdp_addr = write_firmware_tables(memory, config.num_cpus)?;
+    let rsdp_addr = write_firmware_tables(memory, config.num_cpus, config.pci.as_ref())?;
     let mut info = match detect_format(config)? {
         ImageFormat::Elf => linux::load_elf(memory, layout, config, rsdp_addr)?,
         ImageFormat::BzImage => linux::load_bzimage(memory, layout, config, rsdp_addr)?,
@@ -262,12 +265,20 @@ fn detect_format(config: &BootConfig) -> Result<ImageFormat, BootError> {
 }
 
 /// Writes the ACPI tables and the MP table; returns the RSDP's address.
-fn write_firmware_tables(memory: &GuestMemoryMmap, num_cpus: u8) -> Result<u64, BootError> {
+fn write_firmware_tables(
+    memory: &GuestMemoryMmap,
+    num_cpus: u8,
+    pci: Option<&pci_acpi::PciDescription>,
+) -> Result<u64, BootError> {
     let mp = mptable::build_mptable(MPTABLE_ADDR, num_cpus)?;
     write_guest(memory, MPTABLE_ADDR, &mp, "MP table")?;
     let mut acpi_config = acpi::AcpiConfig::new(num_cpus, ACPI_SLEEP_CONTROL_PORT);
     acpi_config.ioapic_addr = IOAPIC_ADDR as u32;
     acpi_config.lapic_addr = LAPIC_ADDR as u32;
+    if let Some(pci) = pci {
+        acpi_config.extra_tables.push(pci_acpi::build_mcfg(pci));
+        acpi_config.extra_dsdt_aml = pci_acpi::build_pci_host_bridge_aml(pci)?;
+    }
     let tables = acpi::build_acpi_tables(ACPI_ADDR, &acpi_config)?;
     write_guest(memory, ACPI_ADDR, &tables.bytes, "ACPI tables")?;
     Ok(tables.rsdp_addr)
