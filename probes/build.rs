@@ -23,9 +23,8 @@ fn tool(var: &str, default: &str) -> String {
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("rvmm-probes: cannot run {cmd:?}: {e} (install gcc and binutils)")
-    });
+    let out =
+        cmd.output().unwrap_or_else(|e| panic!("rvmm-probes: cannot run {cmd:?}: {e} (install gcc and binutils)"));
     if !out.status.success() {
         panic!(
             "rvmm-probes: {cmd:?} failed with {}:\n{}{}",
@@ -67,34 +66,18 @@ const CFLAGS: &[&str] = &[
 
 fn compile(cc: &str, src: &Path, obj: &Path, include: &Path, flags: &[&str], extra: &[&str]) {
     let mut cmd = Command::new(cc);
-    cmd.args(flags)
-        .args(extra)
-        .arg("-I")
-        .arg(include)
-        .arg("-c")
-        .arg(src)
-        .arg("-o")
-        .arg(obj);
+    cmd.args(flags).args(extra).arg("-I").arg(include).arg("-c").arg(src).arg("-o").arg(obj);
     run(&mut cmd);
 }
 
 fn link(ld: &str, script: &Path, objs: &[&Path], out: &Path) {
     let mut cmd = Command::new(ld);
-    cmd.args([
-        "-m",
-        "elf_x86_64",
-        "-nostdlib",
-        "-static",
-        "-z",
-        "max-page-size=0x1000",
-        "-z",
-        "noexecstack",
-    ])
-    .args(["--no-dynamic-linker", "--build-id=none", "-T"])
-    .arg(script)
-    .args(objs)
-    .arg("-o")
-    .arg(out);
+    cmd.args(["-m", "elf_x86_64", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "-z", "noexecstack"])
+        .args(["--no-dynamic-linker", "--build-id=none", "-T"])
+        .arg(script)
+        .args(objs)
+        .arg("-o")
+        .arg(out);
     run(&mut cmd);
 }
 
@@ -113,8 +96,7 @@ fn symbols(nm: &str, elf: &Path) -> HashMap<String, u64> {
 }
 
 fn sym(map: &HashMap<String, u64>, name: &str) -> u64 {
-    *map.get(name)
-        .unwrap_or_else(|| panic!("rvmm-probes: symbol {name} missing"))
+    *map.get(name).unwrap_or_else(|| panic!("rvmm-probes: symbol {name} missing"))
 }
 
 /// Fails the build if the disassembly contains an instruction the host's KVM emulator
@@ -144,8 +126,7 @@ fn check_disassembly(text: &str, what: &str, allow_int: bool) {
     let mut bad = Vec::new();
     for line in text.lines() {
         let mut fields = line.splitn(3, '\t');
-        let (Some(addr), Some(_bytes), Some(insn)) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(addr), Some(_bytes), Some(insn)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         let insn = insn.trim();
@@ -236,59 +217,21 @@ fn main() {
     let entry_o = out.join("entry.o");
     let note_o = out.join("pvhnote.o");
     let setup_o = out.join("bzsetup.o");
-    compile(
-        &cc,
-        &guest.join("probe.c"),
-        &probe_o,
-        &guest,
-        CFLAGS,
-        &["-m64"],
-    );
+    compile(&cc, &guest.join("probe.c"), &probe_o, &guest, CFLAGS, &["-m64"]);
     for (src, obj) in [("pci.c", &pci_o), ("virtio_blk.c", &blk_o)] {
         compile(&cc, &guest.join(src), obj, &guest, CFLAGS, &["-m64"]);
     }
-    compile(
-        &cc,
-        &guest.join("entry.S"),
-        &entry_o,
-        &guest,
-        CFLAGS,
-        &["-m64"],
-    );
-    compile(
-        &cc,
-        &guest.join("pvhnote.S"),
-        &note_o,
-        &guest,
-        CFLAGS,
-        &["-m64"],
-    );
-    compile(
-        &cc,
-        &guest.join("bzsetup.S"),
-        &setup_o,
-        &guest,
-        &[],
-        &["-m32"],
-    );
+    compile(&cc, &guest.join("entry.S"), &entry_o, &guest, CFLAGS, &["-m64"]);
+    compile(&cc, &guest.join("pvhnote.S"), &note_o, &guest, CFLAGS, &["-m64"]);
+    compile(&cc, &guest.join("bzsetup.S"), &setup_o, &guest, &[], &["-m32"]);
 
     // ---- link the ELF images ----
     let template = fs::read_to_string(guest.join("payload.ld.in")).unwrap();
     let script = |entry: &str, note: bool| {
         template
             .replace("@ENTRY@", entry)
-            .replace(
-                "@NOTE_PHDR@",
-                if note { "note PT_NOTE FLAGS(4);" } else { "" },
-            )
-            .replace(
-                "@NOTE_SEC@",
-                if note {
-                    ".note : ALIGN(4) { KEEP(*(.note.Xen)) } :load :note"
-                } else {
-                    ""
-                },
-            )
+            .replace("@NOTE_PHDR@", if note { "note PT_NOTE FLAGS(4);" } else { "" })
+            .replace("@NOTE_SEC@", if note { ".note : ALIGN(4) { KEEP(*(.note.Xen)) } :load :note" } else { "" })
     };
     let ld64 = out.join("linux64.ld");
     let ldpvh = out.join("pvh.ld");
@@ -298,69 +241,35 @@ fn main() {
     let linux64 = out.join("probe-linux64.elf");
     let pvh = out.join("probe-pvh.elf");
     link(&ld, &ld64, &[&entry_o, &probe_o, &pci_o, &blk_o], &linux64);
-    link(
-        &ld,
-        &ldpvh,
-        &[&entry_o, &probe_o, &pci_o, &blk_o, &note_o],
-        &pvh,
-    );
+    link(&ld, &ldpvh, &[&entry_o, &probe_o, &pci_o, &blk_o, &note_o], &pvh);
 
     let syms = symbols(&nm, &linux64);
-    assert_eq!(
-        sym(&syms, "bz_entry32"),
-        LOAD_ADDR,
-        "bzImage 32-bit entry must be at offset 0"
-    );
-    assert_eq!(
-        sym(&syms, "bz_entry64"),
-        LOAD_ADDR + 0x200,
-        "bzImage 64-bit entry must be at offset 0x200"
-    );
+    assert_eq!(sym(&syms, "bz_entry32"), LOAD_ADDR, "bzImage 32-bit entry must be at offset 0");
+    assert_eq!(sym(&syms, "bz_entry64"), LOAD_ADDR + 0x200, "bzImage 64-bit entry must be at offset 0x200");
     let tramp = sym(&syms, "tramp_end") - sym(&syms, "tramp_start");
     assert!(tramp < 0x1000, "AP trampoline too large");
 
     // ---- bzImage ----
     let payload_bin = out.join("payload.bin");
-    run(Command::new(&objcopy)
-        .args(["-O", "binary"])
-        .arg(&linux64)
-        .arg(&payload_bin));
+    run(Command::new(&objcopy).args(["-O", "binary"]).arg(&linux64).arg(&payload_bin));
     let payload = fs::read(&payload_bin).unwrap();
     let edata = sym(&syms, "_edata") - LOAD_ADDR;
     let end = sym(&syms, "_end") - LOAD_ADDR;
-    assert!(
-        payload.len() as u64 <= edata,
-        "payload larger than _edata: {} > {edata}",
-        payload.len()
-    );
+    assert!(payload.len() as u64 <= edata, "payload larger than _edata: {} > {edata}", payload.len());
     let mut payload = payload;
     payload.resize(edata as usize, 0);
 
     let setup_elf = out.join("bzsetup.elf");
     run(Command::new(&ld)
-        .args([
-            "-m",
-            "elf_i386",
-            "-nostdlib",
-            "-static",
-            "--build-id=none",
-            "-T",
-        ])
+        .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none", "-T"])
         .arg(guest.join("bzsetup.ld"))
         .arg(&setup_o)
         .arg("-o")
         .arg(&setup_elf));
     let setup_bin = out.join("bzsetup.bin");
-    run(Command::new(&objcopy)
-        .args(["-O", "binary", "-j", ".text"])
-        .arg(&setup_elf)
-        .arg(&setup_bin));
+    run(Command::new(&objcopy).args(["-O", "binary", "-j", ".text"]).arg(&setup_elf).arg(&setup_bin));
     let mut setup = fs::read(&setup_bin).unwrap();
-    assert!(
-        setup.len() >= 1024 && setup.len() % 512 == 0,
-        "setup size {}",
-        setup.len()
-    );
+    assert!(setup.len() >= 1024 && setup.len() % 512 == 0, "setup size {}", setup.len());
     assert_eq!(&setup[0x202..0x206], b"HdrS");
     assert_eq!(&setup[0x1fe..0x200], &[0x55, 0xaa]);
     let setup_sects = setup.len() / 512 - 1;
@@ -368,11 +277,7 @@ fn main() {
     put_u8(&mut setup, 0x1f1, setup_sects as u8);
     put_u32(&mut setup, 0x1f4, payload.len().div_ceil(16) as u32); // syssize
     put_u32(&mut setup, 0x260, (end.div_ceil(0x1000) * 0x1000) as u32); // init_size
-    put_u32(
-        &mut setup,
-        0x268,
-        (sym(&syms, "kernel_info") - LOAD_ADDR) as u32,
-    ); // kernel_info_offset
+    put_u32(&mut setup, 0x268, (sym(&syms, "kernel_info") - LOAD_ADDR) as u32); // kernel_info_offset
     let mut bz = setup.clone();
     bz.extend_from_slice(&payload);
     // Like Linux's arch/x86/boot/tools/build.c, pad the payload to whole
@@ -387,8 +292,5 @@ fn main() {
         .args(["-D", "-b", "binary", "-m", "i8086", "--start-address=0x26c"])
         .arg(&setup_bin)))
     .into_owned();
-    assert!(
-        !setup_dis.contains("xmm"),
-        "bzImage setup uses SSE registers"
-    );
+    assert!(!setup_dis.contains("xmm"), "bzImage setup uses SSE registers");
 }

@@ -21,10 +21,7 @@ pub struct DebugExit {
 impl DebugExit {
     /// Creates the device, reporting exit requests to `events`.
     pub fn new(events: GuestEventSink) -> Self {
-        Self {
-            events,
-            bad_access: LogLimiter::new(),
-        }
+        Self { events, bad_access: LogLimiter::new() }
     }
 }
 
@@ -44,10 +41,7 @@ impl BusDevice for DebugExit {
             }
             _ => {
                 if let Some(n) = self.bad_access.tick() {
-                    log::warn!(
-                        "debug exit: ignoring {}-byte write at offset {offset:#x} (#{n})",
-                        data.len()
-                    );
+                    log::warn!("debug exit: ignoring {}-byte write at offset {offset:#x} (#{n})", data.len());
                 }
             }
         }

@@ -122,18 +122,10 @@ struct OutByte {
 
 impl OutByte {
     fn kbd(value: u8) -> Self {
-        Self {
-            value,
-            aux: false,
-            timeout: false,
-        }
+        Self { value, aux: false, timeout: false }
     }
     fn aux(value: u8) -> Self {
-        Self {
-            value,
-            aux: true,
-            timeout: false,
-        }
+        Self { value, aux: true, timeout: false }
     }
 }
 
@@ -150,13 +142,7 @@ struct Keyboard {
 
 impl Keyboard {
     fn new() -> Self {
-        Self {
-            awaiting_param: None,
-            scanning: true,
-            scancode_set: 2,
-            leds: 0,
-            typematic: 0x2b,
-        }
+        Self { awaiting_param: None, scanning: true, scancode_set: 2, leds: 0, typematic: 0x2b }
     }
 
     fn set_defaults(&mut self) {
@@ -201,11 +187,7 @@ impl Keyboard {
             }
             KBD_ECHO => reply.push(KBD_ECHO),
             KBD_GET_ID => {
-                let second = if translate {
-                    KBD_ID_SECOND_TRANSLATED
-                } else {
-                    KBD_ID_SECOND_RAW
-                };
+                let second = if translate { KBD_ID_SECOND_TRANSLATED } else { KBD_ID_SECOND_RAW };
                 reply.extend_from_slice(&[KBD_ACK, KBD_ID_FIRST, second]);
             }
             KBD_ENABLE => {
@@ -439,11 +421,9 @@ impl I8042 {
                 let v = self.ram.get(usize::from(cmd - CMD_READ_RAM)).copied();
                 self.push_ctrl(OutByte::kbd(v.unwrap_or(0)));
             }
-            0x60..=0x7f
-            | CMD_WRITE_OUTPORT
-            | CMD_WRITE_KBD_OBUF
-            | CMD_WRITE_AUX_OBUF
-            | CMD_WRITE_AUX => self.awaiting_param = Some(cmd),
+            0x60..=0x7f | CMD_WRITE_OUTPORT | CMD_WRITE_KBD_OBUF | CMD_WRITE_AUX_OBUF | CMD_WRITE_AUX => {
+                self.awaiting_param = Some(cmd)
+            }
             CMD_AUX_DISABLE => self.set_ctr(self.ctr() | CTR_AUX_DISABLE),
             CMD_AUX_ENABLE => self.set_ctr(self.ctr() & !CTR_AUX_DISABLE),
             CMD_AUX_TEST | CMD_KBD_TEST => self.push_ctrl(OutByte::kbd(INTERFACE_TEST_OK)),
@@ -496,11 +476,7 @@ impl I8042 {
             Some(CMD_WRITE_AUX) => {
                 // No mouse is attached: the controller reports a timeout.
                 if self.aux_queue.len() < MAX_QUEUED {
-                    self.aux_queue.push_back(OutByte {
-                        value: AUX_NO_DEVICE,
-                        aux: true,
-                        timeout: true,
-                    });
+                    self.aux_queue.push_back(OutByte { value: AUX_NO_DEVICE, aux: true, timeout: true });
                 }
             }
             Some(_) | None => {
@@ -571,12 +547,7 @@ mod tests {
             let irq1 = Arc::new(RecordingIrqLine::default());
             let irq12 = Arc::new(RecordingIrqLine::default());
             let kbc = I8042::new(sink, Some(irq1.clone())).with_aux_irq(irq12.clone());
-            Self {
-                kbc,
-                events,
-                irq1,
-                irq12,
-            }
+            Self { kbc, events, irq1, irq12 }
         }
         fn status(&mut self) -> u8 {
             let mut b = [0];
@@ -596,11 +567,7 @@ mod tests {
         }
         /// Reads one byte the way Linux's i8042_command does: OBF must be set.
         fn expect(&mut self, v: u8) {
-            assert_ne!(
-                self.status() & STATUS_OBF,
-                0,
-                "expected {v:#x}, buffer empty"
-            );
+            assert_ne!(self.status() & STATUS_OBF, 0, "expected {v:#x}, buffer empty");
             assert_eq!(self.data(), v);
         }
         fn flush(&mut self) -> usize {
@@ -641,11 +608,7 @@ mod tests {
         h.cmd(CMD_WRITE_RAM);
         assert_ne!(h.status() & STATUS_CMD, 0);
         h.put(0x30);
-        assert_eq!(
-            h.status() & (STATUS_CMD | STATUS_SYS),
-            0,
-            "SYS follows CTR bit 2"
-        );
+        assert_eq!(h.status() & (STATUS_CMD | STATUS_SYS), 0, "SYS follows CTR bit 2");
         h.cmd(CMD_READ_RAM);
         h.expect(0x30);
         // Other RAM bytes just store.
@@ -710,10 +673,7 @@ mod tests {
         // psmouse: nobody home.
         h.cmd(CMD_WRITE_AUX);
         h.put(0xf2);
-        assert_eq!(
-            h.status() & (STATUS_OBF | STATUS_AUX_OBF | STATUS_TIMEOUT),
-            0x61
-        );
+        assert_eq!(h.status() & (STATUS_OBF | STATUS_AUX_OBF | STATUS_TIMEOUT), 0x61);
         h.expect(AUX_NO_DEVICE);
 
         // i8042_enable_kbd_port, then atkbd talks through IRQ 1.
@@ -723,10 +683,7 @@ mod tests {
         assert!(!h.irq1.level());
         let edges = h.irq1.rising_edges();
         h.put(KBD_GET_ID);
-        for (i, v) in [KBD_ACK, KBD_ID_FIRST, KBD_ID_SECOND_TRANSLATED]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, v) in [KBD_ACK, KBD_ID_FIRST, KBD_ID_SECOND_TRANSLATED].into_iter().enumerate() {
             assert!(h.irq1.level());
             assert_eq!(h.irq1.rising_edges(), edges + i as u64 + 1);
             h.expect(v);

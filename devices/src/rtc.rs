@@ -93,9 +93,7 @@ pub type Clock = Box<dyn Fn() -> Duration + Send>;
 
 /// The host's wall clock; a clock set before 1970 reads as the epoch.
 fn system_clock() -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date. Linear in `day`, so
@@ -142,24 +140,14 @@ impl DateTime {
     fn from_unix(secs: i64) -> Self {
         let (year, month, day) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
         let tod = secs.rem_euclid(SECS_PER_DAY);
-        Self {
-            year,
-            month,
-            day,
-            hour: (tod / 3600) as u8,
-            minute: (tod / 60 % 60) as u8,
-            second: (tod % 60) as u8,
-        }
+        Self { year, month, day, hour: (tod / 3600) as u8, minute: (tod / 60 % 60) as u8, second: (tod % 60) as u8 }
     }
 
     fn to_unix(self) -> i64 {
         // Saturating: only a host clock near the end of i64 time gets close,
         // and that must not become a panic in a debug build.
-        let tod =
-            i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second);
-        days_from_civil(self.year, self.month, self.day)
-            .saturating_mul(SECS_PER_DAY)
-            .saturating_add(tod)
+        let tod = i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second);
+        days_from_civil(self.year, self.month, self.day).saturating_mul(SECS_PER_DAY).saturating_add(tod)
     }
 
     /// Day of week as the RTC counts it: 1 = Sunday.
@@ -234,9 +222,7 @@ impl Rtc {
 
     /// The time the clock shows now (or the frozen one while SET is on).
     fn current_time(&self) -> DateTime {
-        self.frozen.unwrap_or_else(|| {
-            DateTime::from_unix(self.host_secs().saturating_add(self.offset_secs))
-        })
+        self.frozen.unwrap_or_else(|| DateTime::from_unix(self.host_secs().saturating_add(self.offset_secs)))
     }
 
     /// Makes the running clock show `t` from now on.
@@ -353,8 +339,9 @@ impl Rtc {
 
     fn write_register(&mut self, index: u8, v: u8) {
         match index {
-            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_DAY_OF_MONTH | REG_MONTH | REG_YEAR
-            | REG_CENTURY => self.write_time_field(index, v),
+            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_DAY_OF_MONTH | REG_MONTH | REG_YEAR | REG_CENTURY => {
+                self.write_time_field(index, v)
+            }
             REG_DAY_OF_WEEK => log::debug!("rtc: ignoring day-of-week write {v:#x} (derived)"),
             // UIP is read-only.
             REG_A => self.reg_a = v & !A_UIP,
@@ -393,21 +380,12 @@ impl Rtc {
             REG_SECONDS => self.decode(raw).filter(|v| *v < 60).map(|v| t.second = v),
             REG_MINUTES => self.decode(raw).filter(|v| *v < 60).map(|v| t.minute = v),
             REG_HOURS => self.decode_hour(raw).map(|v| t.hour = v),
-            REG_DAY_OF_MONTH => self
-                .decode(raw)
-                .filter(|v| (1..=31).contains(v))
-                .map(|v| t.day = v),
-            REG_MONTH => self
-                .decode(raw)
-                .filter(|v| (1..=12).contains(v))
-                .map(|v| t.month = v),
-            REG_YEAR => self
-                .decode(raw)
-                .filter(|v| *v < 100)
-                .map(|v| t.year = t.year.div_euclid(100) * 100 + i64::from(v)),
-            REG_CENTURY => self
-                .decode(raw)
-                .map(|v| t.year = i64::from(v) * 100 + t.year.rem_euclid(100)),
+            REG_DAY_OF_MONTH => self.decode(raw).filter(|v| (1..=31).contains(v)).map(|v| t.day = v),
+            REG_MONTH => self.decode(raw).filter(|v| (1..=12).contains(v)).map(|v| t.month = v),
+            REG_YEAR => {
+                self.decode(raw).filter(|v| *v < 100).map(|v| t.year = t.year.div_euclid(100) * 100 + i64::from(v))
+            }
+            REG_CENTURY => self.decode(raw).map(|v| t.year = i64::from(v) * 100 + t.year.rem_euclid(100)),
             _ => None,
         };
         if applied.is_none() {
@@ -471,9 +449,7 @@ mod tests {
         fn at(secs: u64) -> Self {
             let now_ns = Arc::new(AtomicU64::new(secs * 1_000_000_000));
             let c = now_ns.clone();
-            let rtc = Rtc::with_clock(Box::new(move || {
-                Duration::from_nanos(c.load(Ordering::SeqCst))
-            }));
+            let rtc = Rtc::with_clock(Box::new(move || Duration::from_nanos(c.load(Ordering::SeqCst))));
             Self { rtc, now_ns }
         }
         fn advance_ms(&self, ms: u64) {
@@ -497,14 +473,7 @@ mod tests {
 
     #[test]
     fn calendar_conversions() {
-        for secs in [
-            0i64,
-            LEAP_DAY as i64,
-            951_782_400,
-            4_107_542_400,
-            -1,
-            -86_401,
-        ] {
+        for secs in [0i64, LEAP_DAY as i64, 951_782_400, 4_107_542_400, -1, -86_401] {
             assert_eq!(DateTime::from_unix(secs).to_unix(), secs);
         }
         let t = DateTime::from_unix(LEAP_DAY as i64);
@@ -691,11 +660,7 @@ mod tests {
 
     #[test]
     fn absurd_host_clock_does_not_panic() {
-        for now in [
-            Duration::MAX,
-            Duration::from_secs(i64::MAX as u64),
-            Duration::ZERO,
-        ] {
+        for now in [Duration::MAX, Duration::from_secs(i64::MAX as u64), Duration::ZERO] {
             let mut rtc = Rtc::with_clock(Box::new(move || now));
             for reg in [0x00u8, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32, 0x0a, 0x0c] {
                 rtc.write(OFFSET_INDEX, &[reg]);

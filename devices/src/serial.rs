@@ -185,10 +185,7 @@ impl Serial {
         self.pending.extend(accepted);
         if !dropped.is_empty() {
             if let Some(n) = self.dropped_input.tick() {
-                log::warn!(
-                    "serial: guest is not reading its input, dropped {} bytes (overflow #{n})",
-                    dropped.len()
-                );
+                log::warn!("serial: guest is not reading its input, dropped {} bytes (overflow #{n})", dropped.len());
             }
         }
         self.fill_rx();
@@ -315,11 +312,7 @@ impl Serial {
             self.thr_ipending = false;
             self.update_irq();
         }
-        let fifo_bits = if self.fifo_enabled() {
-            IIR_FIFO_ENABLED
-        } else {
-            0
-        };
+        let fifo_bits = if self.fifo_enabled() { IIR_FIFO_ENABLED } else { 0 };
         id | fifo_bits
     }
 
@@ -492,10 +485,7 @@ impl BusDevice for Serial {
         if value.is_none() {
             data.fill(0xff);
             if let Some(n) = self.bad_access.tick() {
-                log::warn!(
-                    "serial: unsupported {}-byte read at offset {offset:#x} (#{n})",
-                    data.len()
-                );
+                log::warn!("serial: unsupported {}-byte read at offset {offset:#x} (#{n})", data.len());
             }
         }
     }
@@ -507,10 +497,7 @@ impl BusDevice for Serial {
         };
         if !handled {
             if let Some(n) = self.bad_access.tick() {
-                log::warn!(
-                    "serial: ignoring {}-byte write at offset {offset:#x} (#{n})",
-                    data.len()
-                );
+                log::warn!("serial: ignoring {}-byte write at offset {offset:#x} (#{n})", data.len());
             }
         }
     }
@@ -674,10 +661,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut uart = Serial::new(
-            Arc::new(RecordingIrqLine::default()),
-            Some(Box::new(Broken)),
-        );
+        let mut uart = Serial::new(Arc::new(RecordingIrqLine::default()), Some(Box::new(Broken)));
         for _ in 0..3 {
             uart.write(REG_DATA, b"a");
         }

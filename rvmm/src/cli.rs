@@ -59,6 +59,10 @@ struct RunArgs {
     /// virtio-mmio window announced on the kernel command line.
     #[arg(long, value_enum, default_value_t = TransportArg::Pci)]
     transport: TransportArg,
+    /// Print exit statistics (per vCPU and exit reason, per device, handling
+    /// latency) to stderr when the VM ends; SIGUSR1 prints them at any time.
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -128,25 +132,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 't' | 'T')) => (&t[..i], 40),
         _ => (t, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (try 256M, 1G or a number of bytes)"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size (try 256M, 1G or a number of bytes)"))?;
     if n == 0 {
         return Err(format!("'{s}': the size must not be zero"));
     }
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
-    let n: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of vCPUs"))?;
+    let n: u64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of vCPUs"))?;
     if n == 0 || n > u64::from(MAX_VCPUS) {
-        return Err(format!(
-            "{n} vCPUs requested; rvmm supports 1 to {MAX_VCPUS}"
-        ));
+        return Err(format!("{n} vCPUs requested; rvmm supports 1 to {MAX_VCPUS}"));
     }
     Ok(n as u8)
 }
@@ -157,9 +153,7 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
         "none" => Ok(ConsoleConfig::None),
         _ => match s.strip_prefix("file:") {
             Some(path) if !path.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(path))),
-            _ => Err(format!(
-                "'{s}' is not a console: use stdio, file:PATH or none"
-            )),
+            _ => Err(format!("'{s}' is not a console: use stdio, file:PATH or none")),
         },
     }
 }
@@ -167,10 +161,7 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
 /// Parses `PATH[,ro][,direct][,serial=STR][,queues=N][,engine=E][,transport=T]`.
 pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     let mut parts = s.split(',');
-    let path = parts
-        .next()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| format!("'{s}': a disk needs a path"))?;
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("'{s}': a disk needs a path"))?;
     let mut disk = BlockConfig {
         path: PathBuf::from(path),
         read_only: false,
@@ -209,15 +200,11 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
             }
         }
     }
-    Ok(DiskSpec {
-        block: disk,
-        transport,
-    })
+    Ok(DiskSpec { block: disk, transport })
 }
 
 fn read_file(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliExit> {
-    std::fs::read(path)
-        .map_err(|e| CliExit::Usage(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| CliExit::Usage(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 /// Parses the process arguments.
@@ -231,24 +218,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
                     let _ = e.print();
                     Err(CliExit::Done)
                 }
-                _ => Err(CliExit::Usage(
-                    e.render()
-                        .to_string()
-                        .trim_start_matches("error: ")
-                        .trim_end()
-                        .to_string(),
-                )),
+                _ => Err(CliExit::Usage(e.render().to_string().trim_start_matches("error: ").trim_end().to_string())),
             };
         }
     };
     let CommandArgs::Run(run) = args.command;
     let (kernel, kernel_name, default_cmdline) = match &run.kernel {
         Some(path) => (read_file("kernel", path)?, path.clone(), String::new()),
-        None => (
-            rvmm_probes::hello_pvh_elf().to_vec(),
-            PathBuf::from("<bundled hello probe>"),
-            "hello".to_string(),
-        ),
+        None => (rvmm_probes::hello_pvh_elf().to_vec(), PathBuf::from("<bundled hello probe>"), "hello".to_string()),
     };
     let initrd = match &run.initrd {
         Some(path) => Some(read_file("initrd", path)?),
@@ -266,6 +243,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         kvm_path: run.kvm_device,
         disks: run.disk,
         transport: run.transport.into(),
+        stats: run.stats,
     }))
 }
 
@@ -289,16 +267,12 @@ mod tests {
 
     #[test]
     fn disks() {
-        let spec =
-            parse_disk("/tmp/a.img,ro,serial=abc,queues=2,engine=threads,transport=mmio").unwrap();
+        let spec = parse_disk("/tmp/a.img,ro,serial=abc,queues=2,engine=threads,transport=mmio").unwrap();
         assert_eq!(spec.transport, Some(VirtioTransport::Mmio));
         let d = spec.block;
         assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
         assert!(d.read_only && !d.direct);
-        assert_eq!(
-            (d.serial.as_deref(), d.queues, d.engine),
-            (Some("abc"), 2, EngineKind::Threads)
-        );
+        assert_eq!((d.serial.as_deref(), d.queues, d.engine), (Some("abc"), 2, EngineKind::Threads));
         assert!(parse_disk("").is_err());
         assert!(parse_disk("a,queues=0").is_err());
         assert!(parse_disk("a,engine=aio").is_err());
@@ -311,10 +285,7 @@ mod tests {
         assert!(parse_cpus("0").is_err());
         assert!(parse_cpus("255").is_err());
         assert!(parse_cpus("x").is_err());
-        assert_eq!(
-            parse_console("file:/tmp/x"),
-            Ok(ConsoleConfig::File("/tmp/x".into()))
-        );
+        assert_eq!(parse_console("file:/tmp/x"), Ok(ConsoleConfig::File("/tmp/x".into())));
         assert!(parse_console("file:").is_err());
         assert!(parse_console("tty").is_err());
     }

@@ -23,13 +23,9 @@ pub mod exit_code {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::new()
-            .filter_or("RVMM_LOG", "warn")
-            .write_style("RVMM_LOG_STYLE"),
-    )
-    .format_timestamp(None)
-    .init();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("RVMM_LOG", "warn").write_style("RVMM_LOG_STYLE"))
+        .format_timestamp(None)
+        .init();
     let command = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(cli::CliExit::Done) => return ExitCode::from(exit_code::OK),
@@ -48,11 +44,7 @@ fn run(config: vmm::VmConfig) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("rvmm: {e}");
-            return ExitCode::from(if e.is_bad_input() {
-                exit_code::BAD_INPUT
-            } else {
-                exit_code::HOST_ERROR
-            });
+            return ExitCode::from(if e.is_bad_input() { exit_code::BAD_INPUT } else { exit_code::HOST_ERROR });
         }
     };
     let exit = match vm.run() {

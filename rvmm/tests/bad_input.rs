@@ -9,17 +9,9 @@ use common::*;
 fn rejects(args: &[&str], code: i32, needle: &str) {
     let out = run(args);
     assert_exit(&out, code);
-    assert!(
-        out.stderr.to_lowercase().contains(&needle.to_lowercase()),
-        "stderr lacks {needle:?}\n{}",
-        out.describe()
-    );
+    assert!(out.stderr.to_lowercase().contains(&needle.to_lowercase()), "stderr lacks {needle:?}\n{}", out.describe());
     assert!(!out.stderr.contains("panicked"), "{}", out.describe());
-    assert!(
-        out.stdout.is_empty(),
-        "the guest must not have run\n{}",
-        out.describe()
-    );
+    assert!(out.stdout.is_empty(), "the guest must not have run\n{}", out.describe());
 }
 
 fn probe_bytes(path: &str) -> Vec<u8> {
@@ -34,11 +26,7 @@ fn write_scratch(name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn missing_kernel() {
-    rejects(
-        &["--kernel", "/nonexistent/vmlinux"],
-        64,
-        "cannot read kernel /nonexistent/vmlinux",
-    );
+    rejects(&["--kernel", "/nonexistent/vmlinux"], 64, "cannot read kernel /nonexistent/vmlinux");
 }
 
 #[test]
@@ -88,14 +76,7 @@ fn elf_for_another_architecture() {
 fn initrd_that_does_not_fit() {
     let (path, _) = initrd("big-initrd", 40 << 20);
     rejects(
-        &[
-            "--kernel",
-            rvmm_probes::PVH_ELF,
-            "--memory",
-            "32M",
-            "--initrd",
-            path.to_str().unwrap(),
-        ],
+        &["--kernel", rvmm_probes::PVH_ELF, "--memory", "32M", "--initrd", path.to_str().unwrap()],
         64,
         "initrd of",
     );
@@ -103,36 +84,16 @@ fn initrd_that_does_not_fit() {
 
 #[test]
 fn missing_initrd() {
-    rejects(
-        &[
-            "--kernel",
-            rvmm_probes::PVH_ELF,
-            "--initrd",
-            "/nonexistent/initrd",
-        ],
-        64,
-        "cannot read initrd",
-    );
+    rejects(&["--kernel", rvmm_probes::PVH_ELF, "--initrd", "/nonexistent/initrd"], 64, "cannot read initrd");
 }
 
 #[test]
 fn memory_too_small() {
-    rejects(
-        &["--kernel", rvmm_probes::PVH_ELF, "--memory", "4M"],
-        64,
-        "out of range",
-    );
+    rejects(&["--kernel", rvmm_probes::PVH_ELF, "--memory", "4M"], 64, "out of range");
     // Enough for the layout, not for kernel plus initrd.
     let (path, _) = initrd("7m-initrd", 7 << 20);
     rejects(
-        &[
-            "--kernel",
-            rvmm_probes::PVH_ELF,
-            "--memory",
-            "8M",
-            "--initrd",
-            path.to_str().unwrap(),
-        ],
+        &["--kernel", rvmm_probes::PVH_ELF, "--memory", "8M", "--initrd", path.to_str().unwrap()],
         64,
         "does not fit",
     );
@@ -169,49 +130,25 @@ fn unknown_options() {
 
 #[test]
 fn kvm_device_missing() {
-    rejects(
-        &["--kvm-device", "/nonexistent/kvm"],
-        71,
-        "cannot open /nonexistent/kvm",
-    );
+    rejects(&["--kvm-device", "/nonexistent/kvm"], 71, "cannot open /nonexistent/kvm");
 }
 
 #[test]
 fn protocol_that_does_not_fit_the_image() {
-    rejects(
-        &["--kernel", rvmm_probes::LINUX64_ELF, "--boot", "pvh"],
-        64,
-        "no XEN_ELFNOTE_PHYS32_ENTRY",
-    );
-    rejects(
-        &["--kernel", rvmm_probes::LINUX64_ELF, "--boot", "legacy"],
-        64,
-        "only a bzImage",
-    );
-    rejects(
-        &["--kernel", rvmm_probes::BZIMAGE, "--boot", "pvh"],
-        64,
-        "PVH",
-    );
+    rejects(&["--kernel", rvmm_probes::LINUX64_ELF, "--boot", "pvh"], 64, "no XEN_ELFNOTE_PHYS32_ENTRY");
+    rejects(&["--kernel", rvmm_probes::LINUX64_ELF, "--boot", "legacy"], 64, "only a bzImage");
+    rejects(&["--kernel", rvmm_probes::BZIMAGE, "--boot", "pvh"], 64, "PVH");
 }
 
 #[test]
 fn command_line_too_long() {
     let long = "x".repeat(5000);
-    rejects(
-        &["--kernel", rvmm_probes::PVH_ELF, "--cmdline", &long],
-        64,
-        "command line of 5000 bytes",
-    );
+    rejects(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", &long], 64, "command line of 5000 bytes");
 }
 
 #[test]
 fn console_file_that_cannot_be_created() {
-    rejects(
-        &["--console", "file:/nonexistent/dir/log"],
-        64,
-        "cannot open console file",
-    );
+    rejects(&["--console", "file:/nonexistent/dir/log"], 64, "cannot open console file");
     rejects(&["--console", "tty9"], 64, "not a console");
 }
 

@@ -20,11 +20,7 @@ fn check_report(
     initrd: &[u8],
 ) {
     let ctx = out.describe();
-    assert_eq!(
-        report.get("rvmm-probe"),
-        Some(format!("boot={boot}").as_str()),
-        "{ctx}"
-    );
+    assert_eq!(report.get("rvmm-probe"), Some(format!("boot={boot}").as_str()), "{ctx}");
     assert_eq!(report.get("cmdline"), Some(cmdline), "{ctx}");
 
     // The e820 map the guest sees is exactly the layout rvmm's memory slots follow.
@@ -32,43 +28,23 @@ fn check_report(
     assert_eq!(report.get_u64("e820"), Some(expected.len() as u64), "{ctx}");
     for (i, e) in expected.iter().enumerate() {
         let line = format!("{:#x} {:#x} {}", e.addr, e.size, e.kind as u32);
-        assert_eq!(
-            report.get(&format!("e820[{i}]")),
-            Some(line.as_str()),
-            "e820[{i}]\n{ctx}"
-        );
+        assert_eq!(report.get(&format!("e820[{i}]")), Some(line.as_str()), "e820[{i}]\n{ctx}");
     }
 
     // The initrd: the bytes we gave, page-aligned, above the kernel (which loads at 1 MiB).
     let size = initrd.len().to_string();
     let hash = format!("{:#010x}", fnv1a32(initrd));
     assert_eq!(report.field("initrd", "size"), Some(size.as_str()), "{ctx}");
-    assert_eq!(
-        report.field("initrd", "fnv1a"),
-        Some(hash.as_str()),
-        "{ctx}"
-    );
-    let addr = u64::from_str_radix(
-        report
-            .field("initrd", "addr")
-            .unwrap()
-            .trim_start_matches("0x"),
-        16,
-    )
-    .unwrap();
+    assert_eq!(report.field("initrd", "fnv1a"), Some(hash.as_str()), "{ctx}");
+    let addr = u64::from_str_radix(report.field("initrd", "addr").unwrap().trim_start_matches("0x"), 16).unwrap();
     assert_eq!(addr % 4096, 0, "{ctx}");
-    assert!(
-        addr > 2 * MIB && addr + initrd.len() as u64 <= memory,
-        "{ctx}"
-    );
+    assert!(addr > 2 * MIB && addr + initrd.len() as u64 <= memory, "{ctx}");
 
     // ACPI and the MP table describe every CPU, and every AP really started.
     assert_eq!(report.get("acpi-rsdp"), Some("0xe0000"), "{ctx}");
     let tables = report.get("acpi-tables").unwrap_or("");
     assert!(
-        tables.split_whitespace().any(|t| t == "FACP")
-            && tables.contains("APIC")
-            && !tables.contains('!'),
+        tables.split_whitespace().any(|t| t == "FACP") && tables.contains("APIC") && !tables.contains('!'),
         "{ctx}"
     );
     assert_eq!(report.get_u64("madt-cpus"), Some(cpus), "{ctx}");
@@ -82,10 +58,7 @@ fn check_report(
 
 /// The RTC shows the host's UTC date (allowing for a run across midnight).
 fn check_rtc(value: &str, ctx: &str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let dates: Vec<String> = [now - 60, now + 60]
         .iter()
         .map(|&t| {
@@ -103,10 +76,7 @@ fn check_rtc(value: &str, ctx: &str) {
             format!("{y:04}-{m:02}-{d:02}")
         })
         .collect();
-    assert!(
-        dates.iter().any(|d| value.starts_with(d.as_str())),
-        "rtc {value:?} is not today ({dates:?})\n{ctx}"
-    );
+    assert!(dates.iter().any(|d| value.starts_with(d.as_str())), "rtc {value:?} is not today ({dates:?})\n{ctx}");
     assert_eq!(value.len(), "YYYY-MM-DD hh:mm:ss".len(), "{ctx}");
 }
 
@@ -142,18 +112,8 @@ fn linux64_elf_two_cpus() {
 fn linux64_elf_boot_params_fields() {
     let out = run(&["--kernel", rvmm_probes::LINUX64_ELF, "--cmdline", "x"]);
     let r = out.report();
-    assert_eq!(
-        r.field("bootparams", "type_of_loader"),
-        Some("0xff"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        r.field("bootparams", "cmd_line_ptr"),
-        Some("0x20000"),
-        "{}",
-        out.describe()
-    );
+    assert_eq!(r.field("bootparams", "type_of_loader"), Some("0xff"), "{}", out.describe());
+    assert_eq!(r.field("bootparams", "cmd_line_ptr"), Some("0x20000"), "{}", out.describe());
     assert_exit(&out, 0);
 }
 
@@ -169,25 +129,13 @@ fn bzimage_64bit_entry() {
 
 #[test]
 fn bzimage_32bit_entry() {
-    boot_and_check(
-        rvmm_probes::BZIMAGE,
-        &["--boot", "linux32"],
-        "bzimage32",
-        1,
-        "64M",
-    );
+    boot_and_check(rvmm_probes::BZIMAGE, &["--boot", "linux32"], "bzimage32", 1, "64M");
 }
 
 #[test]
 fn bzimage_legacy_real_mode_through_rvmm_bios() {
     // The e820 lines come from the setup code's own `int 0x15, eax=0xE820` calls.
-    boot_and_check(
-        rvmm_probes::BZIMAGE,
-        &["--boot", "legacy"],
-        "bzimage-realmode",
-        2,
-        "256M",
-    );
+    boot_and_check(rvmm_probes::BZIMAGE, &["--boot", "legacy"], "bzimage-realmode", 2, "256M");
 }
 
 #[test]
@@ -198,22 +146,12 @@ fn memory_above_the_32bit_hole() {
 
 #[test]
 fn serial_input_reaches_the_guest_by_interrupt() {
-    let out = VmRunner::new(rvmm_run(&[
-        "--kernel",
-        rvmm_probes::PVH_ELF,
-        "--cmdline",
-        "rx=6",
-    ]))
-    .timeout(TIMEOUT)
-    .send_after("rvmm-probe: boot=", b"hello\x02")
-    .run()
-    .unwrap();
-    assert_eq!(
-        out.report().get("serial-rx"),
-        Some("hello\\x02"),
-        "{}",
-        out.describe()
-    );
+    let out = VmRunner::new(rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "rx=6"]))
+        .timeout(TIMEOUT)
+        .send_after("rvmm-probe: boot=", b"hello\x02")
+        .run()
+        .unwrap();
+    assert_eq!(out.report().get("serial-rx"), Some("hello\\x02"), "{}", out.describe());
     assert_exit(&out, 0);
 }
 
@@ -234,11 +172,7 @@ fn i8042_reset_ends_the_vm_cleanly() {
 #[test]
 fn bundled_default_guest_runs() {
     let out = run(&[]);
-    assert!(
-        out.stdout.contains("rvmm-probe: boot=pvh"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stdout.contains("rvmm-probe: boot=pvh"), "{}", out.describe());
     assert!(out.report().ok(), "{}", out.describe());
     assert_exit(&out, 0);
 }
@@ -267,11 +201,7 @@ fn guest_triple_fault_is_reported_as_a_crash() {
     std::fs::write(&path, tiny_elf(&[0x0f, 0x0b])).unwrap();
     let out = run(&["--kernel", path.to_str().unwrap()]);
     assert_exit(&out, 70);
-    assert!(
-        out.stderr.contains("guest crashed") && out.stderr.contains("0f 0b"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stderr.contains("guest crashed") && out.stderr.contains("0f 0b"), "{}", out.describe());
 }
 
 /// A minimal x86-64 ELF with one PT_LOAD at 1 MiB holding `code`, entered at its start.
@@ -310,11 +240,7 @@ fn guest_int3_with_no_idt_is_a_crash_on_any_kvm() {
     std::fs::write(&path, tiny_elf(&[0xcc, 0xf4])).unwrap();
     let out = run(&["--kernel", path.to_str().unwrap()]);
     assert_exit(&out, 70);
-    assert!(
-        out.stderr.contains("guest crashed: vCPU 0:") && out.stderr.contains("RIP 0x10000"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stderr.contains("guest crashed: vCPU 0:") && out.stderr.contains("RIP 0x10000"), "{}", out.describe());
 }
 
 #[test]
@@ -331,15 +257,60 @@ fn sigterm_stops_the_vm_with_128_plus_signal() {
     let mut buf = [0u8; 512];
     while !String::from_utf8_lossy(&seen).contains("probe-result: ok") {
         let n = stdout.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "rvmm ended early: {}",
-            String::from_utf8_lossy(&seen)
-        );
+        assert!(n > 0, "rvmm ended early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+#[test]
+fn stats_report_exits_and_devices() {
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--cpus", "2", "--stats"]);
+    assert_exit(&out, 0);
+    let err = &out.stderr;
+    assert!(err.contains("exit statistics") && err.contains("vcpu1"), "{}", out.describe());
+    let count = |name: &str| -> u64 {
+        err.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // The probe prints its report byte by byte on COM1: hundreds of port writes.
+    assert!(count("io-out") > 100, "{err}");
+    assert!(err.contains("pio COM1 0x3f8-0x3ff") && err.contains("pio debug exit 0xf4-0xf4"), "{err}");
+    assert!(err.contains("user-space exit handling:"), "{err}");
+}
+
+#[test]
+fn sigusr1_prints_stats_while_running() {
+    use std::io::Read;
+    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains("probe-result: ok") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "rvmm ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Still running after the report.
+    assert!(child.try_wait().unwrap().is_none());
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exit statistics") && err.contains("io-out"), "{err}");
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
 }

@@ -23,10 +23,7 @@ pub fn rvmm_run(args: &[&str]) -> Command {
 
 /// Runs `rvmm run args...` to completion with the standard time limit.
 pub fn run(args: &[&str]) -> VmOutput {
-    VmRunner::new(rvmm_run(args))
-        .timeout(TIMEOUT)
-        .run()
-        .expect("spawn rvmm")
+    VmRunner::new(rvmm_run(args)).timeout(TIMEOUT).run().expect("spawn rvmm")
 }
 
 /// A scratch file path unique to this test process.
@@ -36,9 +33,7 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Writes an initrd of `len` known bytes and returns its path and contents.
 pub fn initrd(name: &str, len: usize) -> (PathBuf, Vec<u8>) {
-    let bytes: Vec<u8> = (0..len)
-        .map(|i| (i.wrapping_mul(131) ^ (i >> 9)) as u8)
-        .collect();
+    let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(131) ^ (i >> 9)) as u8).collect();
     let path = scratch(name);
     std::fs::write(&path, &bytes).expect("write initrd");
     (path, bytes)
@@ -47,10 +42,5 @@ pub fn initrd(name: &str, len: usize) -> (PathBuf, Vec<u8>) {
 /// Asserts that the VM exited with `code`, showing its output otherwise.
 pub fn assert_exit(out: &VmOutput, code: i32) {
     assert!(!out.timed_out, "rvmm timed out\n{}", out.describe());
-    assert_eq!(
-        out.exit_code(),
-        Some(code),
-        "unexpected exit\n{}",
-        out.describe()
-    );
+    assert_eq!(out.exit_code(), Some(code), "unexpected exit\n{}", out.describe());
 }

@@ -16,15 +16,8 @@ fn open_pty() -> (File, OwnedFd) {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds into the provided ints; the name, termios and
     // winsize pointers may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
+    let rc =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: both fds were just returned by openpty and are owned by nobody else.
     let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
@@ -60,10 +53,7 @@ fn read_until(master: &mut File, seen: &mut String, text: &str, limit: Duration)
 fn raw_mode_echo_and_ctrl_a_x() {
     let (mut master, slave) = open_pty();
     let before = local_flags(&slave);
-    assert!(
-        before & libc::ICANON != 0,
-        "a new pty starts in canonical mode"
-    );
+    assert!(before & libc::ICANON != 0, "a new pty starts in canonical mode");
 
     let mut child = Command::new(RVMM)
         .args(["run", "--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"])
@@ -73,24 +63,14 @@ fn raw_mode_echo_and_ctrl_a_x() {
         .spawn()
         .unwrap();
     let mut seen = String::new();
-    assert!(
-        read_until(&mut master, &mut seen, "probe-result: ok", TIMEOUT),
-        "no report:\n{seen}"
-    );
-    assert_eq!(
-        local_flags(&slave) & (libc::ICANON | libc::ECHO),
-        0,
-        "rvmm must put the terminal in raw mode"
-    );
+    assert!(read_until(&mut master, &mut seen, "probe-result: ok", TIMEOUT), "no report:\n{seen}");
+    assert_eq!(local_flags(&slave) & (libc::ICANON | libc::ECHO), 0, "rvmm must put the terminal in raw mode");
 
     // Without a newline: only a raw-mode terminal passes these bytes on at once,
     // and only the guest's echo can bring them back.
     seen.clear();
     master.write_all(b"zq7").unwrap();
-    assert!(
-        read_until(&mut master, &mut seen, "zq7", TIMEOUT),
-        "the guest did not echo typed keys:\n{seen:?}"
-    );
+    assert!(read_until(&mut master, &mut seen, "zq7", TIMEOUT), "the guest did not echo typed keys:\n{seen:?}");
 
     master.write_all(&[0x01, b'x']).unwrap();
     let deadline = Instant::now() + TIMEOUT;
@@ -102,9 +82,5 @@ fn raw_mode_echo_and_ctrl_a_x() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(0));
-    assert_eq!(
-        local_flags(&slave),
-        before,
-        "rvmm must restore the terminal's settings"
-    );
+    assert_eq!(local_flags(&slave), before, "rvmm must restore the terminal's settings");
 }

@@ -49,23 +49,11 @@ fn check_file(path: &Path, seed: u32) {
             assert_eq!(now[s * 512 + i], pattern(s, i, seed), "sector {s} byte {i}");
         }
     }
-    assert!(
-        now[8 * 512..16 * 512].iter().all(|&b| b == 0),
-        "sectors 8..15 not zero after DISCARD"
-    );
-    assert!(
-        now[16 * 512..24 * 512].iter().all(|&b| b == 0),
-        "sectors 16..23 not zero after WRITE_ZEROES"
-    );
-    assert!(
-        now[24 * 512..].iter().all(|&b| b == FILL),
-        "the rest of the disk must be untouched"
-    );
+    assert!(now[8 * 512..16 * 512].iter().all(|&b| b == 0), "sectors 8..15 not zero after DISCARD");
+    assert!(now[16 * 512..24 * 512].iter().all(|&b| b == 0), "sectors 16..23 not zero after WRITE_ZEROES");
+    assert!(now[24 * 512..].iter().all(|&b| b == FILL), "the rest of the disk must be untouched");
     if let Some(hole) = is_hole(path, 4096, 8192) {
-        assert!(
-            hole,
-            "DISCARD of sectors 8..15 must punch a hole in the file"
-        );
+        assert!(hole, "DISCARD of sectors 8..15 must punch a hole in the file");
     }
 }
 
@@ -73,14 +61,7 @@ fn run_blk(name: &str, extra: &[&str], tokens: &str, seed: u32) -> (PathBuf, rvm
     let path = disk(name);
     let spec = format!("{},serial=RVMM-{seed}", path.display());
     let cmdline = format!("{tokens} seed={seed}");
-    let mut args = vec![
-        "--kernel",
-        rvmm_probes::PVH_ELF,
-        "--disk",
-        &spec,
-        "--cmdline",
-        &cmdline,
-    ];
+    let mut args = vec!["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", &cmdline];
     args.extend_from_slice(extra);
     let out = run(&args);
     (path, out)
@@ -103,11 +84,7 @@ fn check_report(out: &rvmm_tests::VmOutput, seed: u32) {
     }
     let id = format!("RVMM-{seed}");
     assert_eq!(r.get("blk-id"), Some(id.as_str()), "{ctx}");
-    assert_eq!(
-        r.get_u64("blk-capacity"),
-        Some((DISK_SIZE / 512) as u64),
-        "{ctx}"
-    );
+    assert_eq!(r.get_u64("blk-capacity"), Some((DISK_SIZE / 512) as u64), "{ctx}");
     // A read past the end of the disk must fail with IOERR (1).
     assert_eq!(r.get("blk-bounds"), Some("status 1"), "{ctx}");
     assert!(r.ok(), "{ctx}");
@@ -119,17 +96,9 @@ fn pci_with_msix() {
     let (path, out) = run_blk("pci-msix", &[], "blk msix", 11);
     check_report(&out, 11);
     let irq = out.report().get("blk-irq").unwrap_or("").to_string();
-    assert!(
-        irq.starts_with("msix") && irq.contains("enabled=1"),
-        "{}",
-        out.describe()
-    );
+    assert!(irq.starts_with("msix") && irq.contains("enabled=1"), "{}", out.describe());
     let pci = out.report().get("pci-bar").unwrap_or("").to_string();
-    assert!(
-        pci.contains("00:01.0 bar=0 type=mem64"),
-        "{}",
-        out.describe()
-    );
+    assert!(pci.contains("00:01.0 bar=0 type=mem64"), "{}", out.describe());
     check_file(&path, 11);
 }
 
@@ -137,14 +106,7 @@ fn pci_with_msix() {
 fn pci_with_intx() {
     let (path, out) = run_blk("pci-intx", &[], "blk intx", 22);
     check_report(&out, 22);
-    assert!(
-        out.report()
-            .get("blk-irq")
-            .unwrap_or("")
-            .starts_with("intx pin=A"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.report().get("blk-irq").unwrap_or("").starts_with("intx pin=A"), "{}", out.describe());
     check_file(&path, 22);
 }
 
@@ -152,14 +114,7 @@ fn pci_with_intx() {
 fn pci_polling_with_the_thread_pool_engine() {
     let path = disk("pci-threads");
     let spec = format!("{},serial=RVMM-33,engine=threads", path.display());
-    let out = run(&[
-        "--kernel",
-        rvmm_probes::PVH_ELF,
-        "--disk",
-        &spec,
-        "--cmdline",
-        "blk seed=33",
-    ]);
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk seed=33"]);
     check_report(&out, 33);
     check_file(&path, 33);
 }
@@ -168,14 +123,7 @@ fn pci_polling_with_the_thread_pool_engine() {
 fn mmio_with_interrupts() {
     let (path, out) = run_blk("mmio-irq", &["--transport", "mmio"], "mmio blk intx", 44);
     check_report(&out, 44);
-    assert!(
-        out.report()
-            .get("blk-transport")
-            .unwrap_or("")
-            .starts_with("mmio 0xd0000000"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.report().get("blk-transport").unwrap_or("").starts_with("mmio 0xd0000000"), "{}", out.describe());
     check_file(&path, 44);
 }
 
@@ -183,14 +131,7 @@ fn mmio_with_interrupts() {
 fn mmio_polling_bzimage() {
     let path = disk("mmio-poll");
     let spec = format!("{},serial=RVMM-55,transport=mmio", path.display());
-    let out = run(&[
-        "--kernel",
-        rvmm_probes::BZIMAGE,
-        "--disk",
-        &spec,
-        "--cmdline",
-        "mmio blk seed=55",
-    ]);
+    let out = run(&["--kernel", rvmm_probes::BZIMAGE, "--disk", &spec, "--cmdline", "mmio blk seed=55"]);
     check_report(&out, 55);
     check_file(&path, 55);
 }
@@ -199,32 +140,11 @@ fn mmio_polling_bzimage() {
 fn read_only_disk_is_left_untouched() {
     let path = disk("ro");
     let spec = format!("{},ro", path.display());
-    let out = run(&[
-        "--kernel",
-        rvmm_probes::PVH_ELF,
-        "--disk",
-        &spec,
-        "--cmdline",
-        "blk seed=5",
-    ]);
-    assert_eq!(
-        out.report().get("blk-write"),
-        Some("read-only"),
-        "{}",
-        out.describe()
-    );
-    let features = out
-        .report()
-        .get("blk-features")
-        .unwrap_or("0")
-        .trim_start_matches("0x")
-        .to_string();
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk seed=5"]);
+    assert_eq!(out.report().get("blk-write"), Some("read-only"), "{}", out.describe());
+    let features = out.report().get("blk-features").unwrap_or("0").trim_start_matches("0x").to_string();
     let features = u64::from_str_radix(&features, 16).unwrap_or(0);
-    assert!(
-        features & (1 << 5) != 0,
-        "VIRTIO_BLK_F_RO must be offered\n{}",
-        out.describe()
-    );
+    assert!(features & (1 << 5) != 0, "VIRTIO_BLK_F_RO must be offered\n{}", out.describe());
     assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == FILL));
 }
 
@@ -236,60 +156,32 @@ fn several_disks_on_both_transports() {
         format!("{},serial=second", b.display()),
         format!("{},transport=mmio", c.display()),
     );
-    let out = run(&[
-        "--kernel",
-        rvmm_probes::PVH_ELF,
-        "--disk",
-        &sa,
-        "--disk",
-        &sb,
-        "--disk",
-        &sc,
-        "--cmdline",
-        "pci",
-    ]);
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &sa, "--disk", &sb, "--disk", &sc, "--cmdline", "pci"]);
     assert_exit(&out, 0);
     assert!(
-        out.stdout.contains("pci: 00:01.0 1af4:1042")
-            && out.stdout.contains("pci: 00:02.0 1af4:1042"),
+        out.stdout.contains("pci: 00:01.0 1af4:1042") && out.stdout.contains("pci: 00:02.0 1af4:1042"),
         "{}",
         out.describe()
     );
-    assert_eq!(
-        out.report().get("cmdline"),
-        Some("pci virtio_mmio.device=4K@0xd0000000:7"),
-        "{}",
-        out.describe()
-    );
+    assert_eq!(out.report().get("cmdline"), Some("pci virtio_mmio.device=4K@0xd0000000:7"), "{}", out.describe());
 }
 
 #[test]
 fn flushed_data_survives_sigkill() {
     let path = disk("sigkill");
     let spec = format!("{}", path.display());
-    let mut child = rvmm_run(&[
-        "--kernel",
-        rvmm_probes::PVH_ELF,
-        "--disk",
-        &spec,
-        "--cmdline",
-        "blk echo seed=66",
-    ])
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk echo seed=66"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
     while !String::from_utf8_lossy(&seen).contains("blk-flush: ok") {
         let n = stdout.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "rvmm ended early: {}",
-            String::from_utf8_lossy(&seen)
-        );
+        assert!(n > 0, "rvmm ended early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
     child.kill().unwrap();
@@ -297,11 +189,7 @@ fn flushed_data_survives_sigkill() {
     let now = std::fs::read(&path).unwrap();
     for s in 0..8 {
         for i in 0..512 {
-            assert_eq!(
-                now[s * 512 + i],
-                pattern(s, i, 66),
-                "sector {s} byte {i} lost"
-            );
+            assert_eq!(now[s * 512 + i], pattern(s, i, 66), "sector {s} byte {i} lost");
         }
     }
 }
@@ -310,50 +198,22 @@ fn flushed_data_survives_sigkill() {
 fn bad_disk_options() {
     let out = run(&["--disk", "/nonexistent/disk.img"]);
     assert_exit(&out, 64);
-    assert!(
-        out.stderr
-            .contains("cannot open disk /nonexistent/disk.img"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stderr.contains("cannot open disk /nonexistent/disk.img"), "{}", out.describe());
     let out = run(&["--disk", "x.img,bogus"]);
     assert_exit(&out, 64);
-    assert!(
-        out.stderr.contains("not a disk option"),
-        "{}",
-        out.describe()
-    );
-    let serial = format!(
-        "{},serial=abcdefghijklmnopqrstuvwxyz",
-        disk("long-serial").display()
-    );
+    assert!(out.stderr.contains("not a disk option"), "{}", out.describe());
+    let serial = format!("{},serial=abcdefghijklmnopqrstuvwxyz", disk("long-serial").display());
     let out = run(&["--disk", &serial]);
     assert_exit(&out, 64);
-    assert!(
-        out.stderr.contains("longer than 20 bytes"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stderr.contains("longer than 20 bytes"), "{}", out.describe());
 }
 
 #[test]
 fn config_space_through_ecam_from_the_acpi_mcfg() {
     let (path, out) = run_blk("ecam", &[], "blk msix ecam", 77);
     check_report(&out, 77);
-    assert!(
-        out.report()
-            .get("acpi-tables")
-            .unwrap_or("")
-            .contains("MCFG"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.report().get("pci-host"),
-        Some("00:00.0 1b36:0008 mech=ecam ecam=0xe0000000"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.report().get("acpi-tables").unwrap_or("").contains("MCFG"), "{}", out.describe());
+    assert_eq!(out.report().get("pci-host"), Some("00:00.0 1b36:0008 mech=ecam ecam=0xe0000000"), "{}", out.describe());
     check_file(&path, 77);
 }
 
@@ -361,19 +221,9 @@ fn config_space_through_ecam_from_the_acpi_mcfg() {
 fn guest_moves_the_bar_and_everything_follows() {
     // The probe re-assigns BAR 0; the MMIO mapping, the MSI-X table inside it and
     // the queue-notify ioeventfds must all move with it.
-    let (path, out) = run_blk(
-        "reassign",
-        &[],
-        "blk msix pci-reassign pcimem=0xc8000000",
-        88,
-    );
+    let (path, out) = run_blk("reassign", &[], "blk msix pci-reassign pcimem=0xc8000000", 88);
     check_report(&out, 88);
-    assert!(
-        out.stdout
-            .contains("pci-assign: 00:01.0 bar=0 type=mem64 addr=0xc8000000"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stdout.contains("pci-assign: 00:01.0 bar=0 type=mem64 addr=0xc8000000"), "{}", out.describe());
     assert!(!out.stderr.contains("ioeventfd"), "{}", out.describe());
     check_file(&path, 88);
 }

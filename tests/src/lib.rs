@@ -79,12 +79,7 @@ struct Captured {
 impl VmRunner {
     /// A runner for `cmd` with the [`DEFAULT_TIMEOUT`].
     pub fn new(cmd: Command) -> Self {
-        VmRunner {
-            cmd,
-            timeout: DEFAULT_TIMEOUT,
-            inputs: Vec::new(),
-            stop_when: None,
-        }
+        VmRunner { cmd, timeout: DEFAULT_TIMEOUT, inputs: Vec::new(), stop_when: None }
     }
 
     /// Sets the time limit after which the process is killed.
@@ -111,36 +106,11 @@ impl VmRunner {
     /// Spawns the process and waits for it as described on [`VmRunner`].
     pub fn run(mut self) -> io::Result<VmOutput> {
         let start = Instant::now();
-        let mut child = self
-            .cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let shared = Arc::new((
-            Mutex::new(Captured {
-                open_streams: 2,
-                ..Default::default()
-            }),
-            Condvar::new(),
-        ));
+        let mut child = self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let shared = Arc::new((Mutex::new(Captured { open_streams: 2, ..Default::default() }), Condvar::new()));
         let readers = [
-            spawn_reader(
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                shared.clone(),
-                true,
-            ),
-            spawn_reader(
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                shared.clone(),
-                false,
-            ),
+            spawn_reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), shared.clone(), true),
+            spawn_reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), shared.clone(), false),
         ];
         let mut stdin: Option<ChildStdin> = child.stdin.take();
         let deadline = start + self.timeout;
@@ -275,19 +245,12 @@ impl Report {
         for line in console[start..].lines() {
             let line = line.trim_end_matches('\r');
             if let Some((key, value)) = line.split_once(": ") {
-                let key_ok = !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_[]".contains(&b));
+                let key_ok = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_[]".contains(&b));
                 if key_ok {
                     entries.push((key.to_string(), value.to_string()));
                 }
             } else if let Some(key) = line.strip_suffix(':') {
-                if !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_[]".contains(&b))
-                {
+                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_[]".contains(&b)) {
                     entries.push((key.to_string(), String::new()));
                 }
             }
@@ -297,10 +260,7 @@ impl Report {
 
     /// The value of the first line with this key.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// The value of the first line with this key, parsed as a decimal number.
@@ -311,21 +271,12 @@ impl Report {
     /// The `name=value` fields of the first line with this key (as in the `initrd:`
     /// and `bootparams:` lines), in order.
     pub fn fields(&self, key: &str) -> Vec<(&str, &str)> {
-        self.get(key)
-            .map(|v| {
-                v.split_whitespace()
-                    .filter_map(|f| f.split_once('='))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.get(key).map(|v| v.split_whitespace().filter_map(|f| f.split_once('=')).collect()).unwrap_or_default()
     }
 
     /// One `name=value` field of the first line with this key.
     pub fn field(&self, key: &str, name: &str) -> Option<&str> {
-        self.fields(key)
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        self.fields(key).into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// True if the report ends with `probe-result: ok`.
@@ -336,24 +287,18 @@ impl Report {
 
 /// 32-bit FNV-1a, the hash the probes report for the initrd (`fnv1a=0x%08x`).
 pub fn fnv1a32(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    })
+    data.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
 /// Finds an executable named `name` in the directories of `PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// The QEMU binary to use as the reference: `$RVMM_QEMU` if set, else
@@ -388,15 +333,7 @@ pub struct QemuProbe<'a> {
 impl<'a> QemuProbe<'a> {
     /// One vCPU, 256 MiB, q35, no command line, no initrd, nothing extra.
     pub fn new(kernel: &'a Path) -> Self {
-        QemuProbe {
-            kernel,
-            smp: 1,
-            mem_mib: 256,
-            append: None,
-            initrd: None,
-            machine: "q35",
-            extra: Vec::new(),
-        }
+        QemuProbe { kernel, smp: 1, mem_mib: 256, append: None, initrd: None, machine: "q35", extra: Vec::new() }
     }
 }
 
@@ -408,23 +345,15 @@ impl<'a> QemuProbe<'a> {
 /// 0xf4 (so 1 means the probe passed), and 0 if the guest reset.
 pub fn qemu_probe_command(qemu: &Path, probe: &QemuProbe<'_>) -> Command {
     let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        probe.machine,
-        "-accel",
-        "tcg",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-    ])
-    .args(["-serial", "stdio", "-monitor", "none"])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-    .arg("-m")
-    .arg(probe.mem_mib.to_string())
-    .arg("-smp")
-    .arg(probe.smp.to_string())
-    .arg("-kernel")
-    .arg(probe.kernel);
+    cmd.args(["-M", probe.machine, "-accel", "tcg", "-nographic", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "stdio", "-monitor", "none"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-m")
+        .arg(probe.mem_mib.to_string())
+        .arg("-smp")
+        .arg(probe.smp.to_string())
+        .arg("-kernel")
+        .arg(probe.kernel);
     if let Some(a) = probe.append {
         cmd.arg("-append").arg(a);
     }
@@ -464,24 +393,15 @@ mod tests {
     #[test]
     fn runner_captures_feeds_and_times_out() {
         let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "echo ready; read x; echo got=$x; echo err >&2; exit 3",
-        ]);
-        let out = VmRunner::new(cmd)
-            .send_after("ready", b"hello\n")
-            .run()
-            .unwrap();
+        cmd.args(["-c", "echo ready; read x; echo got=$x; echo err >&2; exit 3"]);
+        let out = VmRunner::new(cmd).send_after("ready", b"hello\n").run().unwrap();
         assert_eq!(out.exit_code(), Some(3), "{}", out.describe());
         assert!(out.stdout.contains("got=hello"));
         assert_eq!(out.stderr.trim(), "err");
 
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
-        let out = VmRunner::new(cmd)
-            .timeout(Duration::from_millis(200))
-            .run()
-            .unwrap();
+        let out = VmRunner::new(cmd).timeout(Duration::from_millis(200)).run().unwrap();
         assert!(out.timed_out && out.status.is_none());
         assert!(out.elapsed < Duration::from_secs(10));
 

@@ -26,18 +26,14 @@ const REQUESTS: u64 = 11;
 fn qemu_or_skip(test: &str) -> Option<PathBuf> {
     let q = qemu_x86_64();
     if q.is_none() {
-        eprintln!(
-            "SKIPPED {test}: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-        );
+        eprintln!("SKIPPED {test}: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
     }
     q
 }
 
 /// What the disk holds before the run: no zero runs, different in every sector.
 fn initial_contents() -> Vec<u8> {
-    (0..DISK_SIZE)
-        .map(|i| (((i.wrapping_mul(13) ^ (i >> 9).wrapping_mul(31)) as u8) ^ 0xa5) | 1)
-        .collect()
+    (0..DISK_SIZE).map(|i| (((i.wrapping_mul(13) ^ (i >> 9).wrapping_mul(31)) as u8) ^ 0xa5) | 1).collect()
 }
 
 /// The probe's pattern: sector s, byte i = (s * 7 + i + seed) & 0xff.
@@ -52,18 +48,15 @@ struct Disk {
 
 impl Disk {
     fn new(test: &str) -> Disk {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("qemu-virtio-blk-{test}-{}.img", std::process::id()));
+        let path =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-virtio-blk-{test}-{}.img", std::process::id()));
         let initial = initial_contents();
         std::fs::write(&path, &initial).unwrap();
         Disk { path, initial }
     }
 
     fn drive_arg(&self) -> String {
-        format!(
-            "file={},if=none,format=raw,id=d0,discard=unmap",
-            self.path.display()
-        )
+        format!("file={},if=none,format=raw,id=d0,discard=unmap", self.path.display())
     }
 }
 
@@ -99,27 +92,15 @@ fn run(case: &Case<'_>, disk: &Disk, qemu: &Path) -> VmOutput {
         Transport::Pci => format!("virtio-blk-pci,drive=d0,disable-legacy=on,serial={SERIAL}"),
         Transport::Mmio => format!("virtio-blk-device,drive=d0,serial={SERIAL}"),
     };
-    probe.extra.extend([
-        "-drive".to_string(),
-        disk.drive_arg(),
-        "-device".to_string(),
-        device,
-    ]);
-    let out = VmRunner::new(qemu_probe_command(qemu, &probe))
-        .timeout(TIMEOUT)
-        .run()
-        .expect("spawn qemu");
+    probe.extra.extend(["-drive".to_string(), disk.drive_arg(), "-device".to_string(), device]);
+    let out = VmRunner::new(qemu_probe_command(qemu, &probe)).timeout(TIMEOUT).run().expect("spawn qemu");
     assert!(!out.timed_out, "QEMU timed out\n{}", out.describe());
     eprintln!("{}: QEMU run took {:?}", case.test, out.elapsed);
     out
 }
 
 fn entries<'r>(r: &'r Report, key: &str) -> Vec<&'r str> {
-    r.entries
-        .iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .collect()
+    r.entries.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
 }
 
 /// The report lines every successful run has, whatever the transport and interrupts.
@@ -127,12 +108,7 @@ fn check_blk_report(case: &Case<'_>, disk: &Disk, r: &Report, out: &VmOutput) {
     let d = || out.describe();
     assert_eq!(r.get("blk-result"), Some("ok"), "{}", d());
     assert_eq!(r.get("probe-result"), Some("ok"), "{}", d());
-    assert_eq!(
-        out.exit_code(),
-        Some(1),
-        "debug-exit status 0 expected\n{}",
-        d()
-    );
+    assert_eq!(out.exit_code(), Some(1), "debug-exit status 0 expected\n{}", d());
 
     let features = r
         .get("blk-features")
@@ -140,29 +116,15 @@ fn check_blk_report(case: &Case<'_>, disk: &Disk, r: &Report, out: &VmOutput) {
         .unwrap_or_else(|| panic!("blk-features\n{}", d()));
     for bit in [32, 28, 9, 13, 14] {
         // VERSION_1, INDIRECT_DESC, FLUSH, DISCARD, WRITE_ZEROES: QEMU offers them all.
-        assert!(
-            features & (1 << bit) != 0,
-            "feature bit {bit} not offered\n{}",
-            d()
-        );
+        assert!(features & (1 << bit) != 0, "feature bit {bit} not offered\n{}", d());
     }
     let accepted = r
         .get("blk-driver-features")
         .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
         .unwrap_or_else(|| panic!("blk-driver-features\n{}", d()));
-    assert_eq!(
-        accepted & !features,
-        0,
-        "accepted what was not offered\n{}",
-        d()
-    );
+    assert_eq!(accepted & !features, 0, "accepted what was not offered\n{}", d());
     assert_eq!(r.get_u64("blk-capacity"), Some(SECTORS), "{}", d());
-    assert_eq!(
-        r.field("blk-queue", "size"),
-        Some("16"),
-        "the probe asks for 16 entries\n{}",
-        d()
-    );
+    assert_eq!(r.field("blk-queue", "size"), Some("16"), "the probe asks for 16 entries\n{}", d());
     assert_eq!(
         r.field("blk-initial", "fnv1a"),
         Some(format!("0x{:08x}", fnv1a32(&disk.initial[..4096])).as_str()),
@@ -187,8 +149,7 @@ fn check_blk_report(case: &Case<'_>, disk: &Disk, r: &Report, out: &VmOutput) {
 fn check_pci_report(r: &Report, out: &VmOutput, mech: &str) {
     let d = || out.describe();
     assert!(
-        r.get("pci-host")
-            .is_some_and(|v| v.starts_with("00:00.0 ") && v.contains(&format!("mech={mech}"))),
+        r.get("pci-host").is_some_and(|v| v.starts_with("00:00.0 ") && v.contains(&format!("mech={mech}"))),
         "{}",
         d()
     );
@@ -199,32 +160,19 @@ fn check_pci_report(r: &Report, out: &VmOutput, mech: &str) {
         .unwrap_or_else(|| panic!("no virtio-blk in the pci lines\n{}", d()));
     assert!(blk.ends_with("class=01.00.00"), "{}", d());
     let bdf = blk.split_whitespace().next().unwrap();
-    assert_eq!(
-        r.get("blk-transport"),
-        Some(format!("pci {bdf} 1af4:1042").as_str()),
-        "{}",
-        d()
-    );
+    assert_eq!(r.get("blk-transport"), Some(format!("pci {bdf} 1af4:1042").as_str()), "{}", d());
     // QEMU's virtio-blk-pci with disable-legacy=on: MSI-X table in BAR 1, the virtio
     // structures in the 64-bit BAR 4.
     let bars = entries(r, "pci-bar");
     let bar = |n: u32, ty: &str, size: &str| {
         bars.iter().any(|v| {
-            v.starts_with(bdf)
-                && v.contains(&format!(" bar={n} type={ty} "))
-                && v.ends_with(&format!("size={size}"))
+            v.starts_with(bdf) && v.contains(&format!(" bar={n} type={ty} ")) && v.ends_with(&format!("size={size}"))
         })
     };
     assert!(bar(1, "mem32", "0x1000"), "BAR 1\n{}", d());
     assert!(bar(4, "mem64", "0x4000"), "BAR 4\n{}", d());
     let vp = r.get("virtio-pci").unwrap_or("");
-    for cap in [
-        "common=bar4+",
-        "notify=bar4+",
-        "isr=bar4+",
-        "device=bar4+",
-        "mult=4",
-    ] {
+    for cap in ["common=bar4+", "notify=bar4+", "isr=bar4+", "device=bar4+", "mult=4"] {
         assert!(vp.contains(cap), "virtio-pci {cap}\n{}", d());
     }
 }
@@ -235,11 +183,7 @@ fn check_irqs(r: &Report, out: &VmOutput) {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("blk-irqs\n{}", out.describe()));
-    assert!(
-        irqs >= REQUESTS,
-        "{irqs} interrupts for {REQUESTS} requests\n{}",
-        out.describe()
-    );
+    assert!(irqs >= REQUESTS, "{irqs} interrupts for {REQUESTS} requests\n{}", out.describe());
 }
 
 /// Seeks the next hole or data at or after `off` (SEEK_HOLE = 4, SEEK_DATA = 3).
@@ -287,29 +231,18 @@ fn check_disk(case: &Case<'_>, disk: &Disk) {
             assert_eq!(got, want, "{}: sector {s} byte {i} on the host", case.test);
         }
     }
-    assert!(
-        now[8 * 512..16 * 512].iter().all(|&b| b == 0),
-        "{}: sectors 8..15 not zero after DISCARD",
-        case.test
-    );
+    assert!(now[8 * 512..16 * 512].iter().all(|&b| b == 0), "{}: sectors 8..15 not zero after DISCARD", case.test);
     assert!(
         now[16 * 512..24 * 512].iter().all(|&b| b == 0),
         "{}: sectors 16..23 not zero after WRITE_ZEROES",
         case.test
     );
-    assert!(
-        now[24 * 512..] == disk.initial[24 * 512..],
-        "{}: the probe changed sectors past 23",
-        case.test
-    );
+    assert!(now[24 * 512..] == disk.initial[24 * 512..], "{}: the probe changed sectors past 23", case.test);
 
     // QEMU's raw driver with discard=unmap punches a hole (fallocate PUNCH_HOLE).
     let ranges = data_ranges(&disk.path);
     let blocks = std::fs::metadata(&disk.path).unwrap().blocks();
-    eprintln!(
-        "{}: data ranges after the run {ranges:x?}, {blocks} blocks of 512 bytes allocated",
-        case.test
-    );
+    eprintln!("{}: data ranges after the run {ranges:x?}, {blocks} blocks of 512 bytes allocated", case.test);
     if fs_reports_holes(disk.path.parent().unwrap()) {
         let in_hole = |off: u64| !ranges.iter().any(|&(a, b)| a <= off && off < b);
         assert!(
@@ -317,16 +250,9 @@ fn check_disk(case: &Case<'_>, disk: &Disk) {
             "{}: DISCARD of sectors 8..15 left no hole: {ranges:x?}",
             case.test
         );
-        assert!(
-            blocks < (DISK_SIZE / 512) as u64,
-            "{}: {blocks} blocks",
-            case.test
-        );
+        assert!(blocks < (DISK_SIZE / 512) as u64, "{}: {blocks} blocks", case.test);
     } else {
-        eprintln!(
-            "{}: this filesystem reports no holes; hole check skipped",
-            case.test
-        );
+        eprintln!("{}: this filesystem reports no holes; hole check skipped", case.test);
     }
 }
 
@@ -342,36 +268,20 @@ fn run_case(case: Case<'_>) -> Option<(Report, VmOutput)> {
 
 #[test]
 fn pci_msix() {
-    let case = Case {
-        test: "pci_msix",
-        machine: "q35",
-        transport: Transport::Pci,
-        tokens: "blk msix",
-        seed: 11,
-        extra: &[],
-    };
+    let case =
+        Case { test: "pci_msix", machine: "q35", transport: Transport::Pci, tokens: "blk msix", seed: 11, extra: &[] };
     if let Some((r, out)) = run_case(case) {
         check_pci_report(&r, &out, "cf8");
         let irq = r.get("blk-irq").unwrap_or("");
-        assert!(
-            irq.starts_with("msix ") && irq.ends_with("enabled=1"),
-            "{}",
-            out.describe()
-        );
+        assert!(irq.starts_with("msix ") && irq.ends_with("enabled=1"), "{}", out.describe());
         check_irqs(&r, &out);
     }
 }
 
 #[test]
 fn pci_intx() {
-    let case = Case {
-        test: "pci_intx",
-        machine: "q35",
-        transport: Transport::Pci,
-        tokens: "blk intx",
-        seed: 22,
-        extra: &[],
-    };
+    let case =
+        Case { test: "pci_intx", machine: "q35", transport: Transport::Pci, tokens: "blk intx", seed: 22, extra: &[] };
     if let Some((r, out)) = run_case(case) {
         check_pci_report(&r, &out, "cf8");
         // SeaBIOS fills in the interrupt line; the probe routes it through the IOAPIC.
@@ -390,14 +300,8 @@ fn pci_intx() {
 
 #[test]
 fn pci_polling() {
-    let case = Case {
-        test: "pci_polling",
-        machine: "q35",
-        transport: Transport::Pci,
-        tokens: "blk",
-        seed: 33,
-        extra: &[],
-    };
+    let case =
+        Case { test: "pci_polling", machine: "q35", transport: Transport::Pci, tokens: "blk", seed: 33, extra: &[] };
     if let Some((r, out)) = run_case(case) {
         check_pci_report(&r, &out, "cf8");
         assert_eq!(r.get("blk-irq"), Some("poll"), "{}", out.describe());
@@ -421,13 +325,7 @@ fn pci_msix_ecam_unassigned_bars() {
         check_pci_report(&r, &out, "ecam");
         let assigned = entries(&r, "pci-assign");
         assert_eq!(assigned.len(), 2, "{}", out.describe());
-        assert!(
-            assigned
-                .iter()
-                .all(|v| v.contains(" addr=0xc") && !v.contains("no room")),
-            "{}",
-            out.describe()
-        );
+        assert!(assigned.iter().all(|v| v.contains(" addr=0xc") && !v.contains("no room")), "{}", out.describe());
         check_irqs(&r, &out);
     }
 }
@@ -446,30 +344,15 @@ fn mmio_microvm_irq() {
     };
     if let Some((r, out)) = run_case(case) {
         let d = || out.describe();
-        assert!(
-            r.get("cmdline")
-                .is_some_and(|c| c.contains("virtio_mmio.device=512@0xfeb00e00:12")),
-            "{}",
-            d()
-        );
+        assert!(r.get("cmdline").is_some_and(|c| c.contains("virtio_mmio.device=512@0xfeb00e00:12")), "{}", d());
         assert_eq!(
             r.get("mmio"),
             Some("base=0xfeb00e00 size=0x200 irq=12 version=2 device=2 vendor=0x554d4551"),
             "{}",
             d()
         );
-        assert_eq!(
-            r.get("blk-transport"),
-            Some("mmio 0xfeb00e00 irq=12"),
-            "{}",
-            d()
-        );
-        assert_eq!(
-            r.get("blk-irq"),
-            Some("mmio irq=12 gsi=12 trigger=level"),
-            "{}",
-            d()
-        );
+        assert_eq!(r.get("blk-transport"), Some("mmio 0xfeb00e00 irq=12"), "{}", d());
+        assert_eq!(r.get("blk-irq"), Some("mmio irq=12 gsi=12 trigger=level"), "{}", d());
         assert!(r.get("pci-host").is_none(), "{}", d());
         check_irqs(&r, &out);
     }
@@ -487,12 +370,7 @@ fn mmio_microvm_polling() {
     };
     if let Some((r, out)) = run_case(case) {
         assert_eq!(r.get("blk-irq"), Some("poll"), "{}", out.describe());
-        assert_eq!(
-            r.get("blk-transport"),
-            Some("mmio 0xfeb00e00 irq=12"),
-            "{}",
-            out.describe()
-        );
+        assert_eq!(r.get("blk-transport"), Some("mmio 0xfeb00e00 irq=12"), "{}", out.describe());
     }
 }
 
@@ -515,23 +393,8 @@ fn mmio_legacy_refused() {
     };
     let out = run(&case, &disk, &qemu);
     let r = out.report();
-    assert!(
-        r.get("mmio")
-            .is_some_and(|v| v.contains(" version=1 device=2 ")),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        r.get("blk-result"),
-        Some("fail virtio-mmio block device is version 1 (legacy)"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.exit_code(),
-        Some(3),
-        "probe status 1 expected\n{}",
-        out.describe()
-    );
+    assert!(r.get("mmio").is_some_and(|v| v.contains(" version=1 device=2 ")), "{}", out.describe());
+    assert_eq!(r.get("blk-result"), Some("fail virtio-mmio block device is version 1 (legacy)"), "{}", out.describe());
+    assert_eq!(out.exit_code(), Some(3), "probe status 1 expected\n{}", out.describe());
     assert!(std::fs::read(&disk.path).unwrap() == disk.initial);
 }

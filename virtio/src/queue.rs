@@ -62,8 +62,7 @@ use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::virtio_ring::{
-    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-    VRING_USED_F_NO_NOTIFY,
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
@@ -200,9 +199,7 @@ pub enum QueueError {
         size: u16,
     },
     /// An available ring entry names a head outside the descriptor table.
-    #[error(
-        "available ring entry {ring_index} holds head {head}, out of range for queue size {size}"
-    )]
+    #[error("available ring entry {ring_index} holds head {head}, out of range for queue size {size}")]
     HeadOutOfRange {
         /// Position in the available ring.
         ring_index: u16,
@@ -252,9 +249,7 @@ pub enum QueueError {
         index: u16,
     },
     /// A descriptor inside an indirect table has `VIRTQ_DESC_F_INDIRECT`.
-    #[error(
-        "chain {head}: descriptor {index} of the {table} is INDIRECT inside an indirect table"
-    )]
+    #[error("chain {head}: descriptor {index} of the {table} is INDIRECT inside an indirect table")]
     NestedIndirect {
         /// Head of the chain.
         head: u16,
@@ -436,19 +431,10 @@ struct ChainBuilder {
 }
 
 impl ChainBuilder {
-    fn push(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        table: DescTable,
-        index: u16,
-        raw: &RawDesc,
-    ) -> Result<(), QueueError> {
+    fn push(&mut self, mem: &GuestMemoryMmap, table: DescTable, index: u16, raw: &RawDesc) -> Result<(), QueueError> {
         let head = self.head;
         if self.descriptors.len() >= self.limit {
-            return Err(QueueError::ChainTooLong {
-                head,
-                limit: self.limit as u32,
-            });
+            return Err(QueueError::ChainTooLong { head, limit: self.limit as u32 });
         }
         let writable = raw.flags & VIRTQ_DESC_F_WRITE != 0;
         if writable {
@@ -461,33 +447,17 @@ impl ChainBuilder {
         if raw.len != 0 {
             let (addr, len) = (raw.addr, raw.len);
             if addr.checked_add(u64::from(len)).is_none() {
-                return Err(QueueError::DescriptorOverflow {
-                    head,
-                    table,
-                    index,
-                    addr,
-                    len,
-                });
+                return Err(QueueError::DescriptorOverflow { head, table, index, addr, len });
             }
             if !GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize) {
-                return Err(QueueError::DescriptorOutOfMemory {
-                    head,
-                    table,
-                    index,
-                    addr,
-                    len,
-                });
+                return Err(QueueError::DescriptorOutOfMemory { head, table, index, addr, len });
             }
         }
         self.total_len += u64::from(raw.len);
         if self.total_len > 1 << 32 {
             return Err(QueueError::ChainTooLarge { head });
         }
-        self.descriptors.push(Descriptor {
-            addr: raw.addr,
-            len: raw.len,
-            writable,
-        });
+        self.descriptors.push(Descriptor { addr: raw.addr, len: raw.len, writable });
         Ok(())
     }
 }
@@ -672,16 +642,8 @@ impl Queue {
             return false;
         }
         let areas = [
-            (
-                "descriptor table",
-                self.desc_table,
-                desc_table_size(self.size),
-            ),
-            (
-                "available ring",
-                self.avail_ring,
-                avail_ring_size(self.size),
-            ),
+            ("descriptor table", self.desc_table, desc_table_size(self.size)),
+            ("available ring", self.avail_ring, avail_ring_size(self.size)),
             ("used ring", self.used_ring, used_ring_size(self.size)),
         ];
         for (what, addr, len) in areas {
@@ -703,10 +665,7 @@ impl Queue {
             return Err(QueueError::NotReady);
         }
         if !self.size_valid() {
-            return Err(QueueError::InvalidSize {
-                size: self.size,
-                max: self.max_size,
-            });
+            return Err(QueueError::InvalidSize { size: self.size, max: self.max_size });
         }
         let areas = [
             ("descriptor table", self.desc_table, DESC_TABLE_ALIGN),
@@ -767,11 +726,7 @@ impl Queue {
         )?;
         self.next_avail += 1;
         if head >= self.size {
-            return Err(QueueError::HeadOutOfRange {
-                ring_index,
-                head,
-                size: self.size,
-            });
+            return Err(QueueError::HeadOutOfRange { ring_index, head, size: self.size });
         }
         self.walk_chain(mem, head).map(Some)
     }
@@ -786,34 +741,22 @@ impl Queue {
     /// Returns chain `head_index` to the driver, `len` bytes written into it:
     /// fills the next used ring entry, then publishes it by incrementing
     /// `used.idx`.
-    pub fn add_used(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        head_index: u16,
-        len: u32,
-    ) -> Result<(), QueueError> {
+    pub fn add_used(&mut self, mem: &GuestMemoryMmap, head_index: u16, len: u32) -> Result<(), QueueError> {
         self.check_usable()?;
         if head_index >= self.size {
-            return Err(QueueError::UsedHeadOutOfRange {
-                head: head_index,
-                size: self.size,
-            });
+            return Err(QueueError::UsedHeadOutOfRange { head: head_index, size: self.size });
         }
         let ring_index = self.next_used.0 % self.size;
-        let addr = offset_addr(
-            self.used_ring,
-            RING_ENTRIES + USED_ENTRY_SIZE * u64::from(ring_index),
-            "used ring entry",
-        )?;
+        let addr =
+            offset_addr(self.used_ring, RING_ENTRIES + USED_ENTRY_SIZE * u64::from(ring_index), "used ring entry")?;
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head_index).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&elem, addr)
-            .map_err(|source| QueueError::Memory {
-                what: "used ring entry",
-                addr: addr.0,
-                source,
-            })?;
+        mem.write_slice(&elem, addr).map_err(|source| QueueError::Memory {
+            what: "used ring entry",
+            addr: addr.0,
+            source,
+        })?;
         let new_used = self.next_used + Wrapping(1);
         // The entry (and the buffers the device wrote) must be visible before
         // the idx that hands them over.
@@ -898,13 +841,7 @@ impl Queue {
     pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
         self.check_usable()?;
         if !self.event_idx {
-            store_u16(
-                mem,
-                self.used_ring,
-                RING_FLAGS,
-                "used ring flags",
-                VIRTQ_USED_F_NO_NOTIFY,
-            )?;
+            store_u16(mem, self.used_ring, RING_FLAGS, "used ring flags", VIRTQ_USED_F_NO_NOTIFY)?;
         }
         Ok(())
     }
@@ -916,18 +853,13 @@ impl Queue {
 
     /// Reads descriptor `index` (< size) of the descriptor table.
     fn read_desc(&self, mem: &GuestMemoryMmap, index: u16) -> Result<RawDesc, QueueError> {
-        let addr = offset_addr(
-            self.desc_table,
-            DESCRIPTOR_SIZE * u64::from(index),
-            "descriptor",
-        )?;
+        let addr = offset_addr(self.desc_table, DESCRIPTOR_SIZE * u64::from(index), "descriptor")?;
         let mut buf = [0u8; DESCRIPTOR_SIZE as usize];
-        mem.read_slice(&mut buf, addr)
-            .map_err(|source| QueueError::Memory {
-                what: "descriptor",
-                addr: addr.0,
-                source,
-            })?;
+        mem.read_slice(&mut buf, addr).map_err(|source| QueueError::Memory {
+            what: "descriptor",
+            addr: addr.0,
+            source,
+        })?;
         Ok(RawDesc::parse(&buf))
     }
 
@@ -948,10 +880,7 @@ impl Queue {
         loop {
             steps += 1;
             if steps > u32::from(size) {
-                return Err(QueueError::ChainTooLong {
-                    head,
-                    limit: u32::from(size),
-                });
+                return Err(QueueError::ChainTooLong { head, limit: u32::from(size) });
             }
             let raw = self.read_desc(mem, index)?;
             if raw.flags & VIRTQ_DESC_F_INDIRECT != 0 {
@@ -978,10 +907,7 @@ impl Queue {
             }
             index = raw.next;
         }
-        Ok(DescriptorChain {
-            head_index: head,
-            descriptors: chain.descriptors,
-        })
+        Ok(DescriptorChain { head_index: head, descriptors: chain.descriptors })
     }
 
     /// Appends the chain of the indirect table that descriptor `index`
@@ -1000,64 +926,40 @@ impl Queue {
         }
         let entries = len / DESCRIPTOR_SIZE as u32;
         if entries > u32::from(self.size) {
-            return Err(QueueError::IndirectTableTooLarge {
-                head,
-                index,
-                entries,
-                size: self.size,
-            });
+            return Err(QueueError::IndirectTableTooLarge { head, index, entries, size: self.size });
         }
         let inside = addr.checked_add(u64::from(len)).is_some()
             && GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize);
         if !inside {
-            return Err(QueueError::IndirectTableOutOfMemory {
-                head,
-                index,
-                addr,
-                len,
-            });
+            return Err(QueueError::IndirectTableOutOfMemory { head, index, addr, len });
         }
         // One copy of the whole table: bounded (<= 16 * 32768 bytes), and the
         // guest cannot change it under us while it is walked.
         let mut bytes = vec![0u8; len as usize];
-        mem.read_slice(&mut bytes, GuestAddress(addr))
-            .map_err(|source| QueueError::Memory {
-                what: "indirect table",
-                addr,
-                source,
-            })?;
+        mem.read_slice(&mut bytes, GuestAddress(addr)).map_err(|source| QueueError::Memory {
+            what: "indirect table",
+            addr,
+            source,
+        })?;
         let table = DescTable::Indirect { addr };
         let mut i = 0u16;
         let mut steps = 0u32;
         loop {
             steps += 1;
             if steps > entries {
-                return Err(QueueError::ChainTooLong {
-                    head,
-                    limit: entries,
-                });
+                return Err(QueueError::ChainTooLong { head, limit: entries });
             }
             let start = usize::from(i) * DESCRIPTOR_SIZE as usize;
             let d = RawDesc::parse(&bytes[start..start + DESCRIPTOR_SIZE as usize]);
             if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
-                return Err(QueueError::NestedIndirect {
-                    head,
-                    table,
-                    index: i,
-                });
+                return Err(QueueError::NestedIndirect { head, table, index: i });
             }
             chain.push(mem, table, i, &d)?;
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             if u32::from(d.next) >= entries {
-                return Err(QueueError::NextOutOfRange {
-                    head,
-                    table,
-                    index: i,
-                    next: d.next,
-                    entries,
-                });
+                return Err(QueueError::NextOutOfRange { head, table, index: i, next: d.next, entries });
             }
             i = d.next;
         }
@@ -1074,42 +976,22 @@ fn set_hi(v: u64, hi: u32) -> u64 {
 
 /// `base + offset` as a guest address, or an error if it overflows.
 fn offset_addr(base: u64, offset: u64, what: &'static str) -> Result<GuestAddress, QueueError> {
-    base.checked_add(offset)
-        .map(GuestAddress)
-        .ok_or(QueueError::AddressOverflow { what, base, offset })
+    base.checked_add(offset).map(GuestAddress).ok_or(QueueError::AddressOverflow { what, base, offset })
 }
 
 /// Atomically loads the little-endian u16 at `base + offset` (a ring field
 /// the guest may be writing concurrently).
-fn load_u16(
-    mem: &GuestMemoryMmap,
-    base: u64,
-    offset: u64,
-    what: &'static str,
-) -> Result<u16, QueueError> {
+fn load_u16(mem: &GuestMemoryMmap, base: u64, offset: u64, what: &'static str) -> Result<u16, QueueError> {
     let addr = offset_addr(base, offset, what)?;
-    mem.load::<u16>(addr, Ordering::Relaxed)
-        .map(u16::from_le)
-        .map_err(|source| QueueError::Memory {
-            what,
-            addr: addr.0,
-            source,
-        })
+    mem.load::<u16>(addr, Ordering::Relaxed).map(u16::from_le).map_err(|source| QueueError::Memory {
+        what,
+        addr: addr.0,
+        source,
+    })
 }
 
 /// Atomically stores `val` as a little-endian u16 at `base + offset`.
-fn store_u16(
-    mem: &GuestMemoryMmap,
-    base: u64,
-    offset: u64,
-    what: &'static str,
-    val: u16,
-) -> Result<(), QueueError> {
+fn store_u16(mem: &GuestMemoryMmap, base: u64, offset: u64, what: &'static str, val: u16) -> Result<(), QueueError> {
     let addr = offset_addr(base, offset, what)?;
-    mem.store(val.to_le(), addr, Ordering::Relaxed)
-        .map_err(|source| QueueError::Memory {
-            what,
-            addr: addr.0,
-            source,
-        })
+    mem.store(val.to_le(), addr, Ordering::Relaxed).map_err(|source| QueueError::Memory { what, addr: addr.0, source })
 }

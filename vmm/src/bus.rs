@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use devices::BusDevice;
 
+use crate::stats::DeviceCounters;
+
 /// A device shared between the bus and whoever else drives it (e.g. console input).
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
@@ -49,6 +51,9 @@ struct Entry {
     /// Offsets passed to the device are `address - offset_base`; usually the range start.
     offset_base: u64,
     device: SharedDevice,
+    /// What the range is, for statistics and logs.
+    name: Arc<str>,
+    counters: Arc<DeviceCounters>,
 }
 
 /// One address space (port I/O or MMIO).
@@ -62,58 +67,41 @@ pub struct Bus {
 impl Bus {
     /// An empty bus; `name` appears in log lines and errors ("pio", "mmio").
     pub fn new(name: &'static str) -> Self {
-        Bus {
-            name,
-            ranges: RwLock::new(BTreeMap::new()),
-            reported: Mutex::new(HashSet::new()),
-        }
+        Bus { name, ranges: RwLock::new(BTreeMap::new()), reported: Mutex::new(HashSet::new()) }
     }
 
-    /// Registers `device` for `[start, start + len)`; offsets are relative to `start`.
-    pub fn insert(&self, device: SharedDevice, start: u64, len: u64) -> Result<(), BusError> {
-        self.insert_with_offset_base(device, start, len, start)
+    /// Registers `device`, called `name` in statistics, for `[start, start + len)`;
+    /// offsets are relative to `start`.
+    pub fn insert(&self, device: SharedDevice, start: u64, len: u64, name: &str) -> Result<(), BusError> {
+        self.insert_named(device, start, len, start, name)
     }
 
-    /// Registers `device` for `[start, start + len)` with offsets relative to `offset_base`.
+    /// Registers `device` for `[start, start + len)` with offsets relative to
+    /// `offset_base`, called `name` in statistics.
     ///
-    /// This lets one device own scattered ranges, e.g. the i8042 at ports 0x60
-    /// and 0x64, seeing offsets 0 and 4 without claiming 0x61-0x63.
-    pub fn insert_with_offset_base(
+    /// The offset base lets one device own scattered ranges, e.g. the i8042 at
+    /// ports 0x60 and 0x64, seeing offsets 0 and 4 without claiming 0x61-0x63.
+    pub fn insert_named(
         &self,
         device: SharedDevice,
         start: u64,
         len: u64,
         offset_base: u64,
+        name: &str,
     ) -> Result<(), BusError> {
         let end = start.checked_add(len).filter(|_| len > 0);
         let Some(end) = end else {
-            return Err(BusError::BadRange {
-                bus: self.name,
-                start,
-                len,
-            });
+            return Err(BusError::BadRange { bus: self.name, start, len });
         };
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
         // The only candidates for overlap are the last range starting before `end`.
         if let Some((&other_start, other)) = ranges.range(..end).next_back() {
             if other_start + other.len > start {
-                return Err(BusError::Overlap {
-                    bus: self.name,
-                    start,
-                    len,
-                    other_start,
-                    other_len: other.len,
-                });
+                return Err(BusError::Overlap { bus: self.name, start, len, other_start, other_len: other.len });
             }
         }
-        ranges.insert(
-            start,
-            Entry {
-                len,
-                offset_base,
-                device,
-            },
-        );
+        let name: Arc<str> = Arc::from(name);
+        ranges.insert(start, Entry { len, offset_base, device, name, counters: Arc::default() });
         Ok(())
     }
 
@@ -123,7 +111,20 @@ impl Bus {
         ranges.remove(&start).map(|e| e.device)
     }
 
-    fn lookup(&self, addr: u64, width: usize) -> Option<(u64, SharedDevice)> {
+    /// (name and range, reads, writes) of every registered range, for statistics.
+    pub fn counters(&self) -> Vec<(String, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        ranges
+            .iter()
+            .map(|(start, e)| {
+                let label = format!("{} {} {:#x}-{:#x}", self.name, e.name, start, start + e.len - 1);
+                (label, e.counters.reads.load(Relaxed), e.counters.writes.load(Relaxed))
+            })
+            .collect()
+    }
+
+    fn lookup(&self, addr: u64, width: usize) -> Option<(u64, Entry)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&start, entry) = ranges.range(..=addr).next_back()?;
         // The whole access must fall inside the range.
@@ -131,18 +132,16 @@ impl Bus {
         if last >= start + entry.len {
             return None;
         }
-        Some((addr - entry.offset_base, entry.device.clone()))
+        Some((addr - entry.offset_base, entry.clone()))
     }
 
     /// Performs a guest read; unclaimed addresses read as all ones.
     /// Returns whether a device handled it.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.lookup(addr, data.len()) {
-            Some((offset, device)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+            Some((offset, entry)) => {
+                entry.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                entry.device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
                 true
             }
             None => {
@@ -157,11 +156,9 @@ impl Bus {
     /// Returns whether a device handled it.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.lookup(addr, data.len()) {
-            Some((offset, device)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+            Some((offset, entry)) => {
+                entry.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                entry.device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
                 true
             }
             None => {
@@ -175,10 +172,7 @@ impl Bus {
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded so a guest scanning the whole space cannot grow the set without limit.
         if reported.len() < 4096 && reported.insert(addr) {
-            log::info!(
-                "{}: unhandled {what} of {width} bytes at {addr:#x} (reported once)",
-                self.name
-            );
+            log::info!("{}: unhandled {what} of {width} bytes at {addr:#x} (reported once)", self.name);
         }
     }
 }
@@ -205,7 +199,7 @@ mod tests {
     fn dispatches_by_range_with_offsets() {
         let bus = Bus::new("pio");
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        bus.insert(dev.clone(), 0x3f8, 8).unwrap();
+        bus.insert(dev.clone(), 0x3f8, 8, "test").unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
         assert_eq!(b, [5]);
@@ -226,38 +220,26 @@ mod tests {
     fn overlaps_are_rejected() {
         let bus = Bus::new("mmio");
         let dev: SharedDevice = Arc::new(Mutex::new(Recorder::default()));
-        bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
-        assert!(matches!(
-            bus.insert(dev.clone(), 0x10ff, 1),
-            Err(BusError::Overlap { .. })
-        ));
-        assert!(matches!(
-            bus.insert(dev.clone(), 0xf00, 0x101),
-            Err(BusError::Overlap { .. })
-        ));
-        assert!(matches!(
-            bus.insert(dev.clone(), 0x1000, 0),
-            Err(BusError::BadRange { .. })
-        ));
-        assert!(matches!(
-            bus.insert(dev.clone(), u64::MAX, 2),
-            Err(BusError::BadRange { .. })
-        ));
-        bus.insert(dev.clone(), 0x1100, 0x10).unwrap();
-        bus.insert(dev.clone(), 0xf00, 0x100).unwrap();
+        bus.insert(dev.clone(), 0x1000, 0x100, "test").unwrap();
+        assert!(matches!(bus.insert(dev.clone(), 0x10ff, 1, "test"), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(dev.clone(), 0xf00, 0x101, "test"), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(dev.clone(), 0x1000, 0, "test"), Err(BusError::BadRange { .. })));
+        assert!(matches!(bus.insert(dev.clone(), u64::MAX, 2, "test"), Err(BusError::BadRange { .. })));
+        bus.insert(dev.clone(), 0x1100, 0x10, "test").unwrap();
+        bus.insert(dev.clone(), 0xf00, 0x100, "test").unwrap();
         // A removed range frees its addresses, as when a guest moves a PCI BAR.
         assert!(bus.remove(0x1000).is_some());
         assert!(bus.remove(0x1000).is_none());
         let mut b = [0u8; 1];
         assert!(!bus.read(0x1000, &mut b));
-        bus.insert(dev, 0x1000, 0x100).unwrap();
+        bus.insert(dev, 0x1000, 0x100, "test").unwrap();
     }
 
     #[test]
     fn access_straddling_the_end_is_unhandled() {
         let bus = Bus::new("mmio");
         let dev: SharedDevice = Arc::new(Mutex::new(Recorder::default()));
-        bus.insert(dev, 0x1000, 4).unwrap();
+        bus.insert(dev, 0x1000, 4, "test").unwrap();
         let mut b = [0u8; 4];
         assert!(!bus.read(0x1002, &mut b));
         assert!(!bus.read(u64::MAX, &mut b));
@@ -267,10 +249,8 @@ mod tests {
     fn offset_base_lets_one_device_own_scattered_ports() {
         let bus = Bus::new("pio");
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        bus.insert_with_offset_base(dev.clone(), 0x60, 1, 0x60)
-            .unwrap();
-        bus.insert_with_offset_base(dev.clone(), 0x64, 1, 0x60)
-            .unwrap();
+        bus.insert_named(dev.clone(), 0x60, 1, 0x60, "i8042").unwrap();
+        bus.insert_named(dev.clone(), 0x64, 1, 0x60, "i8042").unwrap();
         bus.write(0x64, &[0xfe]);
         assert_eq!(dev.lock().unwrap().writes, vec![(4, vec![0xfe])]);
         let mut b = [0u8; 1];

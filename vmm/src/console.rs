@@ -72,9 +72,7 @@ pub const ESCAPE_HELP: &str =
 pub fn open_output(config: &ConsoleConfig) -> io::Result<Option<Box<dyn Write + Send>>> {
     Ok(match config {
         ConsoleConfig::Stdio => Some(Box::new(io::stdout())),
-        ConsoleConfig::File(path) => Some(Box::new(
-            File::options().create(true).append(true).open(path)?,
-        )),
+        ConsoleConfig::File(path) => Some(Box::new(File::options().create(true).append(true).open(path)?)),
         ConsoleConfig::None => None,
     })
 }
@@ -89,10 +87,7 @@ pub fn enter_raw_mode() -> io::Result<()> {
     if !stdin.is_terminal() {
         return Ok(());
     }
-    stdin
-        .lock()
-        .set_raw_mode()
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    stdin.lock().set_raw_mode().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
     *RAW_MODE.lock().unwrap_or_else(|e| e.into_inner()) = true;
     // A panic (even with panic=abort) or a fatal error must not leave the terminal raw.
     let previous = std::panic::take_hook();

@@ -8,16 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use devices::pci::bus::{PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_COUNT};
 use devices::pci::{
-    BarRelocator, BarReprogram, Bdf, MsiInterrupt, MsiMessage, PciBarKind, PciBarRegion,
-    PciConfigIo, PciConfigMmio, PciDevice, PciRoot, SharedPciDevice,
+    BarRelocator, BarReprogram, Bdf, MsiInterrupt, MsiMessage, PciBarKind, PciBarRegion, PciConfigIo, PciConfigMmio,
+    PciDevice, PciRoot, SharedPciDevice,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio::block::{Block, BlockConfig, BlockError};
 use virtio::device::VirtioDevice;
 use virtio::transport::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use virtio::transport::pci::{
-    VirtioPciDevice, VirtioPciError, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER,
-};
+use virtio::transport::pci::{VirtioPciDevice, VirtioPciError, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER};
 use virtio::transport::TransportError;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -71,12 +69,7 @@ pub struct MmioSlot {
 impl MmioSlot {
     /// The Linux command-line parameter that announces the device (virtio_mmio.c).
     pub fn cmdline_param(&self) -> String {
-        format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            MMIO_WINDOW_SIZE / 1024,
-            self.base,
-            self.gsi
-        )
+        format!("virtio_mmio.device={}K@{:#x}:{}", MMIO_WINDOW_SIZE / 1024, self.base, self.gsi)
     }
 }
 
@@ -122,20 +115,12 @@ pub enum DeviceError {
 
 /// The `index`-th device interrupt line.
 pub fn device_gsi(index: usize) -> Result<u32, DeviceError> {
-    DEVICE_GSIS
-        .get(index)
-        .copied()
-        .ok_or(DeviceError::TooManyDevices {
-            max: DEVICE_GSIS.len(),
-        })
+    DEVICE_GSIS.get(index).copied().ok_or(DeviceError::TooManyDevices { max: DEVICE_GSIS.len() })
 }
 
 /// Creates the block devices described by `disks`.
 pub fn create_block_devices(disks: &[DiskSpec]) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
-    disks
-        .iter()
-        .map(|d| Ok(Box::new(Block::new(d.block.clone())?) as Box<dyn VirtioDevice>))
-        .collect()
+    disks.iter().map(|d| Ok(Box::new(Block::new(d.block.clone())?) as Box<dyn VirtioDevice>)).collect()
 }
 
 /// Puts `device` behind a virtio-mmio window at `slot`: registers the window on
@@ -153,16 +138,9 @@ pub fn add_virtio_mmio(
     let notify_addr = slot.base + QUEUE_NOTIFY_OFFSET;
     for (index, event) in transport.common().notify_events().iter().enumerate() {
         vm.register_ioevent(event, &IoEventAddress::Mmio(notify_addr), index as u32)
-            .map_err(|source| DeviceError::IoEvent {
-                addr: notify_addr,
-                source,
-            })?;
+            .map_err(|source| DeviceError::IoEvent { addr: notify_addr, source })?;
     }
-    mmio_bus.insert(
-        Arc::new(std::sync::Mutex::new(transport)),
-        slot.base,
-        MMIO_WINDOW_SIZE,
-    )?;
+    mmio_bus.insert(Arc::new(std::sync::Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE, "virtio-mmio")?;
     Ok(())
 }
 
@@ -176,10 +154,7 @@ impl MsiInterrupt for KvmMsiInterrupt {
         let Some(v) = self.vectors.get(usize::from(vector)) else {
             return;
         };
-        let route = msg.map(|m| msi::MsiMessage {
-            address: m.address,
-            data: m.data,
-        });
+        let route = msg.map(|m| msi::MsiMessage { address: m.address, data: m.data });
         if let Err(e) = v.set_message(route) {
             log::warn!("MSI-X vector {vector}: {e}");
         }
@@ -219,11 +194,7 @@ impl BarMapper {
 
 impl BarRelocator for BarMapper {
     fn relocate(&self, bdf: Bdf, change: &BarReprogram, device: SharedPciDevice) {
-        let bus = if change.kind == PciBarKind::Io {
-            &self.pio
-        } else {
-            &self.mmio
-        };
+        let bus = if change.kind == PciBarKind::Io { &self.pio } else { &self.mmio };
         let ioevents = self.ioevents.lock().unwrap_or_else(|e| e.into_inner());
         let events = ioevents.get(&(bdf, change.index));
         if let Some(old) = change.old {
@@ -231,16 +202,13 @@ impl BarRelocator for BarMapper {
             for e in events.into_iter().flatten() {
                 let addr = Self::ioevent_address(change.kind, old + e.offset);
                 if let Err(err) = self.vm.unregister_ioevent(&e.event, &addr, e.datamatch) {
-                    log::warn!(
-                        "PCI {bdf}: cannot remove an ioeventfd at {:#x}: {err}",
-                        old + e.offset
-                    );
+                    log::warn!("PCI {bdf}: cannot remove an ioeventfd at {:#x}: {err}", old + e.offset);
                 }
             }
         }
         if let Some(new) = change.new {
             let region = Arc::new(Mutex::new(PciBarRegion::new(device, change.index)));
-            if let Err(err) = bus.insert(region, new, change.size) {
+            if let Err(err) = bus.insert(region, new, change.size, &format!("PCI {bdf} BAR{}", change.index)) {
                 // The guest placed the BAR on top of something else: it does not decode there.
                 log::warn!("PCI {bdf}: BAR {} at {new:#x}: {err}", change.index);
                 return;
@@ -248,10 +216,7 @@ impl BarRelocator for BarMapper {
             for e in events.into_iter().flatten() {
                 let addr = Self::ioevent_address(change.kind, new + e.offset);
                 if let Err(err) = self.vm.register_ioevent(&e.event, &addr, e.datamatch) {
-                    log::warn!(
-                        "PCI {bdf}: cannot add an ioeventfd at {:#x}: {err}",
-                        new + e.offset
-                    );
+                    log::warn!("PCI {bdf}: cannot add an ioeventfd at {:#x}: {err}", new + e.offset);
                 }
             }
         }
@@ -271,12 +236,7 @@ pub struct PciSegment {
 impl PciSegment {
     /// Creates the root (host bridge at 00:00.0) and registers configuration
     /// mechanism 1 at 0xCF8 and the ECAM window.
-    pub fn new(
-        vm: &Arc<VmFd>,
-        pio: &Arc<Bus>,
-        mmio: &Arc<Bus>,
-        max_gsi: u32,
-    ) -> Result<Self, DeviceError> {
+    pub fn new(vm: &Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>, max_gsi: u32) -> Result<Self, DeviceError> {
         let mapper = Arc::new(BarMapper {
             vm: vm.clone(),
             pio: pio.clone(),
@@ -288,10 +248,11 @@ impl PciSegment {
             Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
             u64::from(PCI_CONFIG_IO_PORT),
             PCI_CONFIG_IO_PORT_COUNT,
+            "PCI config",
         )?;
         let ecam = PciConfigMmio::new(root.clone(), PCI_ECAM_BUSES);
         let ecam_size = ecam.size();
-        mmio.insert(Arc::new(Mutex::new(ecam)), PCI_ECAM_BASE, ecam_size)?;
+        mmio.insert(Arc::new(Mutex::new(ecam)), PCI_ECAM_BASE, ecam_size, "PCI ECAM")?;
         Ok(PciSegment {
             root,
             mapper,
@@ -312,18 +273,13 @@ impl PciSegment {
         device: Box<dyn VirtioDevice>,
         gsi: u32,
     ) -> Result<Bdf, DeviceError> {
-        let vectors = (0..device.queue_max_sizes().len() + 1)
-            .map(|_| self.router.allocate())
-            .collect::<Result<Vec<_>, _>>()?;
+        let vectors =
+            (0..device.queue_max_sizes().len() + 1).map(|_| self.router.allocate()).collect::<Result<Vec<_>, _>>()?;
         let msi = Arc::new(KvmMsiInterrupt { vectors });
         let intx = Arc::new(KvmIrqLine::new(vm.clone(), gsi));
-        let bar = self
-            .window
-            .allocate(BAR_SIZE, BAR_SIZE)
-            .ok_or(DeviceError::PciWindowFull(BAR_SIZE))?;
+        let bar = self.window.allocate(BAR_SIZE, BAR_SIZE).ok_or(DeviceError::PciWindowFull(BAR_SIZE))?;
         let mut pci = VirtioPciDevice::new(device, memory.clone(), msi, intx, gsi as u8, bar)?;
-        pci.config_mut()
-            .set_command(devices::pci::configuration::COMMAND_MEMORY_SPACE);
+        pci.config_mut().set_command(devices::pci::configuration::COMMAND_MEMORY_SPACE);
         let bdf = Bdf::new(0, self.next_slot, 0)?;
         let events = pci
             .common()
@@ -334,17 +290,11 @@ impl PciSegment {
                 Ok(BarIoEvent {
                     offset: NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER),
                     datamatch: i as u32,
-                    event: e
-                        .try_clone()
-                        .map_err(|err| DeviceError::Msi(MsiError::EventFd(err)))?,
+                    event: e.try_clone().map_err(|err| DeviceError::Msi(MsiError::EventFd(err)))?,
                 })
             })
             .collect::<Result<Vec<_>, DeviceError>>()?;
-        self.mapper
-            .ioevents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((bdf, 0), events);
+        self.mapper.ioevents.lock().unwrap_or_else(|e| e.into_inner()).insert((bdf, 0), events);
         // Adding a function whose BAR already decodes maps it through the BarMapper.
         self.root.add_device_at(bdf, Arc::new(Mutex::new(pci)))?;
         self.intx_routes.push((self.next_slot, gsi));

@@ -49,21 +49,13 @@ const EXIT_TOKEN: u64 = 0;
 impl EventLoop {
     /// An empty loop.
     pub fn new() -> Result<Self, EventLoopError> {
-        Ok(EventLoop {
-            epoll: Epoll::new()?,
-            handlers: HashMap::new(),
-            next_token: EXIT_TOKEN + 1,
-        })
+        Ok(EventLoop { epoll: Epoll::new()?, handlers: HashMap::new(), next_token: EXIT_TOKEN + 1 })
     }
 
     /// Watches `fd` for input and runs `handler` when it is readable.
     pub fn add(&mut self, fd: RawFd, handler: Box<dyn EventHandler>) -> Result<(), EventLoopError> {
         let token = self.next_token;
-        self.epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )?;
+        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
         self.next_token += 1;
         self.handlers.insert(token, (fd, handler));
         Ok(())
@@ -78,11 +70,7 @@ impl EventLoop {
         signal_reason: impl Fn() -> Option<VmExit>,
     ) -> Result<VmExit, EventLoopError> {
         use std::os::fd::AsRawFd;
-        self.epoll.ctl(
-            ControlOperation::Add,
-            exit.event().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, EXIT_TOKEN),
-        )?;
+        self.epoll.ctl(ControlOperation::Add, exit.event().as_raw_fd(), EpollEvent::new(EventSet::IN, EXIT_TOKEN))?;
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -93,6 +81,10 @@ impl EventLoop {
             if let Some(reason) = exit.reason().or_else(&signal_reason) {
                 return Ok(reason);
             }
+            // Woken without a reason (a signal asking for something else): re-arm.
+            if events[..n].iter().any(|e| e.data() == EXIT_TOKEN) {
+                let _ = exit.event().read();
+            }
             for event in &events[..n] {
                 let token = event.data();
                 let Some((fd, handler)) = self.handlers.get_mut(&token) else {
@@ -101,9 +93,7 @@ impl EventLoop {
                 if handler.handle(event.event_set()) == Watch::Remove {
                     let fd = *fd;
                     // The fd may already be closed; the handler is gone either way.
-                    let _ = self
-                        .epoll
-                        .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                    let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
                     self.handlers.remove(&token);
                 }
             }
@@ -141,15 +131,7 @@ mod tests {
         let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let writer = fd.try_clone().unwrap();
         let mut lp = EventLoop::new().unwrap();
-        lp.add(
-            fd.as_raw_fd(),
-            Box::new(Counter {
-                fd,
-                seen: seen.clone(),
-                exit: exit.clone(),
-            }),
-        )
-        .unwrap();
+        lp.add(fd.as_raw_fd(), Box::new(Counter { fd, seen: seen.clone(), exit: exit.clone() })).unwrap();
         let t = std::thread::spawn(move || {
             for _ in 0..3 {
                 writer.write(1).unwrap();

@@ -19,11 +19,7 @@ pub struct CrashReport {
 
 impl std::fmt::Display for CrashReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "vCPU {}: {} at RIP {:#x}",
-            self.vcpu, self.what, self.rip
-        )?;
+        write!(f, "vCPU {}: {} at RIP {:#x}", self.vcpu, self.what, self.rip)?;
         if !self.instruction.is_empty() {
             write!(f, ", instruction bytes:")?;
             for b in &self.instruction {
@@ -62,10 +58,7 @@ pub struct ExitSignal {
 impl ExitSignal {
     /// A new, unsignalled exit; `event` becomes readable when it is signalled.
     pub fn new() -> std::io::Result<Self> {
-        Ok(ExitSignal {
-            reason: Mutex::new(None),
-            event: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
+        Ok(ExitSignal { reason: Mutex::new(None), event: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
     /// Records `reason` unless an earlier one is already recorded, and wakes the main loop.
@@ -80,10 +73,7 @@ impl ExitSignal {
 
     /// The recorded reason, if any.
     pub fn reason(&self) -> Option<VmExit> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The eventfd the main loop waits on.

@@ -17,6 +17,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod interrupt;
 pub mod memory;
+pub mod stats;
 pub mod vm;
 
 pub use boot::BootProtocol;

@@ -27,6 +27,7 @@ use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::{self, InterruptError, KvmIrqLine};
 use crate::memory::{self, MemoryError, MemoryLayout};
+use crate::stats::{self, VcpuStats};
 
 /// The most vCPUs rvmm creates: APIC IDs are 8 bits in the MP table and the
 /// MADT's local APIC entries, 255 is the broadcast ID, and the IOAPIC takes one.
@@ -57,6 +58,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// The transport of virtio devices that do not name one.
     pub transport: VirtioTransport,
+    /// Print exit statistics to stderr when the VM ends.
+    pub stats: bool,
 }
 
 /// Errors while building a VM.
@@ -123,14 +126,9 @@ pub enum VmError {
 impl VmError {
     /// Whether the error is the user's input (bad image, sizes, counts) rather than the host's.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            VmError::VcpuCount { .. } | VmError::Boot(_) | VmError::ConsoleFile { .. }
-        ) || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
-            || matches!(
-                self,
-                VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. })
-            )
+        matches!(self, VmError::VcpuCount { .. } | VmError::Boot(_) | VmError::ConsoleFile { .. })
+            || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+            || matches!(self, VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. }))
     }
 }
 
@@ -143,6 +141,9 @@ enum Placement {
 /// A built VM, ready to run.
 pub struct Vm {
     vcpus: Vec<Vcpu>,
+    vcpu_stats: Vec<Arc<VcpuStats>>,
+    buses: [Arc<Bus>; 2],
+    print_stats: bool,
     exit: Arc<ExitSignal>,
     console_input: Option<Arc<Mutex<Serial>>>,
     boot_info: BootInfo,
@@ -153,11 +154,17 @@ pub struct Vm {
 
 /// Signal number that ended the VM, set by the signal handler (0 = none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Set by SIGUSR1: print the statistics now.
+static STATS_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The exit eventfd for the signal handler to write to (-1 = none).
 static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn handle_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    STOP_SIGNAL.store(num, Ordering::SeqCst);
+    if num == libc::SIGUSR1 {
+        STATS_REQUESTED.store(true, Ordering::SeqCst);
+    } else {
+        STOP_SIGNAL.store(num, Ordering::SeqCst);
+    }
     let fd = EXIT_EVENT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let one: u64 = 1;
@@ -170,10 +177,7 @@ extern "C" fn handle_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *
 impl Vm {
     /// Builds the VM described by `config`.
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
-        let open_err = |source| VmError::OpenKvm {
-            path: config.kvm_path.clone(),
-            source,
-        };
+        let open_err = |source| VmError::OpenKvm { path: config.kvm_path.clone(), source };
         let kvm_path = std::ffi::CString::new(config.kvm_path.as_os_str().as_encoded_bytes())
             .map_err(|_| open_err(kvm_ioctls::Error::new(libc::EINVAL)))?;
         let kvm = Kvm::new_with_path(kvm_path).map_err(open_err)?;
@@ -189,16 +193,10 @@ impl Vm {
         }
         let max = (kvm.get_max_vcpus() as u64).min(u64::from(MAX_VCPUS));
         if config.cpus == 0 || u64::from(config.cpus) > max {
-            return Err(VmError::VcpuCount {
-                requested: u64::from(config.cpus),
-                max,
-            });
+            return Err(VmError::VcpuCount { requested: u64::from(config.cpus), max });
         }
         let layout = MemoryLayout::new(config.memory_bytes)?;
-        let vm = Arc::new(kvm.create_vm().map_err(|source| VmError::Kvm {
-            what: "KVM_CREATE_VM",
-            source,
-        })?);
+        let vm = Arc::new(kvm.create_vm().map_err(|source| VmError::Kvm { what: "KVM_CREATE_VM", source })?);
         let memory = layout.allocate()?;
         memory::register_slots(&vm, &memory)?;
         interrupt::create_in_kernel_irqchip(&vm)?;
@@ -234,9 +232,7 @@ impl Vm {
         let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, max_gsi)?;
         for (device, placement) in virtio_devices.into_iter().zip(placements) {
             match placement {
-                Placement::Mmio(slot) => {
-                    device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?
-                }
+                Placement::Mmio(slot) => device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?,
                 Placement::Pci(gsi) => {
                     let bdf = pci.add_virtio(&vm, &memory, device, gsi)?;
                     log::info!("virtio-pci device at {bdf}, INTx on GSI {gsi}");
@@ -255,30 +251,18 @@ impl Vm {
             pci: Some(pci.description()),
         };
         let boot_info = boot::load(&memory, &layout, &boot_config)?;
-        log::info!(
-            "boot: {:?}, entry {:?}",
-            boot_info.protocol,
-            boot_info.entry
-        );
+        log::info!("boot: {:?}, entry {:?}", boot_info.protocol, boot_info.entry);
 
         let supported_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| VmError::Kvm {
-                what: "KVM_GET_SUPPORTED_CPUID",
-                source,
-            })?;
-        let msr_list = kvm.get_msr_index_list().map_err(|source| VmError::Kvm {
-            what: "KVM_GET_MSR_INDEX_LIST",
-            source,
-        })?;
-        let cpu_config = CpuConfig {
-            supported_cpuid: &supported_cpuid,
-            msr_index_list: msr_list.as_slice(),
-            num_cpus: config.cpus,
-        };
+            .map_err(|source| VmError::Kvm { what: "KVM_GET_SUPPORTED_CPUID", source })?;
+        let msr_list =
+            kvm.get_msr_index_list().map_err(|source| VmError::Kvm { what: "KVM_GET_MSR_INDEX_LIST", source })?;
+        let cpu_config =
+            CpuConfig { supported_cpuid: &supported_cpuid, msr_index_list: msr_list.as_slice(), num_cpus: config.cpus };
         let context = VcpuContext {
-            pio_bus,
-            mmio_bus,
+            pio_bus: pio_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
             memory: memory.clone(),
             exit: exit.clone(),
         };
@@ -286,8 +270,12 @@ impl Vm {
             .map(|id| Vcpu::new(&vm, id, &cpu_config, boot_info.entry, context.clone()))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let vcpu_stats = vcpus.iter().map(Vcpu::stats).collect();
         Ok(Vm {
             vcpus,
+            vcpu_stats,
+            buses: [pio_bus, mmio_bus],
+            print_stats: config.stats,
             exit,
             console_input,
             boot_info,
@@ -304,7 +292,7 @@ impl Vm {
     /// Runs the VM until the guest, the console user, a signal or an error ends it.
     pub fn run(self) -> Result<VmExit, VmError> {
         EXIT_EVENT_FD.store(self.exit.event().as_raw_fd(), Ordering::SeqCst);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             register_signal_handler(sig, handle_stop_signal)
                 .map_err(|e| VmError::Console(std::io::Error::from_raw_os_error(e.errno())))?;
         }
@@ -324,7 +312,10 @@ impl Vm {
         }
         let result = match start_error {
             Some(e) => Err(VmError::Cpu(e)),
-            None => event_loop(&self.exit, self.console_input.as_ref()),
+            None => {
+                let report = || stats::report(&self.vcpu_stats, &bus_counters(&self.buses));
+                event_loop(&self.exit, self.console_input.as_ref(), &report)
+            }
         };
         for h in &handles {
             h.request_stop();
@@ -334,12 +325,17 @@ impl Vm {
         }
         console::restore_terminal();
         EXIT_EVENT_FD.store(-1, Ordering::SeqCst);
-        log::info!(
-            "guest memory resident at exit: {} KiB",
-            memory::resident_bytes(&self.memory) / 1024
-        );
+        if self.print_stats {
+            eprint!("{}", stats::report(&self.vcpu_stats, &bus_counters(&self.buses)));
+        }
+        log::info!("guest memory resident at exit: {} KiB", memory::resident_bytes(&self.memory) / 1024);
         result
     }
+}
+
+/// The access counters of every device on the buses that saw any access.
+fn bus_counters(buses: &[Arc<Bus>; 2]) -> Vec<(String, u64, u64)> {
+    buses.iter().flat_map(|b| b.counters()).filter(|(_, r, w)| r + w > 0).collect()
 }
 
 /// Registers COM1-COM4, the i8042, the RTC, the ACPI sleep register and the debug exit port.
@@ -360,62 +356,36 @@ fn add_legacy_devices(
         })
     });
     let output = console::open_output(console_config).map_err(|source| match console_config {
-        ConsoleConfig::File(path) => VmError::ConsoleFile {
-            path: path.clone(),
-            source,
-        },
+        ConsoleConfig::File(path) => VmError::ConsoleFile { path: path.clone(), source },
         _ => VmError::Console(source),
     })?;
-    let com1 = Arc::new(Mutex::new(Serial::new(
-        Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM1.1))),
-        output,
-    )));
-    pio.insert(
-        com1.clone(),
-        u64::from(COM1.0),
-        u64::from(SERIAL_PORT_COUNT),
-    )?;
+    let com1 = Arc::new(Mutex::new(Serial::new(Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM1.1))), output)));
+    pio.insert(com1.clone(), u64::from(COM1.0), u64::from(SERIAL_PORT_COUNT), "COM1")?;
     // COM2 has IRQ 3 to itself; COM3 and COM4 share IRQ 4 and 3 with COM1 and COM2
     // on a PC, so they stay unwired rather than fight over the line's level.
     let com2_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM2.1)));
-    for (port, irq) in [
-        (COM2.0, com2_irq),
-        (
-            COM3.0,
-            Arc::new(RecordingIrqLine::default()) as Arc<dyn IrqLine>,
-        ),
-        (COM4.0, Arc::new(RecordingIrqLine::default())),
+    for (port, irq, name) in [
+        (COM2.0, com2_irq, "COM2"),
+        (COM3.0, Arc::new(RecordingIrqLine::default()) as Arc<dyn IrqLine>, "COM3"),
+        (COM4.0, Arc::new(RecordingIrqLine::default()), "COM4"),
     ] {
-        pio.insert(
-            Arc::new(Mutex::new(Serial::new(irq, None))),
-            u64::from(port),
-            u64::from(SERIAL_PORT_COUNT),
-        )?;
+        pio.insert(Arc::new(Mutex::new(Serial::new(irq, None))), u64::from(port), u64::from(SERIAL_PORT_COUNT), name)?;
     }
 
     // Both lines wired: Linux's i8042 driver checks that the AUX port's IRQ 12 arrives.
     let kbd_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(I8042_KBD_IRQ)));
     let aux_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(I8042_AUX_IRQ)));
-    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
-        I8042::new(sink.clone(), Some(kbd_irq)).with_aux_irq(aux_irq),
-    ));
+    let i8042: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(I8042::new(sink.clone(), Some(kbd_irq)).with_aux_irq(aux_irq)));
     let base = u64::from(I8042_DATA_PORT);
-    pio.insert_with_offset_base(i8042.clone(), base, 1, base)?;
-    pio.insert_with_offset_base(i8042, u64::from(I8042_COMMAND_PORT), 1, base)?;
+    pio.insert_named(i8042.clone(), base, 1, base, "i8042")?;
+    pio.insert_named(i8042, u64::from(I8042_COMMAND_PORT), 1, base, "i8042")?;
 
     let mut rtc = Rtc::new();
     store_cmos_memory_size(&mut rtc, layout);
-    pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2)?;
-    pio.insert(
-        Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))),
-        u64::from(ACPI_SLEEP_CONTROL_PORT),
-        2,
-    )?;
-    pio.insert(
-        Arc::new(Mutex::new(DebugExit::new(sink))),
-        u64::from(DEBUG_EXIT_PORT),
-        1,
-    )?;
+    pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2, "RTC")?;
+    pio.insert(Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))), u64::from(ACPI_SLEEP_CONTROL_PORT), 2, "ACPI sleep")?;
+    pio.insert(Arc::new(Mutex::new(DebugExit::new(sink))), u64::from(DEBUG_EXIT_PORT), 1, "debug exit")?;
 
     Ok(matches!(console_config, ConsoleConfig::Stdio).then_some(com1))
 }
@@ -425,8 +395,7 @@ fn store_cmos_memory_size(rtc: &mut Rtc, layout: &MemoryLayout) {
     let low = layout.low_ram_end();
     let ext_kb = ((low - memory::HIGH_RAM_START) / 1024).min(0xffff) as u16;
     let above_16m = (low.saturating_sub(16 * memory::MIB) / (64 * 1024)).min(0xffff) as u16;
-    let above_4g =
-        (layout.ram_bytes().saturating_sub(memory::MMIO32_HOLE_START) / (64 * 1024)) as u32;
+    let above_4g = (layout.ram_bytes().saturating_sub(memory::MMIO32_HOLE_START) / (64 * 1024)) as u32;
     for (index, value) in [
         (0x17, ext_kb as u8),
         (0x18, (ext_kb >> 8) as u8),
@@ -474,10 +443,7 @@ impl EventHandler for ConsoleInputHandler {
                 ConsoleInput::Nothing => {}
             }
         }
-        self.serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queue_input(&bytes);
+        self.serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(&bytes);
         Watch::Keep
     }
 }
@@ -486,27 +452,26 @@ impl EventHandler for ConsoleInputHandler {
 fn event_loop(
     exit: &Arc<ExitSignal>,
     console_input: Option<&Arc<Mutex<Serial>>>,
+    stats_report: &dyn Fn() -> String,
 ) -> Result<VmExit, VmError> {
-    let mut event_loop =
-        EventLoop::new().map_err(|e| VmError::Console(std::io::Error::other(e)))?;
+    let mut event_loop = EventLoop::new().map_err(|e| VmError::Console(std::io::Error::other(e)))?;
     if let Some(serial) = console_input {
-        let handler = ConsoleInputHandler {
-            serial: serial.clone(),
-            decoder: EscapeDecoder::default(),
-            exit: exit.clone(),
-        };
+        let handler =
+            ConsoleInputHandler { serial: serial.clone(), decoder: EscapeDecoder::default(), exit: exit.clone() };
         // stdin may be /dev/null or a regular file, which epoll refuses: then there is no input.
-        if event_loop
-            .add(libc::STDIN_FILENO, Box::new(handler))
-            .is_err()
-        {
+        if event_loop.add(libc::STDIN_FILENO, Box::new(handler)).is_err() {
             log::info!("console input is not pollable; the guest gets no input");
         }
     }
     event_loop
-        .run(exit, || match STOP_SIGNAL.load(Ordering::SeqCst) {
-            0 => None,
-            signal => Some(VmExit::Signal(signal)),
+        .run(exit, || {
+            if STATS_REQUESTED.swap(false, Ordering::SeqCst) {
+                eprint!("{}", stats_report());
+            }
+            match STOP_SIGNAL.load(Ordering::SeqCst) {
+                0 => None,
+                signal => Some(VmExit::Signal(signal)),
+            }
         })
         .map_err(|e| VmError::Console(std::io::Error::other(e)))
 }

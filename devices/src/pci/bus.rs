@@ -77,21 +77,13 @@ impl Bdf {
         if device > 31 || function > 7 {
             return Err(PciError::BadAddress { device, function });
         }
-        Ok(Bdf {
-            bus,
-            device,
-            function,
-        })
+        Ok(Bdf { bus, device, function })
     }
 
     /// The address on bus `bus` with device and function taken from the low
     /// eight bits of `devfn` (`device << 3 | function`).
     fn from_devfn(bus: u8, devfn: u8) -> Self {
-        Bdf {
-            bus,
-            device: devfn >> 3,
-            function: devfn & 7,
-        }
+        Bdf { bus, device: devfn >> 3, function: devfn & 7 }
     }
 
     /// The bus number.
@@ -207,11 +199,7 @@ impl PciRoot {
         let host: SharedPciDevice = Arc::new(Mutex::new(PciHostBridge::new()));
         let mut functions = BTreeMap::new();
         functions.insert(0, host);
-        PciRoot {
-            functions: RwLock::new(functions),
-            relocator,
-            write_lock: Mutex::new(()),
-        }
+        PciRoot { functions: RwLock::new(functions), relocator, write_lock: Mutex::new(()) }
     }
 
     /// Adds `device` as function 0 of the lowest free device number (1-31) on
@@ -223,8 +211,7 @@ impl PciRoot {
     pub fn add_device(&self, device: SharedPciDevice) -> Result<Bdf, PciError> {
         let bdf = {
             let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
-            let free =
-                (1..32u8).find(|dev| functions.range(dev << 3..=(dev << 3) | 7).next().is_none());
+            let free = (1..32u8).find(|dev| functions.range(dev << 3..=(dev << 3) | 7).next().is_none());
             let bdf = Bdf::from_devfn(0, free.ok_or(PciError::NoFreeSlot)? << 3);
             Self::insert(&mut functions, bdf, &device)?;
             bdf
@@ -304,10 +291,7 @@ impl PciRoot {
     /// Every function on the bus, host bridge included, in address order.
     pub fn devices(&self) -> Vec<(Bdf, SharedPciDevice)> {
         let functions = self.functions.read().unwrap_or_else(|e| e.into_inner());
-        functions
-            .iter()
-            .map(|(&devfn, dev)| (Bdf::from_devfn(0, devfn), dev.clone()))
-            .collect()
+        functions.iter().map(|(&devfn, dev)| (Bdf::from_devfn(0, devfn), dev.clone())).collect()
     }
 
     /// A configuration read of `data.len()` bytes at `offset` of the function at
@@ -316,9 +300,7 @@ impl PciRoot {
     /// ID reads 0xffff).
     pub fn read_config(&self, bdf: Bdf, offset: u16, data: &mut [u8]) {
         match self.device(bdf) {
-            Some(dev) if config_access_ok(offset.into(), data.len()) => {
-                lock(&dev).read_config(offset, data)
-            }
+            Some(dev) if config_access_ok(offset.into(), data.len()) => lock(&dev).read_config(offset, data),
             _ => data.fill(0xff),
         }
     }
@@ -381,23 +363,14 @@ pub struct PciConfigIo {
 impl PciConfigIo {
     /// Mechanism #1 over `root`, without the reset control register.
     pub fn new(root: Arc<PciRoot>) -> Self {
-        PciConfigIo {
-            root,
-            config_address: 0,
-            reset: None,
-            reset_control: 0,
-            bad_access: LogLimiter::new(),
-        }
+        PciConfigIo { root, config_address: 0, reset: None, reset_control: 0, bad_access: LogLimiter::new() }
     }
 
     /// Mechanism #1 over `root` with the reset control register at 0xCF9:
     /// writing a byte with bit 2 (RST_CPU) set sends [`GuestEvent::Reset`] to
     /// `sink`; bits 1 and 3 read back as written.
     pub fn with_reset_control(root: Arc<PciRoot>, sink: GuestEventSink) -> Self {
-        PciConfigIo {
-            reset: Some(sink),
-            ..Self::new(root)
-        }
+        PciConfigIo { reset: Some(sink), ..Self::new(root) }
     }
 
     /// The current CONFIG_ADDRESS value.
@@ -492,11 +465,7 @@ pub struct PciConfigMmio {
 impl PciConfigMmio {
     /// An ECAM window over `root` covering `bus_count` buses (clamped to 1-256).
     pub fn new(root: Arc<PciRoot>, bus_count: u16) -> Self {
-        PciConfigMmio {
-            root,
-            bus_count: bus_count.clamp(1, 256),
-            bad_access: LogLimiter::new(),
-        }
+        PciConfigMmio { root, bus_count: bus_count.clamp(1, 256), bad_access: LogLimiter::new() }
     }
 
     /// Number of buses the window covers.
@@ -605,31 +574,10 @@ mod tests {
                 ..Default::default()
             });
             config
-                .add_bar(
-                    0,
-                    PciBar {
-                        kind: PciBarKind::Mem32,
-                        size: 0x1000,
-                        prefetchable: false,
-                        addr: 0xe000_0000,
-                    },
-                )
+                .add_bar(0, PciBar { kind: PciBarKind::Mem32, size: 0x1000, prefetchable: false, addr: 0xe000_0000 })
                 .unwrap();
-            config
-                .add_bar(
-                    1,
-                    PciBar {
-                        kind: PciBarKind::Io,
-                        size: 0x20,
-                        prefetchable: false,
-                        addr: 0xc000,
-                    },
-                )
-                .unwrap();
-            TestDev {
-                config,
-                bar_writes: Vec::new(),
-            }
+            config.add_bar(1, PciBar { kind: PciBarKind::Io, size: 0x20, prefetchable: false, addr: 0xc000 }).unwrap();
+            TestDev { config, bar_writes: Vec::new() }
         }
     }
 
@@ -844,12 +792,9 @@ mod tests {
     #[test]
     fn ecam_offsets() {
         let (root, _) = setup();
-        root.add_device_at(bdf(0, 3, 0), Arc::new(Mutex::new(TestDev::new(0x3000))))
-            .unwrap();
-        root.add_device_at(bdf(0, 3, 2), Arc::new(Mutex::new(TestDev::new(0x3002))))
-            .unwrap();
-        root.add_device_at(bdf(0, 31, 0), Arc::new(Mutex::new(TestDev::new(0x1f00))))
-            .unwrap();
+        root.add_device_at(bdf(0, 3, 0), Arc::new(Mutex::new(TestDev::new(0x3000)))).unwrap();
+        root.add_device_at(bdf(0, 3, 2), Arc::new(Mutex::new(TestDev::new(0x3002)))).unwrap();
+        root.add_device_at(bdf(0, 31, 0), Arc::new(Mutex::new(TestDev::new(0x1f00)))).unwrap();
         let mut ecam = PciConfigMmio::new(root.clone(), 4);
         assert_eq!(ecam.size(), 4 << 20);
         let rd = |ecam: &mut PciConfigMmio, b: u64, d: u64, f: u64, r: u64, len: usize| {
@@ -897,18 +842,9 @@ mod tests {
     fn add_device_rules() {
         let (root, rel) = setup();
         let mk = || -> SharedPciDevice { Arc::new(Mutex::new(TestDev::new(1))) };
-        assert_eq!(
-            root.add_device_at(bdf(0, 0, 0), mk()),
-            Err(PciError::SlotInUse(bdf(0, 0, 0)))
-        );
-        assert_eq!(
-            root.add_device_at(bdf(1, 2, 0), mk()),
-            Err(PciError::NoSuchBus(1))
-        );
-        assert_eq!(
-            root.add_device_at(bdf(0, 4, 1), mk()),
-            Err(PciError::NoFunctionZero(bdf(0, 4, 1)))
-        );
+        assert_eq!(root.add_device_at(bdf(0, 0, 0), mk()), Err(PciError::SlotInUse(bdf(0, 0, 0))));
+        assert_eq!(root.add_device_at(bdf(1, 2, 0), mk()), Err(PciError::NoSuchBus(1)));
+        assert_eq!(root.add_device_at(bdf(0, 4, 1), mk()), Err(PciError::NoFunctionZero(bdf(0, 4, 1))));
         root.add_device_at(bdf(0, 1, 0), mk()).unwrap();
         root.add_device_at(bdf(0, 2, 0), mk()).unwrap();
         // Slot 3 has function 0 only through a multi-function add; still taken.
@@ -929,18 +865,11 @@ mod tests {
     fn preassigned_bars_are_reported_on_add() {
         let (root, rel) = setup();
         let mut dev = TestDev::new(7);
-        dev.config
-            .set_command(COMMAND_IO_SPACE | COMMAND_MEMORY_SPACE);
+        dev.config.set_command(COMMAND_IO_SPACE | COMMAND_MEMORY_SPACE);
         let b = root.add_device(Arc::new(Mutex::new(dev))).unwrap();
         let got = rel.take();
-        let news: Vec<_> = got
-            .iter()
-            .map(|(bb, c)| (*bb, c.index, c.old, c.new))
-            .collect();
-        assert_eq!(
-            news,
-            vec![(b, 0, None, Some(0xe000_0000)), (b, 1, None, Some(0xc000))]
-        );
+        let news: Vec<_> = got.iter().map(|(bb, c)| (*bb, c.index, c.old, c.new)).collect();
+        assert_eq!(news, vec![(b, 0, None, Some(0xe000_0000)), (b, 1, None, Some(0xc000))]);
         // Turning decode off through the root unmaps both.
         root.write_config(b, COMMAND, &[0, 0]);
         let got = rel.take();
@@ -974,9 +903,7 @@ mod tests {
     #[test]
     fn bar0_sizing_through_root() {
         let (root, rel) = setup();
-        let b = root
-            .add_device(Arc::new(Mutex::new(TestDev::new(2))))
-            .unwrap();
+        let b = root.add_device(Arc::new(Mutex::new(TestDev::new(2)))).unwrap();
         root.write_config(b, BAR0 + 4, &[0xff; 4]);
         let mut d = [0; 4];
         root.read_config(b, BAR0 + 4, &mut d);

@@ -84,11 +84,8 @@ pub const COMMAND_SERR: u16 = 1 << 8;
 /// Command register bit 10: the function must not assert INTx#.
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// The command bits a guest can change.
-const COMMAND_WRITABLE: u16 = COMMAND_IO_SPACE
-    | COMMAND_MEMORY_SPACE
-    | COMMAND_BUS_MASTER
-    | COMMAND_SERR
-    | COMMAND_INTX_DISABLE;
+const COMMAND_WRITABLE: u16 =
+    COMMAND_IO_SPACE | COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER | COMMAND_SERR | COMMAND_INTX_DISABLE;
 
 /// Status register bit 3: the function's INTx# is asserted (read-only).
 pub const STATUS_INTERRUPT: u16 = 1 << 3;
@@ -209,9 +206,7 @@ pub struct PciConfiguration {
 /// Whether an access of `len` bytes at `offset` is one a configuration
 /// transaction can carry: 1, 2 or 4 bytes inside one dword of the 4 KiB space.
 pub(crate) fn config_access_ok(offset: u64, len: usize) -> bool {
-    matches!(len, 1 | 2 | 4)
-        && offset < CONFIG_SPACE_SIZE as u64
-        && (offset % 4) as usize + len <= 4
+    matches!(len, 1 | 2 | 4) && offset < CONFIG_SPACE_SIZE as u64 && (offset % 4) as usize + len <= 4
 }
 
 impl PciConfiguration {
@@ -236,8 +231,7 @@ impl PciConfiguration {
         cfg.set_u16(SUBSYSTEM_VENDOR_ID, ids.subsystem_vendor_id);
         cfg.set_u16(SUBSYSTEM_ID, ids.subsystem_id);
         cfg.set_wmask_u16(COMMAND, COMMAND_WRITABLE);
-        cfg.w1cmask[STATUS as usize..STATUS as usize + 2]
-            .copy_from_slice(&STATUS_W1C.to_le_bytes());
+        cfg.w1cmask[STATUS as usize..STATUS as usize + 2].copy_from_slice(&STATUS_W1C.to_le_bytes());
         cfg.wmask[CACHE_LINE_SIZE as usize] = 0xff;
         cfg.wmask[INTERRUPT_LINE as usize] = 0xff;
         cfg
@@ -270,22 +264,12 @@ impl PciConfiguration {
 
     fn get_u32(&self, offset: u16) -> u32 {
         let o = offset as usize;
-        u32::from_le_bytes([
-            self.regs[o],
-            self.regs[o + 1],
-            self.regs[o + 2],
-            self.regs[o + 3],
-        ])
+        u32::from_le_bytes([self.regs[o], self.regs[o + 1], self.regs[o + 2], self.regs[o + 3]])
     }
 
     fn get_wmask_u32(&self, offset: u16) -> u32 {
         let o = offset as usize;
-        u32::from_le_bytes([
-            self.wmask[o],
-            self.wmask[o + 1],
-            self.wmask[o + 2],
-            self.wmask[o + 3],
-        ])
+        u32::from_le_bytes([self.wmask[o], self.wmask[o + 1], self.wmask[o + 2], self.wmask[o + 3]])
     }
 
     /// Handles a guest read of `data.len()` bytes at `offset`.
@@ -396,10 +380,7 @@ impl PciConfiguration {
             || ranges_overlap(start, end, COMMAND as usize, COMMAND as usize + 2)
             || ranges_overlap(start, end, BAR0 as usize, BAR0 as usize + 4 * NUM_BARS);
         if reject {
-            return Err(PciError::RawWriteRejected {
-                offset,
-                len: data.len(),
-            });
+            return Err(PciError::RawWriteRejected { offset, len: data.len() });
         }
         self.regs[start..end].copy_from_slice(data);
         Ok(())
@@ -471,11 +452,7 @@ impl PciConfiguration {
     /// is disabled (the bit shows the condition, the command bit gates the pin).
     pub fn set_interrupt_status(&mut self, pending: bool) {
         let status = self.status();
-        let status = if pending {
-            status | STATUS_INTERRUPT
-        } else {
-            status & !STATUS_INTERRUPT
-        };
+        let status = if pending { status | STATUS_INTERRUPT } else { status & !STATUS_INTERRUPT };
         self.set_u16(STATUS, status);
     }
 
@@ -508,10 +485,7 @@ impl PciConfiguration {
         if index + slots > NUM_BARS {
             return Err(PciError::BarIndex(index));
         }
-        if self.bars[index..index + slots]
-            .iter()
-            .any(|s| *s != BarSlot::Empty)
-        {
+        if self.bars[index..index + slots].iter().any(|s| *s != BarSlot::Empty) {
             return Err(PciError::BarInUse(index));
         }
         let (min, max, limit) = match bar.kind {
@@ -520,21 +494,11 @@ impl PciConfiguration {
             PciBarKind::Mem64 => (16, 1 << 63, u64::MAX),
         };
         if !bar.size.is_power_of_two() || bar.size < min || bar.size > max {
-            return Err(PciError::BarSize {
-                index,
-                size: bar.size,
-            });
+            return Err(PciError::BarSize { index, size: bar.size });
         }
-        let fits = bar.addr.is_multiple_of(bar.size)
-            && bar
-                .addr
-                .checked_add(bar.size)
-                .is_some_and(|end| end <= limit);
+        let fits = bar.addr.is_multiple_of(bar.size) && bar.addr.checked_add(bar.size).is_some_and(|end| end <= limit);
         if !fits {
-            return Err(PciError::BarAddress {
-                index,
-                addr: bar.addr,
-            });
+            return Err(PciError::BarAddress { index, addr: bar.addr });
         }
         if bar.kind == PciBarKind::Io && bar.prefetchable {
             return Err(PciError::BarPrefetchableIo(index));
@@ -618,9 +582,7 @@ impl PciConfiguration {
         match kind {
             PciBarKind::Io => u64::from(low & BAR_IO_ADDR_MASK),
             PciBarKind::Mem32 => u64::from(low & BAR_MEM_ADDR_MASK),
-            PciBarKind::Mem64 => {
-                u64::from(low & BAR_MEM_ADDR_MASK) | (u64::from(self.get_u32(reg + 4)) << 32)
-            }
+            PciBarKind::Mem64 => u64::from(low & BAR_MEM_ADDR_MASK) | (u64::from(self.get_u32(reg + 4)) << 32),
         }
     }
 
@@ -658,17 +620,9 @@ impl PciConfiguration {
 
     /// Like [`add_capability`](Self::add_capability), with `writable[i]` the bits
     /// of `body[i]` a guest may change (e.g. MSI-X enable and function mask).
-    pub fn add_capability_with_mask(
-        &mut self,
-        body: &[u8],
-        writable: &[u8],
-        cap_id: u8,
-    ) -> Result<u16, PciError> {
+    pub fn add_capability_with_mask(&mut self, body: &[u8], writable: &[u8], cap_id: u8) -> Result<u16, PciError> {
         if writable.len() != body.len() {
-            return Err(PciError::CapabilityMaskLength {
-                body: body.len(),
-                mask: writable.len(),
-            });
+            return Err(PciError::CapabilityMaskLength { body: body.len(), mask: writable.len() });
         }
         let needed = body.len() + 2;
         let start = (self.next_capability as usize + 3) & !3;
@@ -814,10 +768,7 @@ mod tests {
     #[test]
     fn odd_accesses_are_safe() {
         let mut c = cfg();
-        for off in (0..=u16::MAX)
-            .step_by(97)
-            .chain([0xffd, 0xffe, 0xfff, 0x1000, 0xffff])
-        {
+        for off in (0..=u16::MAX).step_by(97).chain([0xffd, 0xffe, 0xfff, 0x1000, 0xffff]) {
             for len in 0..=9usize {
                 let mut d = vec![0u8; len];
                 c.read_config(off, &mut d);
@@ -844,65 +795,22 @@ mod tests {
     #[test]
     fn bar_validation() {
         let mut c = cfg();
-        let io = |size, addr| PciBar {
-            kind: PciBarKind::Io,
-            size,
-            prefetchable: false,
-            addr,
-        };
-        let mem = |kind, size, addr| PciBar {
-            kind,
-            size,
-            prefetchable: false,
-            addr,
-        };
+        let io = |size, addr| PciBar { kind: PciBarKind::Io, size, prefetchable: false, addr };
+        let mem = |kind, size, addr| PciBar { kind, size, prefetchable: false, addr };
+        assert!(matches!(c.add_bar(6, io(16, 0)), Err(PciError::BarIndex(6))));
+        assert!(matches!(c.add_bar(5, mem(PciBarKind::Mem64, 4096, 0)), Err(PciError::BarIndex(5))));
+        assert!(matches!(c.add_bar(0, io(512, 0)), Err(PciError::BarSize { .. })));
+        assert!(matches!(c.add_bar(0, io(24, 0)), Err(PciError::BarSize { .. })));
+        assert!(matches!(c.add_bar(0, io(16, 8)), Err(PciError::BarAddress { .. })));
+        assert!(matches!(c.add_bar(0, io(16, 0x10000)), Err(PciError::BarAddress { .. })));
+        assert!(matches!(c.add_bar(0, mem(PciBarKind::Mem32, 4096, 0x1_0000_0000)), Err(PciError::BarAddress { .. })));
         assert!(matches!(
-            c.add_bar(6, io(16, 0)),
-            Err(PciError::BarIndex(6))
-        ));
-        assert!(matches!(
-            c.add_bar(5, mem(PciBarKind::Mem64, 4096, 0)),
-            Err(PciError::BarIndex(5))
-        ));
-        assert!(matches!(
-            c.add_bar(0, io(512, 0)),
-            Err(PciError::BarSize { .. })
-        ));
-        assert!(matches!(
-            c.add_bar(0, io(24, 0)),
-            Err(PciError::BarSize { .. })
-        ));
-        assert!(matches!(
-            c.add_bar(0, io(16, 8)),
-            Err(PciError::BarAddress { .. })
-        ));
-        assert!(matches!(
-            c.add_bar(0, io(16, 0x10000)),
-            Err(PciError::BarAddress { .. })
-        ));
-        assert!(matches!(
-            c.add_bar(0, mem(PciBarKind::Mem32, 4096, 0x1_0000_0000)),
-            Err(PciError::BarAddress { .. })
-        ));
-        assert!(matches!(
-            c.add_bar(
-                0,
-                PciBar {
-                    prefetchable: true,
-                    ..io(16, 0)
-                }
-            ),
+            c.add_bar(0, PciBar { prefetchable: true, ..io(16, 0) }),
             Err(PciError::BarPrefetchableIo(0))
         ));
         c.add_bar(1, mem(PciBarKind::Mem64, 4096, 0)).unwrap();
-        assert!(matches!(
-            c.add_bar(2, io(16, 0)),
-            Err(PciError::BarInUse(2))
-        ));
-        assert!(matches!(
-            c.add_bar(0, mem(PciBarKind::Mem64, 4096, 0)),
-            Err(PciError::BarInUse(0))
-        ));
+        assert!(matches!(c.add_bar(2, io(16, 0)), Err(PciError::BarInUse(2))));
+        assert!(matches!(c.add_bar(0, mem(PciBarKind::Mem64, 4096, 0)), Err(PciError::BarInUse(0))));
         assert!(c.bar(2).is_none());
         assert!(c.bar(1).is_some());
         assert_eq!(c.bar_address(9), None);
@@ -911,16 +819,7 @@ mod tests {
     #[test]
     fn io_bar_sizing() {
         let mut c = cfg();
-        c.add_bar(
-            0,
-            PciBar {
-                kind: PciBarKind::Io,
-                size: 32,
-                prefetchable: false,
-                addr: 0xc000,
-            },
-        )
-        .unwrap();
+        c.add_bar(0, PciBar { kind: PciBarKind::Io, size: 32, prefetchable: false, addr: 0xc000 }).unwrap();
         assert_eq!(rd32(&mut c, BAR0), 0xc001);
         assert!(wr32(&mut c, BAR0, 0xffff_ffff).is_empty());
         // Upper 16 bits hardwired to 0, size mask, I/O bit preserved.
@@ -936,16 +835,7 @@ mod tests {
     #[test]
     fn mem32_bar_sizing() {
         let mut c = cfg();
-        c.add_bar(
-            2,
-            PciBar {
-                kind: PciBarKind::Mem32,
-                size: 0x4000,
-                prefetchable: true,
-                addr: 0,
-            },
-        )
-        .unwrap();
+        c.add_bar(2, PciBar { kind: PciBarKind::Mem32, size: 0x4000, prefetchable: true, addr: 0 }).unwrap();
         let reg = BAR0 + 8;
         assert_eq!(rd32(&mut c, reg), 0x8);
         wr32(&mut c, reg, 0xffff_ffff);
@@ -963,33 +853,17 @@ mod tests {
     fn mem64_bar_sizing_in_either_order() {
         for low_first in [true, false] {
             let mut c = cfg();
-            c.add_bar(
-                0,
-                PciBar {
-                    kind: PciBarKind::Mem64,
-                    size: 0x10_0000,
-                    prefetchable: false,
-                    addr: 0x8_0000_0000,
-                },
-            )
-            .unwrap();
+            c.add_bar(0, PciBar { kind: PciBarKind::Mem64, size: 0x10_0000, prefetchable: false, addr: 0x8_0000_0000 })
+                .unwrap();
             assert_eq!(rd32(&mut c, BAR0), 0x4);
             assert_eq!(rd32(&mut c, BAR0 + 4), 0x8);
-            let halves = if low_first {
-                [BAR0, BAR0 + 4]
-            } else {
-                [BAR0 + 4, BAR0]
-            };
+            let halves = if low_first { [BAR0, BAR0 + 4] } else { [BAR0 + 4, BAR0] };
             for reg in halves {
                 wr32(&mut c, reg, 0xffff_ffff);
             }
             assert_eq!(rd32(&mut c, BAR0), 0xfff0_0004);
             assert_eq!(rd32(&mut c, BAR0 + 4), 0xffff_ffff);
-            for (reg, v) in halves.into_iter().zip(if low_first {
-                [0xc000_0000, 0x1]
-            } else {
-                [0x1, 0xc000_0000]
-            }) {
+            for (reg, v) in halves.into_iter().zip(if low_first { [0xc000_0000, 0x1] } else { [0x1, 0xc000_0000] }) {
                 wr32(&mut c, reg, v);
             }
             assert_eq!(c.bar_address(0), Some(0x1_c000_0000));
@@ -999,16 +873,7 @@ mod tests {
     #[test]
     fn mem64_bar_larger_than_4g() {
         let mut c = cfg();
-        c.add_bar(
-            0,
-            PciBar {
-                kind: PciBarKind::Mem64,
-                size: 1 << 34,
-                prefetchable: true,
-                addr: 0,
-            },
-        )
-        .unwrap();
+        c.add_bar(0, PciBar { kind: PciBarKind::Mem64, size: 1 << 34, prefetchable: true, addr: 0 }).unwrap();
         wr32(&mut c, BAR0, 0xffff_ffff);
         wr32(&mut c, BAR0 + 4, 0xffff_ffff);
         assert_eq!(rd32(&mut c, BAR0), 0x0000_000c);
@@ -1017,36 +882,10 @@ mod tests {
 
     fn mem_dev() -> PciConfiguration {
         let mut c = cfg();
-        c.add_bar(
-            0,
-            PciBar {
-                kind: PciBarKind::Mem32,
-                size: 0x1000,
-                prefetchable: false,
-                addr: 0xe000_0000,
-            },
-        )
-        .unwrap();
-        c.add_bar(
-            1,
-            PciBar {
-                kind: PciBarKind::Io,
-                size: 0x20,
-                prefetchable: false,
-                addr: 0xc000,
-            },
-        )
-        .unwrap();
-        c.add_bar(
-            2,
-            PciBar {
-                kind: PciBarKind::Mem64,
-                size: 0x4000,
-                prefetchable: false,
-                addr: 0x1_0000_0000,
-            },
-        )
-        .unwrap();
+        c.add_bar(0, PciBar { kind: PciBarKind::Mem32, size: 0x1000, prefetchable: false, addr: 0xe000_0000 }).unwrap();
+        c.add_bar(1, PciBar { kind: PciBarKind::Io, size: 0x20, prefetchable: false, addr: 0xc000 }).unwrap();
+        c.add_bar(2, PciBar { kind: PciBarKind::Mem64, size: 0x4000, prefetchable: false, addr: 0x1_0000_0000 })
+            .unwrap();
         c
     }
 
@@ -1058,27 +897,9 @@ mod tests {
         assert_eq!(
             changes,
             vec![
-                BarReprogram {
-                    index: 0,
-                    kind: PciBarKind::Mem32,
-                    old: None,
-                    new: Some(0xe000_0000),
-                    size: 0x1000
-                },
-                BarReprogram {
-                    index: 1,
-                    kind: PciBarKind::Io,
-                    old: None,
-                    new: Some(0xc000),
-                    size: 0x20
-                },
-                BarReprogram {
-                    index: 2,
-                    kind: PciBarKind::Mem64,
-                    old: None,
-                    new: Some(0x1_0000_0000),
-                    size: 0x4000
-                },
+                BarReprogram { index: 0, kind: PciBarKind::Mem32, old: None, new: Some(0xe000_0000), size: 0x1000 },
+                BarReprogram { index: 1, kind: PciBarKind::Io, old: None, new: Some(0xc000), size: 0x20 },
+                BarReprogram { index: 2, kind: PciBarKind::Mem64, old: None, new: Some(0x1_0000_0000), size: 0x4000 },
             ]
         );
         // Same value again: nothing changes.
@@ -1087,13 +908,7 @@ mod tests {
         let changes = c.write_config(COMMAND, &[COMMAND_MEMORY_SPACE as u8]);
         assert_eq!(
             changes,
-            vec![BarReprogram {
-                index: 1,
-                kind: PciBarKind::Io,
-                old: Some(0xc000),
-                new: None,
-                size: 0x20
-            }]
+            vec![BarReprogram { index: 1, kind: PciBarKind::Io, old: Some(0xc000), new: None, size: 0x20 }]
         );
         // Bus master is not a decode bit.
         assert!(wr16(&mut c, COMMAND, COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER).is_empty());
@@ -1163,16 +978,7 @@ mod tests {
     #[test]
     fn mem64_below_4g_low_all_ones_is_sizing() {
         let mut c = cfg();
-        c.add_bar(
-            0,
-            PciBar {
-                kind: PciBarKind::Mem64,
-                size: 0x1000,
-                prefetchable: false,
-                addr: 0xe000_0000,
-            },
-        )
-        .unwrap();
+        c.add_bar(0, PciBar { kind: PciBarKind::Mem64, size: 0x1000, prefetchable: false, addr: 0xe000_0000 }).unwrap();
         wr16(&mut c, COMMAND, COMMAND_MEMORY_SPACE);
         let ch = wr32(&mut c, BAR0, 0xffff_ffff);
         assert_eq!((ch[0].old, ch[0].new), (Some(0xe000_0000), None));
@@ -1187,9 +993,7 @@ mod tests {
         assert_eq!(c.status() & STATUS_CAPABILITIES_LIST, 0);
         assert_eq!(c.read_u8(CAPABILITIES_POINTER), 0);
         let a = c.add_capability(&[1, 2, 3], 0x09).unwrap();
-        let b = c
-            .add_capability_with_mask(&[0, 0, 0, 0, 0, 0], &[0, 0xff, 0, 0, 0, 0], 0x11)
-            .unwrap();
+        let b = c.add_capability_with_mask(&[0, 0, 0, 0, 0, 0], &[0, 0xff, 0, 0, 0, 0], 0x11).unwrap();
         let d = c.add_capability(&[], 0x05).unwrap();
         assert_eq!(a, 0x40);
         assert_eq!(b, 0x48); // 0x40 + 5 = 0x45, aligned up
@@ -1218,14 +1022,8 @@ mod tests {
         assert_eq!(c.read_u32(0x40), 0x0201_4809);
 
         // The space fills up.
-        assert!(matches!(
-            c.add_capability(&[0; 200], 0x09),
-            Err(PciError::CapabilitySpaceFull { .. })
-        ));
-        assert!(matches!(
-            c.add_capability_with_mask(&[0; 2], &[0], 0x09),
-            Err(PciError::CapabilityMaskLength { .. })
-        ));
+        assert!(matches!(c.add_capability(&[0; 200], 0x09), Err(PciError::CapabilitySpaceFull { .. })));
+        assert!(matches!(c.add_capability_with_mask(&[0; 2], &[0], 0x09), Err(PciError::CapabilityMaskLength { .. })));
         // Exactly filling 0xff is allowed.
         let last = c.add_capability(&[0; 0xfe - 0x54], 0x09).unwrap();
         assert_eq!(last, 0x54);

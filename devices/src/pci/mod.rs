@@ -29,10 +29,7 @@ pub mod msix;
 
 use std::fmt;
 
-pub use bus::{
-    BarRelocator, Bdf, PciBarRegion, PciConfigIo, PciConfigMmio, PciHostBridge, PciRoot,
-    SharedPciDevice,
-};
+pub use bus::{BarRelocator, Bdf, PciBarRegion, PciConfigIo, PciConfigMmio, PciHostBridge, PciRoot, SharedPciDevice};
 pub use configuration::{BarReprogram, PciBar, PciBarKind, PciConfiguration, PciIds};
 pub use device::PciDevice;
 pub use msix::{MsiInterrupt, MsiMessage, MsixConfig, MsixNotify};
@@ -129,31 +126,19 @@ impl fmt::Display for PciError {
                 write!(f, "BAR {index}: size {size:#x} is invalid for its kind")
             }
             PciError::BarAddress { index, addr } => {
-                write!(
-                    f,
-                    "BAR {index}: address {addr:#x} is misaligned or out of range"
-                )
+                write!(f, "BAR {index}: address {addr:#x} is misaligned or out of range")
             }
             PciError::BarPrefetchableIo(i) => {
                 write!(f, "BAR {i}: an I/O BAR cannot be prefetchable")
             }
             PciError::CapabilitySpaceFull { needed } => {
-                write!(
-                    f,
-                    "no room for a {needed}-byte capability in the legacy config space"
-                )
+                write!(f, "no room for a {needed}-byte capability in the legacy config space")
             }
             PciError::CapabilityMaskLength { body, mask } => {
-                write!(
-                    f,
-                    "capability write mask has {mask} bytes for a {body}-byte body"
-                )
+                write!(f, "capability write mask has {mask} bytes for a {body}-byte body")
             }
             PciError::RawWriteRejected { offset, len } => {
-                write!(
-                    f,
-                    "host write of {len} bytes at config offset {offset:#x} is not allowed"
-                )
+                write!(f, "host write of {len} bytes at config offset {offset:#x} is not allowed")
             }
             PciError::InterruptPin(p) => write!(f, "interrupt pin {p} is not 0-4"),
             PciError::NoFreeSlot => write!(f, "no free device slot on PCI bus 0"),
@@ -167,10 +152,7 @@ impl fmt::Display for PciError {
             }
             PciError::MsixVectorCount(n) => write!(f, "MSI-X vector count {n} is not 1-2048"),
             PciError::MsixLocation { bir, offset } => {
-                write!(
-                    f,
-                    "MSI-X structure at BAR {bir} offset {offset:#x} is invalid"
-                )
+                write!(f, "MSI-X structure at BAR {bir} offset {offset:#x} is invalid")
             }
             PciError::MsixOverlap => write!(f, "MSI-X table and PBA overlap"),
             PciError::MsixBar { bir } => {

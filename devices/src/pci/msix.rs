@@ -91,22 +91,14 @@ struct MsixEntry {
 
 impl MsixEntry {
     /// The state after reset: everything zero except the mask bit.
-    const RESET: MsixEntry = MsixEntry {
-        addr_lo: 0,
-        addr_hi: 0,
-        data: 0,
-        vector_ctl: VECTOR_CTL_MASKED,
-    };
+    const RESET: MsixEntry = MsixEntry { addr_lo: 0, addr_hi: 0, data: 0, vector_ctl: VECTOR_CTL_MASKED };
 
     fn masked(&self) -> bool {
         self.vector_ctl & VECTOR_CTL_MASKED != 0
     }
 
     fn message(&self) -> MsiMessage {
-        MsiMessage {
-            address: (u64::from(self.addr_hi) << 32) | u64::from(self.addr_lo),
-            data: self.data,
-        }
+        MsiMessage { address: (u64::from(self.addr_hi) << 32) | u64::from(self.addr_lo), data: self.data }
     }
 
     fn dword(&self, index: u64) -> u32 {
@@ -192,10 +184,7 @@ impl MsixConfig {
             bad_access: LogLimiter::new(),
         };
         if table_bir == pba_bir {
-            let (t0, t1) = (
-                u64::from(table_offset),
-                u64::from(table_offset) + cfg.table_len(),
-            );
+            let (t0, t1) = (u64::from(table_offset), u64::from(table_offset) + cfg.table_len());
             let (p0, p1) = (u64::from(pba_offset), u64::from(pba_offset) + cfg.pba_len());
             if t0 < p1 && p0 < t1 {
                 return Err(PciError::MsixOverlap);
@@ -282,8 +271,7 @@ impl MsixConfig {
     /// write: the enable and function mask bits.
     pub fn capability_write_mask() -> [u8; MSIX_CAP_BODY_LEN] {
         let mut mask = [0; MSIX_CAP_BODY_LEN];
-        mask[0..2]
-            .copy_from_slice(&(MSIX_MSG_CTL_ENABLE | MSIX_MSG_CTL_FUNCTION_MASK).to_le_bytes());
+        mask[0..2].copy_from_slice(&(MSIX_MSG_CTL_ENABLE | MSIX_MSG_CTL_FUNCTION_MASK).to_le_bytes());
         mask
     }
 
@@ -291,23 +279,18 @@ impl MsixConfig {
     /// capability to its list and returns the capability's offset (remembered for
     /// [`config_written`](Self::config_written)). Declare the BARs first.
     pub fn add_capability(&mut self, config: &mut PciConfiguration) -> Result<u16, PciError> {
-        let structures = [
-            (self.table_bir, self.table_offset, self.table_len()),
-            (self.pba_bir, self.pba_offset, self.pba_len()),
-        ];
+        let structures =
+            [(self.table_bir, self.table_offset, self.table_len()), (self.pba_bir, self.pba_offset, self.pba_len())];
         for (bir, offset, len) in structures {
-            let fits = config.bar(usize::from(bir)).is_some_and(|bar| {
-                bar.kind != PciBarKind::Io && u64::from(offset) + len <= bar.size
-            });
+            let fits = config
+                .bar(usize::from(bir))
+                .is_some_and(|bar| bar.kind != PciBarKind::Io && u64::from(offset) + len <= bar.size);
             if !fits {
                 return Err(PciError::MsixBar { bir });
             }
         }
-        let offset = config.add_capability_with_mask(
-            &self.capability_body(),
-            &Self::capability_write_mask(),
-            MSIX_CAP_ID,
-        )?;
+        let offset =
+            config.add_capability_with_mask(&self.capability_body(), &Self::capability_write_mask(), MSIX_CAP_ID)?;
         self.cap_offset = Some(offset);
         Ok(offset)
     }
@@ -347,9 +330,7 @@ impl MsixConfig {
     /// Whether vector `vector` has its own mask bit set (`true` for vectors
     /// beyond the table).
     pub fn vector_masked(&self, vector: u16) -> bool {
-        self.entries
-            .get(usize::from(vector))
-            .is_none_or(MsixEntry::masked)
+        self.entries.get(usize::from(vector)).is_none_or(MsixEntry::masked)
     }
 
     /// Whether vector `vector`'s pending bit is set.
@@ -360,9 +341,7 @@ impl MsixConfig {
 
     /// The message programmed for `vector`, masked or not.
     pub fn message(&self, vector: u16) -> Option<MsiMessage> {
-        self.entries
-            .get(usize::from(vector))
-            .map(MsixEntry::message)
+        self.entries.get(usize::from(vector)).map(MsixEntry::message)
     }
 
     fn set_pending(&mut self, v: usize, pending: bool) {
@@ -378,8 +357,7 @@ impl MsixConfig {
     /// if it is pending and deliverable.
     fn sync_vector(&mut self, v: usize) {
         let entry = self.entries[v];
-        let wanted =
-            (self.enabled && !self.function_masked && !entry.masked()).then(|| entry.message());
+        let wanted = (self.enabled && !self.function_masked && !entry.masked()).then(|| entry.message());
         if self.routes[v] != wanted {
             self.routes[v] = wanted;
             self.interrupt.update(v as u16, wanted);
@@ -458,9 +436,7 @@ impl MsixConfig {
             8 => offset.is_multiple_of(8),
             _ => false,
         };
-        let vector = usize::try_from(offset / 16)
-            .ok()
-            .filter(|&v| v < self.entries.len());
+        let vector = usize::try_from(offset / 16).ok().filter(|&v| v < self.entries.len());
         let (true, Some(v)) = (aligned, vector) else {
             self.log_bad_access("table write", offset, data.len());
             return;
@@ -585,21 +561,10 @@ mod tests {
     impl Dev {
         fn new(vectors: u16) -> (Self, Arc<Recorder>) {
             let rec = Arc::new(Recorder::default());
-            let mut config = PciConfiguration::new(&PciIds {
-                vendor_id: 0x1af4,
-                device_id: 0x1042,
-                ..Default::default()
-            });
+            let mut config =
+                PciConfiguration::new(&PciIds { vendor_id: 0x1af4, device_id: 0x1042, ..Default::default() });
             config
-                .add_bar(
-                    0,
-                    PciBar {
-                        kind: PciBarKind::Mem64,
-                        size: 0x1_0000,
-                        prefetchable: false,
-                        addr: 0,
-                    },
-                )
+                .add_bar(0, PciBar { kind: PciBarKind::Mem64, size: 0x1_0000, prefetchable: false, addr: 0 })
                 .unwrap();
             config.add_capability(&[0; 4], 0x09).unwrap();
             let mut msix = MsixConfig::new(vectors, 0, 0, 0, 0x8000, rec.clone()).unwrap();
@@ -659,10 +624,7 @@ mod tests {
         }
     }
 
-    const MSG: MsiMessage = MsiMessage {
-        address: 0xfee0_0000,
-        data: 0x41,
-    };
+    const MSG: MsiMessage = MsiMessage { address: 0xfee0_0000, data: 0x41 };
 
     #[test]
     fn capability_layout() {
@@ -693,22 +655,10 @@ mod tests {
     fn constructor_and_placement_checks() {
         let rec: Arc<dyn MsiInterrupt> = Arc::new(Recorder::default());
         let mk = |n, tb, to, pb, po| MsixConfig::new(n, tb, to, pb, po, rec.clone());
-        assert_eq!(
-            mk(0, 0, 0, 0, 0x800).err(),
-            Some(PciError::MsixVectorCount(0))
-        );
-        assert_eq!(
-            mk(2049, 0, 0, 0, 0x8000).err(),
-            Some(PciError::MsixVectorCount(2049))
-        );
-        assert!(matches!(
-            mk(1, 6, 0, 0, 0x800),
-            Err(PciError::MsixLocation { .. })
-        ));
-        assert!(matches!(
-            mk(1, 0, 4, 0, 0x800),
-            Err(PciError::MsixLocation { .. })
-        ));
+        assert_eq!(mk(0, 0, 0, 0, 0x800).err(), Some(PciError::MsixVectorCount(0)));
+        assert_eq!(mk(2049, 0, 0, 0, 0x8000).err(), Some(PciError::MsixVectorCount(2049)));
+        assert!(matches!(mk(1, 6, 0, 0, 0x800), Err(PciError::MsixLocation { .. })));
+        assert!(matches!(mk(1, 0, 4, 0, 0x800), Err(PciError::MsixLocation { .. })));
         assert_eq!(mk(4, 0, 0, 0, 0x38).err(), Some(PciError::MsixOverlap));
         assert!(mk(4, 0, 0, 0, 0x40).is_ok());
         assert!(mk(4, 0, 0, 1, 0).is_ok());
@@ -716,25 +666,9 @@ mod tests {
 
         let mut config = PciConfiguration::new(&PciIds::default());
         let mut m = mk(4, 1, 0, 2, 0).unwrap();
-        assert_eq!(
-            m.add_capability(&mut config),
-            Err(PciError::MsixBar { bir: 1 })
-        );
-        config
-            .add_bar(
-                1,
-                PciBar {
-                    kind: PciBarKind::Io,
-                    size: 64,
-                    prefetchable: false,
-                    addr: 0,
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            m.add_capability(&mut config),
-            Err(PciError::MsixBar { bir: 1 })
-        );
+        assert_eq!(m.add_capability(&mut config), Err(PciError::MsixBar { bir: 1 }));
+        config.add_bar(1, PciBar { kind: PciBarKind::Io, size: 64, prefetchable: false, addr: 0 }).unwrap();
+        assert_eq!(m.add_capability(&mut config), Err(PciError::MsixBar { bir: 1 }));
         let mut m = mk(64, 2, 0, 3, 0).unwrap();
         config
             .add_bar(
@@ -747,10 +681,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(
-            m.add_capability(&mut config),
-            Err(PciError::MsixBar { bir: 2 })
-        );
+        assert_eq!(m.add_capability(&mut config), Err(PciError::MsixBar { bir: 2 }));
         assert_eq!(m.capability_offset(), None);
     }
 
@@ -805,10 +736,7 @@ mod tests {
         assert!(rec.take().is_empty());
         // Reprogramming an unmasked vector updates its route.
         dev.table_write32(8, 0x42);
-        assert_eq!(
-            rec.take(),
-            vec![Ev::Update(0, Some(MsiMessage { data: 0x42, ..MSG }))]
-        );
+        assert_eq!(rec.take(), vec![Ev::Update(0, Some(MsiMessage { data: 0x42, ..MSG }))]);
         // Disabling withdraws the route.
         dev.set_ctl(0);
         assert_eq!(rec.take(), vec![Ev::Update(0, None)]);
@@ -853,35 +781,15 @@ mod tests {
         // Setting the function mask leaves the per-vector mask bits alone.
         assert!(!dev.msix.vector_masked(0) && dev.msix.vector_masked(2));
         dev.set_ctl(MSIX_MSG_CTL_ENABLE);
-        let msg = |d| MsiMessage {
-            data: MSG.data + d,
-            ..MSG
-        };
-        assert_eq!(
-            rec.take(),
-            vec![
-                Ev::Update(0, Some(msg(0))),
-                Ev::Trigger(0),
-                Ev::Update(1, Some(msg(1))),
-            ]
-        );
+        let msg = |d| MsiMessage { data: MSG.data + d, ..MSG };
+        assert_eq!(rec.take(), vec![Ev::Update(0, Some(msg(0))), Ev::Trigger(0), Ev::Update(1, Some(msg(1))),]);
         // Vector 2 stays pending until its own mask clears.
         assert!(dev.msix.is_pending(2) && !dev.msix.is_pending(0));
         dev.mask(2, false);
-        assert_eq!(
-            rec.take(),
-            vec![Ev::Update(2, Some(msg(2))), Ev::Trigger(2)]
-        );
+        assert_eq!(rec.take(), vec![Ev::Update(2, Some(msg(2))), Ev::Trigger(2)]);
         // Function mask withdraws every route.
         dev.set_ctl(MSIX_MSG_CTL_ENABLE | MSIX_MSG_CTL_FUNCTION_MASK);
-        assert_eq!(
-            rec.take(),
-            vec![
-                Ev::Update(0, None),
-                Ev::Update(1, None),
-                Ev::Update(2, None)
-            ]
-        );
+        assert_eq!(rec.take(), vec![Ev::Update(0, None), Ev::Update(1, None), Ev::Update(2, None)]);
     }
 
     #[test]

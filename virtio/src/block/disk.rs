@@ -55,12 +55,7 @@ impl DiskFile {
             use std::io::{Seek, SeekFrom};
             (&file).seek(SeekFrom::End(0))?
         };
-        Ok(DiskFile {
-            file: Arc::new(file),
-            path: path.to_path_buf(),
-            read_only,
-            capacity_sectors: size / SECTOR_SIZE,
-        })
+        Ok(DiskFile { file: Arc::new(file), path: path.to_path_buf(), read_only, capacity_sectors: size / SECTOR_SIZE })
     }
 
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
@@ -164,10 +159,7 @@ pub fn create_engine(kind: EngineKind, disk: &DiskFile) -> io::Result<Box<dyn Di
         EngineKind::Auto => match IoUringEngine::new(disk.file().clone(), 256) {
             Ok(e) => Ok(Box::new(e)),
             Err(e) => {
-                log::info!(
-                    "{}: io_uring unavailable ({e}); using the thread pool",
-                    disk.path().display()
-                );
+                log::info!("{}: io_uring unavailable ({e}); using the thread pool", disk.path().display());
                 Ok(Box::new(ThreadPoolEngine::new(disk.file().clone(), 4)?))
             }
         },
@@ -176,14 +168,7 @@ pub fn create_engine(kind: EngineKind, disk: &DiskFile) -> io::Result<Box<dyn Di
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate on an fd we own; the kernel validates offset and length.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) };
     if rc == 0 {
         Ok(())
     } else {
@@ -233,10 +218,7 @@ pub fn execute(file: &File, op: &DiskOp) -> io::Result<u32> {
                     return Err(e);
                 }
                 if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "disk ended inside the request",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "disk ended inside the request"));
                 }
                 // Advance over what was transferred.
                 let mut left = n as usize;
@@ -246,8 +228,7 @@ pub fn execute(file: &File, op: &DiskOp) -> io::Result<u32> {
                         left -= iovs[first].iov_len;
                         first += 1;
                     } else {
-                        iovs[first].iov_base =
-                            (iovs[first].iov_base as usize + left) as *mut libc::c_void;
+                        iovs[first].iov_base = (iovs[first].iov_base as usize + left) as *mut libc::c_void;
                         iovs[first].iov_len -= left;
                         left = 0;
                     }
@@ -260,26 +241,15 @@ pub fn execute(file: &File, op: &DiskOp) -> io::Result<u32> {
             Ok(0)
         }
         DiskOp::Discard { offset, len } => {
-            fallocate(
-                file,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                *offset,
-                *len,
-            )?;
+            fallocate(file, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, *offset, *len)?;
             Ok(0)
         }
         DiskOp::WriteZeroes { offset, len, unmap } => {
-            let mode = if *unmap {
-                libc::FALLOC_FL_PUNCH_HOLE
-            } else {
-                libc::FALLOC_FL_ZERO_RANGE
-            };
+            let mode = if *unmap { libc::FALLOC_FL_PUNCH_HOLE } else { libc::FALLOC_FL_ZERO_RANGE };
             match fallocate(file, mode | libc::FALLOC_FL_KEEP_SIZE, *offset, *len) {
                 Ok(()) => {}
                 // Not every file system or device can; zeroes written the slow way are the same zeroes.
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    write_zero_bytes(file, *offset, *len)?
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => write_zero_bytes(file, *offset, *len)?,
                 Err(e) => return Err(e),
             }
             Ok(0)
@@ -311,52 +281,31 @@ impl ThreadPoolEngine {
                     .spawn(move || pool_worker(&file, &rx, &done, &event))?,
             );
         }
-        Ok(ThreadPoolEngine {
-            jobs: Some(tx),
-            done,
-            event,
-            threads: handles,
-        })
+        Ok(ThreadPoolEngine { jobs: Some(tx), done, event, threads: handles })
     }
 }
 
-fn pool_worker(
-    file: &File,
-    rx: &Mutex<Receiver<(DiskOp, u64)>>,
-    done: &Mutex<VecDeque<Completion>>,
-    event: &EventFd,
-) {
+fn pool_worker(file: &File, rx: &Mutex<Receiver<(DiskOp, u64)>>, done: &Mutex<VecDeque<Completion>>, event: &EventFd) {
     loop {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((op, tag)) = job else { return };
         let result = execute(file, &op);
-        done.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((tag, result));
+        done.lock().unwrap_or_else(|e| e.into_inner()).push_back((tag, result));
         let _ = event.write(1);
     }
 }
 
 impl DiskEngine for ThreadPoolEngine {
     fn submit(&mut self, op: DiskOp, tag: u64) -> io::Result<()> {
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("engine stopped"))?;
-        jobs.send((op, tag))
-            .map_err(|_| io::Error::other("disk threads have stopped"))
+        let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("engine stopped"))?;
+        jobs.send((op, tag)).map_err(|_| io::Error::other("disk threads have stopped"))
     }
     fn completion_fd(&self) -> RawFd {
         self.event.as_raw_fd()
     }
     fn drain(&mut self, out: &mut Vec<Completion>) {
         let _ = self.event.read();
-        out.extend(
-            self.done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..),
-        );
+        out.extend(self.done.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
     }
     fn name(&self) -> &'static str {
         "threads"
@@ -389,13 +338,7 @@ impl IoUringEngine {
         let ring = io_uring::IoUring::new(entries)?;
         let event = EventFd::new(libc::EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
-        Ok(IoUringEngine {
-            ring,
-            file,
-            event,
-            in_flight: Default::default(),
-            ready: Vec::new(),
-        })
+        Ok(IoUringEngine { ring, file, event, in_flight: Default::default(), ready: Vec::new() })
     }
 }
 
@@ -405,18 +348,12 @@ impl DiskEngine for IoUringEngine {
         let fd = types::Fd(self.file.as_raw_fd());
         let entry = match &op {
             DiskOp::Read { offset, buffers } => {
-                opcode::Readv::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32)
-                    .offset(*offset)
-                    .build()
+                opcode::Readv::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32).offset(*offset).build()
             }
             DiskOp::Write { offset, buffers } => {
-                opcode::Writev::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32)
-                    .offset(*offset)
-                    .build()
+                opcode::Writev::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32).offset(*offset).build()
             }
-            DiskOp::Flush => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
+            DiskOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
             DiskOp::Discard { offset, len } => opcode::Fallocate::new(fd, *len)
                 .offset(*offset)
                 .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
@@ -465,10 +402,7 @@ impl DiskEngine for IoUringEngine {
                         Some(DiskOp::Read { buffers, .. } | DiskOp::Write { buffers, .. })
                             if (result as usize) < buffers.len() =>
                         {
-                            Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "short transfer",
-                            ))
+                            Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short transfer"))
                         }
                         _ => Ok(result as u32),
                     }
@@ -499,19 +433,8 @@ mod tests {
         let (path, disk) = temp_disk(&format!("{kind:?}"), 8192);
         let mut engine = create_engine(kind, &disk).unwrap();
         let mut data = vec![0x5au8; 1024];
-        let iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        engine
-            .submit(
-                DiskOp::Write {
-                    offset: 512,
-                    buffers: IoVecs(vec![iov]),
-                },
-                1,
-            )
-            .unwrap();
+        let iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+        engine.submit(DiskOp::Write { offset: 512, buffers: IoVecs(vec![iov]) }, 1).unwrap();
         let mut done = Vec::new();
         while done.is_empty() {
             engine.drain(&mut done);
@@ -519,19 +442,8 @@ mod tests {
         assert_eq!(done[0].0, 1);
         assert_eq!(*done[0].1.as_ref().unwrap(), 1024);
         let mut back = vec![0u8; 2048];
-        let iov = libc::iovec {
-            iov_base: back.as_mut_ptr().cast(),
-            iov_len: back.len(),
-        };
-        engine
-            .submit(
-                DiskOp::Read {
-                    offset: 0,
-                    buffers: IoVecs(vec![iov]),
-                },
-                2,
-            )
-            .unwrap();
+        let iov = libc::iovec { iov_base: back.as_mut_ptr().cast(), iov_len: back.len() };
+        engine.submit(DiskOp::Read { offset: 0, buffers: IoVecs(vec![iov]) }, 2).unwrap();
         done.clear();
         while done.is_empty() {
             engine.drain(&mut done);
@@ -539,19 +451,8 @@ mod tests {
         assert!(back[..512].iter().all(|&b| b == 0xaa));
         assert!(back[512..1536].iter().all(|&b| b == 0x5a));
         // Reading past the end is an error, not a silent short read.
-        let iov = libc::iovec {
-            iov_base: back.as_mut_ptr().cast(),
-            iov_len: back.len(),
-        };
-        engine
-            .submit(
-                DiskOp::Read {
-                    offset: 7168,
-                    buffers: IoVecs(vec![iov]),
-                },
-                3,
-            )
-            .unwrap();
+        let iov = libc::iovec { iov_base: back.as_mut_ptr().cast(), iov_len: back.len() };
+        engine.submit(DiskOp::Read { offset: 7168, buffers: IoVecs(vec![iov]) }, 3).unwrap();
         done.clear();
         while done.is_empty() {
             engine.drain(&mut done);
@@ -585,23 +486,8 @@ mod tests {
     #[test]
     fn discard_makes_zeroes() {
         let (path, disk) = temp_disk("discard", 1 << 20);
-        execute(
-            disk.file(),
-            &DiskOp::Discard {
-                offset: 4096,
-                len: 65536,
-            },
-        )
-        .unwrap();
-        execute(
-            disk.file(),
-            &DiskOp::WriteZeroes {
-                offset: 0,
-                len: 512,
-                unmap: false,
-            },
-        )
-        .unwrap();
+        execute(disk.file(), &DiskOp::Discard { offset: 4096, len: 65536 }).unwrap();
+        execute(disk.file(), &DiskOp::WriteZeroes { offset: 0, len: 512, unmap: false }).unwrap();
         let data = std::fs::read(&path).unwrap();
         assert!(data[..512].iter().all(|&b| b == 0));
         assert!(data[512..4096].iter().all(|&b| b == 0xaa));

@@ -17,18 +17,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
-    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{
-    read_config_bytes, ActivateError, ActiveQueue, DeviceStatusSink, VirtioDevice, VirtioInterrupt,
-};
+use crate::device::{read_config_bytes, ActivateError, ActiveQueue, DeviceStatusSink, VirtioDevice, VirtioInterrupt};
 use disk::{DiskFile, EngineKind};
 
 /// The virtio device ID of a block device.
@@ -90,33 +87,16 @@ pub struct Block {
 impl Block {
     /// Opens the disk and builds the device.
     pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
-        if config
-            .serial
-            .as_ref()
-            .is_some_and(|s| s.len() > request::VIRTIO_BLK_ID_BYTES)
-        {
-            return Err(BlockError::SerialTooLong(
-                config.serial.clone().unwrap_or_default(),
-            ));
+        if config.serial.as_ref().is_some_and(|s| s.len() > request::VIRTIO_BLK_ID_BYTES) {
+            return Err(BlockError::SerialTooLong(config.serial.clone().unwrap_or_default()));
         }
         if config.queues == 0 || config.queues > 64 {
             return Err(BlockError::QueueCount(config.queues));
         }
-        let disk =
-            DiskFile::open(&config.path, config.read_only, config.direct).map_err(|source| {
-                BlockError::Open {
-                    path: config.path.clone(),
-                    source,
-                }
-            })?;
+        let disk = DiskFile::open(&config.path, config.read_only, config.direct)
+            .map_err(|source| BlockError::Open { path: config.path.clone(), source })?;
         let config_space = Self::config_space(&disk, config.queues);
-        Ok(Block {
-            disk: Arc::new(disk),
-            config,
-            acked_features: 0,
-            config_space,
-            worker: None,
-        })
+        Ok(Block { disk: Arc::new(disk), config, acked_features: 0, config_space, worker: None })
     }
 
     /// The configuration space (struct virtio_blk_config, virtio 1.x 5.2.4).
@@ -186,10 +166,7 @@ impl VirtioDevice for Block {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE, which
         // rvmm does not offer: the cache mode is always write-back with FLUSH.
-        log::debug!(
-            "virtio-blk: ignoring a config write of {} bytes at {offset}",
-            data.len()
-        );
+        log::debug!("virtio-blk: ignoring a config write of {} bytes at {offset}", data.len());
     }
 
     fn activate(
@@ -200,13 +177,9 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         if queues.len() != usize::from(self.config.queues) {
-            return Err(ActivateError::QueueCount {
-                expected: usize::from(self.config.queues),
-                got: queues.len(),
-            });
+            return Err(ActivateError::QueueCount { expected: usize::from(self.config.queues), got: queues.len() });
         }
-        let engine =
-            disk::create_engine(self.config.engine, &self.disk).map_err(ActivateError::Worker)?;
+        let engine = disk::create_engine(self.config.engine, &self.disk).map_err(ActivateError::Worker)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let worker = worker::BlockWorker::new(
             memory,

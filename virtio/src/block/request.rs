@@ -101,14 +101,8 @@ fn split_front(segments: &mut Vec<Segment>, mut n: u64) -> Vec<Segment> {
             front.push(first);
             segments.remove(0);
         } else {
-            front.push(Segment {
-                addr: first.addr,
-                len: n as u32,
-            });
-            segments[0] = Segment {
-                addr: first.addr + n,
-                len: first.len - n as u32,
-            };
+            front.push(Segment { addr: first.addr, len: n as u32 });
+            segments[0] = Segment { addr: first.addr + n, len: first.len - n as u32 };
             n = 0;
         }
     }
@@ -124,10 +118,7 @@ pub fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, 
         if d.len == 0 {
             continue;
         }
-        let seg = Segment {
-            addr: d.addr,
-            len: d.len,
-        };
+        let seg = Segment { addr: d.addr, len: d.len };
         if d.writable {
             writable.push(seg)
         } else {
@@ -151,14 +142,11 @@ pub fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, 
     let mut at = 0;
     for seg in header {
         let dst = &mut raw[at..at + seg.len as usize];
-        mem.read_slice(dst, GuestAddress(seg.addr))
-            .map_err(|_| RequestError::BadAddress(seg.addr))?;
+        mem.read_slice(dst, GuestAddress(seg.addr)).map_err(|_| RequestError::BadAddress(seg.addr))?;
         at += seg.len as usize;
     }
     let request_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-    let sector = u64::from_le_bytes([
-        raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
-    ]);
+    let sector = u64::from_le_bytes([raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15]]);
     Ok(Request {
         request_type,
         sector,
@@ -175,26 +163,20 @@ pub fn gather(mem: &GuestMemoryMmap, segments: &[Segment]) -> Result<Vec<u8>, Re
     for s in segments {
         let start = out.len();
         out.resize(start + s.len as usize, 0);
-        mem.read_slice(&mut out[start..], GuestAddress(s.addr))
-            .map_err(|_| RequestError::BadAddress(s.addr))?;
+        mem.read_slice(&mut out[start..], GuestAddress(s.addr)).map_err(|_| RequestError::BadAddress(s.addr))?;
     }
     Ok(out)
 }
 
 /// Writes `bytes` into `segments` in order; returns how many bytes were written.
-pub fn scatter(
-    mem: &GuestMemoryMmap,
-    segments: &[Segment],
-    bytes: &[u8],
-) -> Result<u32, RequestError> {
+pub fn scatter(mem: &GuestMemoryMmap, segments: &[Segment], bytes: &[u8]) -> Result<u32, RequestError> {
     let mut done = 0usize;
     for s in segments {
         if done == bytes.len() {
             break;
         }
         let n = (s.len as usize).min(bytes.len() - done);
-        mem.write_slice(&bytes[done..done + n], GuestAddress(s.addr))
-            .map_err(|_| RequestError::BadAddress(s.addr))?;
+        mem.write_slice(&bytes[done..done + n], GuestAddress(s.addr)).map_err(|_| RequestError::BadAddress(s.addr))?;
         done += n;
     }
     Ok(done as u32)
@@ -206,36 +188,9 @@ mod tests {
 
     #[test]
     fn split_front_cuts_inside_a_segment() {
-        let mut segs = vec![
-            Segment {
-                addr: 0x1000,
-                len: 10,
-            },
-            Segment {
-                addr: 0x2000,
-                len: 10,
-            },
-        ];
+        let mut segs = vec![Segment { addr: 0x1000, len: 10 }, Segment { addr: 0x2000, len: 10 }];
         let front = split_front(&mut segs, 16);
-        assert_eq!(
-            front,
-            vec![
-                Segment {
-                    addr: 0x1000,
-                    len: 10
-                },
-                Segment {
-                    addr: 0x2000,
-                    len: 6
-                }
-            ]
-        );
-        assert_eq!(
-            segs,
-            vec![Segment {
-                addr: 0x2006,
-                len: 4
-            }]
-        );
+        assert_eq!(front, vec![Segment { addr: 0x1000, len: 10 }, Segment { addr: 0x2000, len: 6 }]);
+        assert_eq!(segs, vec![Segment { addr: 0x2006, len: 4 }]);
     }
 }

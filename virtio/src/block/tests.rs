@@ -60,21 +60,13 @@ fn harness(name: &str, sectors: u64, read_only: bool, engine: EngineKind) -> Har
         mem,
         disk,
         engine,
-        vec![ActiveQueue {
-            queue,
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        }],
+        vec![ActiveQueue { queue, notify: EventFd::new(libc::EFD_NONBLOCK).unwrap() }],
         signals.clone(),
         signals.clone(),
         "rvmm-disk-7".into(),
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     );
-    Harness {
-        driver,
-        worker,
-        signals,
-        path,
-    }
+    Harness { driver, worker, signals, path }
 }
 
 fn header(kind: u32, sector: u64) -> Vec<u8> {
@@ -91,11 +83,7 @@ impl Harness {
         let head = self.driver.add_chain(descs);
         self.worker.process_queue(0);
         self.worker.finish_in_flight();
-        assert_eq!(
-            self.driver.used_idx(),
-            used_before.wrapping_add(1),
-            "request not completed"
-        );
+        assert_eq!(self.driver.used_idx(), used_before.wrapping_add(1), "request not completed");
         let (id, len) = self.driver.used_elem(used_before);
         assert_eq!(id, u32::from(head));
         (self.driver.read(status_addr, 1)[0], len)
@@ -106,16 +94,9 @@ impl Harness {
         let h = self.driver.alloc_with(&header(kind, sector));
         let mut descs = vec![RawDescriptor::readable(h, 16)];
         if !out.is_empty() {
-            descs.push(RawDescriptor::readable(
-                self.driver.alloc_with(out),
-                out.len() as u32,
-            ));
+            descs.push(RawDescriptor::readable(self.driver.alloc_with(out), out.len() as u32));
         }
-        let data_in = if in_len > 0 {
-            self.driver.alloc(in_len)
-        } else {
-            0
-        };
+        let data_in = if in_len > 0 { self.driver.alloc(in_len) } else { 0 };
         if in_len > 0 {
             descs.push(RawDescriptor::writable(data_in, in_len));
         }
@@ -131,9 +112,7 @@ impl Harness {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
 }
 
 fn write_then_read(engine: EngineKind) {
@@ -178,23 +157,10 @@ fn segment(sector: u64, sectors: u32, flags: u32) -> Vec<u8> {
 #[test]
 fn discard_and_write_zeroes() {
     let mut h = harness("discard", 64, false, EngineKind::Threads);
+    assert_eq!(h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(8, 16, 0), 0).0, VIRTIO_BLK_S_OK);
+    assert_eq!(h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &segment(32, 1, 0), 0).0, VIRTIO_BLK_S_OK);
     assert_eq!(
-        h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(8, 16, 0), 0).0,
-        VIRTIO_BLK_S_OK
-    );
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &segment(32, 1, 0), 0)
-            .0,
-        VIRTIO_BLK_S_OK
-    );
-    assert_eq!(
-        h.request(
-            VIRTIO_BLK_T_WRITE_ZEROES,
-            0,
-            &segment(40, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
-            0
-        )
-        .0,
+        h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &segment(40, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP), 0).0,
         VIRTIO_BLK_S_OK
     );
     let f = h.file();
@@ -204,40 +170,21 @@ fn discard_and_write_zeroes() {
     assert!(f[40 * 512..48 * 512].iter().all(|&b| b == 0));
     assert!(f[48 * 512..].iter().all(|&b| b == 0xee));
     // Discard takes no flags; unknown flags are unsupported, not ignored.
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(8, 1, 1), 0).0,
-        VIRTIO_BLK_S_UNSUPP
-    );
+    assert_eq!(h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(8, 1, 1), 0).0, VIRTIO_BLK_S_UNSUPP);
     // Two segments: more than max_discard_seg.
     let mut two = segment(0, 1, 0);
     two.extend(segment(2, 1, 0));
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_DISCARD, 0, &two, 0).0,
-        VIRTIO_BLK_S_UNSUPP
-    );
+    assert_eq!(h.request(VIRTIO_BLK_T_DISCARD, 0, &two, 0).0, VIRTIO_BLK_S_UNSUPP);
     // Out of range.
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(60, 8, 0), 0).0,
-        VIRTIO_BLK_S_IOERR
-    );
+    assert_eq!(h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(60, 8, 0), 0).0, VIRTIO_BLK_S_IOERR);
 }
 
 #[test]
 fn read_only_disk_refuses_writes() {
     let mut h = harness("ro", 16, true, EngineKind::Threads);
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_OUT, 0, &[1u8; 512], 0).0,
-        VIRTIO_BLK_S_IOERR
-    );
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(0, 1, 0), 0).0,
-        VIRTIO_BLK_S_IOERR
-    );
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &segment(0, 1, 0), 0)
-            .0,
-        VIRTIO_BLK_S_IOERR
-    );
+    assert_eq!(h.request(VIRTIO_BLK_T_OUT, 0, &[1u8; 512], 0).0, VIRTIO_BLK_S_IOERR);
+    assert_eq!(h.request(VIRTIO_BLK_T_DISCARD, 0, &segment(0, 1, 0), 0).0, VIRTIO_BLK_S_IOERR);
+    assert_eq!(h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &segment(0, 1, 0), 0).0, VIRTIO_BLK_S_IOERR);
     assert!(h.file().iter().all(|&b| b == 0xee));
     assert_eq!(h.request(VIRTIO_BLK_T_IN, 0, &[], 512).0, VIRTIO_BLK_S_OK);
 }
@@ -245,22 +192,10 @@ fn read_only_disk_refuses_writes() {
 #[test]
 fn out_of_range_and_misaligned_requests() {
     let mut h = harness("range", 16, false, EngineKind::Threads);
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_IN, 15, &[], 1024).0,
-        VIRTIO_BLK_S_IOERR
-    );
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_IN, u64::MAX, &[], 512).0,
-        VIRTIO_BLK_S_IOERR
-    );
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_OUT, 16, &[0u8; 512], 0).0,
-        VIRTIO_BLK_S_IOERR
-    );
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_IN, 0, &[], 100).0,
-        VIRTIO_BLK_S_IOERR
-    );
+    assert_eq!(h.request(VIRTIO_BLK_T_IN, 15, &[], 1024).0, VIRTIO_BLK_S_IOERR);
+    assert_eq!(h.request(VIRTIO_BLK_T_IN, u64::MAX, &[], 512).0, VIRTIO_BLK_S_IOERR);
+    assert_eq!(h.request(VIRTIO_BLK_T_OUT, 16, &[0u8; 512], 0).0, VIRTIO_BLK_S_IOERR);
+    assert_eq!(h.request(VIRTIO_BLK_T_IN, 0, &[], 100).0, VIRTIO_BLK_S_IOERR);
     assert_eq!(h.request(77, 0, &[], 0).0, VIRTIO_BLK_S_UNSUPP);
     // The worker keeps serving after bad requests.
     assert_eq!(h.request(VIRTIO_BLK_T_IN, 15, &[], 512).0, VIRTIO_BLK_S_OK);
@@ -280,24 +215,14 @@ fn malformed_framing() {
     // A header of 8 bytes: IOERR in the status byte.
     let hdr = h.driver.alloc_with(&header(VIRTIO_BLK_T_IN, 0)[..8]);
     let status = h.driver.alloc(1);
-    let (s, _) = h.run(
-        &[
-            RawDescriptor::readable(hdr, 8),
-            RawDescriptor::writable(status, 1),
-        ],
-        status,
-    );
+    let (s, _) = h.run(&[RawDescriptor::readable(hdr, 8), RawDescriptor::writable(status, 1)], status);
     assert_eq!(s, VIRTIO_BLK_S_IOERR);
     // Zero-length data descriptor: harmless, the request is just a header.
     let hdr = h.driver.alloc_with(&header(VIRTIO_BLK_T_FLUSH, 0));
     let empty = h.driver.alloc(16);
     let status = h.driver.alloc(1);
     let (s, _) = h.run(
-        &[
-            RawDescriptor::readable(hdr, 16),
-            RawDescriptor::readable(empty, 0),
-            RawDescriptor::writable(status, 1),
-        ],
+        &[RawDescriptor::readable(hdr, 16), RawDescriptor::readable(empty, 0), RawDescriptor::writable(status, 1)],
         status,
     );
     assert_eq!(s, VIRTIO_BLK_S_OK);
@@ -313,24 +238,15 @@ fn header_split_across_descriptors_and_indirect_chains() {
     let data = h.driver.alloc(512);
     // The status byte shares its descriptor with the data (any layout is allowed).
     let (s, used) = {
-        let descs = [
-            RawDescriptor::readable(a, 5),
-            RawDescriptor::readable(b, 11),
-            RawDescriptor::writable(data, 513),
-        ];
+        let descs = [RawDescriptor::readable(a, 5), RawDescriptor::readable(b, 11), RawDescriptor::writable(data, 513)];
         let status = data + 512;
         h.run(&descs, status)
     };
     assert_eq!((s, used), (VIRTIO_BLK_S_OK, 513));
-    assert_eq!(
-        h.driver.read(data, 512),
-        pattern(16 * 512, 9)[1024..1536].to_vec()
-    );
+    assert_eq!(h.driver.read(data, 512), pattern(16 * 512, 9)[1024..1536].to_vec());
 
     let used_before = h.driver.used_idx();
-    let head = h
-        .driver
-        .add_indirect_buffers(&[&header(VIRTIO_BLK_T_IN, 0)], &[512, 1]);
+    let head = h.driver.add_indirect_buffers(&[&header(VIRTIO_BLK_T_IN, 0)], &[512, 1]);
     h.worker.process_queue(0);
     h.worker.finish_in_flight();
     assert_eq!(h.driver.used_idx(), used_before.wrapping_add(1));
@@ -350,8 +266,7 @@ fn descriptor_outside_guest_memory_needs_reset() {
     h.worker.process_queue(0);
     assert_eq!(h.signals.resets.load(Ordering::SeqCst), 1);
     // The broken queue is not touched again.
-    h.driver
-        .add_buffers(&[&header(VIRTIO_BLK_T_FLUSH, 0)], &[1]);
+    h.driver.add_buffers(&[&header(VIRTIO_BLK_T_FLUSH, 0)], &[1]);
     h.worker.process_queue(0);
     assert_eq!(h.driver.used_idx(), 0);
 }
@@ -361,10 +276,8 @@ fn descriptor_loop_needs_reset() {
     let mut h = harness("loop", 16, false, EngineKind::Threads);
     let hdr = h.driver.alloc_with(&header(VIRTIO_BLK_T_IN, 0));
     // Descriptor 0 -> 1 -> 0 ...
-    h.driver
-        .write_desc(0, RawDescriptor::readable(hdr, 16).with_next(1));
-    h.driver
-        .write_desc(1, RawDescriptor::readable(hdr, 16).with_next(0));
+    h.driver.write_desc(0, RawDescriptor::readable(hdr, 16).with_next(1));
+    h.driver.write_desc(1, RawDescriptor::readable(hdr, 16).with_next(0));
     h.driver.publish(0);
     h.worker.process_queue(0);
     assert_eq!(h.signals.resets.load(Ordering::SeqCst), 1);
@@ -375,16 +288,8 @@ fn descriptor_loop_needs_reset() {
 fn host_io_error_is_ioerr_and_the_device_keeps_going() {
     let mut h = harness("ioerr", 16, false, EngineKind::Threads);
     // The file shrinks under the device: a read of the lost sectors fails on the host.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&h.path)
-        .unwrap()
-        .set_len(4 * 512)
-        .unwrap();
-    assert_eq!(
-        h.request(VIRTIO_BLK_T_IN, 8, &[], 512).0,
-        VIRTIO_BLK_S_IOERR
-    );
+    std::fs::OpenOptions::new().write(true).open(&h.path).unwrap().set_len(4 * 512).unwrap();
+    assert_eq!(h.request(VIRTIO_BLK_T_IN, 8, &[], 512).0, VIRTIO_BLK_S_IOERR);
     assert_eq!(h.request(VIRTIO_BLK_T_IN, 0, &[], 512).0, VIRTIO_BLK_S_OK);
     assert_eq!(h.signals.resets.load(Ordering::SeqCst), 0);
 }

@@ -128,22 +128,10 @@ impl BlockWorker {
 
     fn epoll(&self) -> std::io::Result<Epoll> {
         let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            self.stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            self.engine.completion_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_ENGINE),
-        )?;
+        epoll.ctl(ControlOperation::Add, self.stop.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_STOP))?;
+        epoll.ctl(ControlOperation::Add, self.engine.completion_fd(), EpollEvent::new(EventSet::IN, TOKEN_ENGINE))?;
         for (i, q) in self.queues.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                q.notify.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
+            epoll.ctl(ControlOperation::Add, q.notify.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
         }
         Ok(epoll)
     }
@@ -198,29 +186,18 @@ impl BlockWorker {
         let req = match request::parse(&self.mem, chain) {
             Ok(r) => r,
             Err(e) => {
-                log::warn!(
-                    "virtio-blk: malformed request (head {}): {e}",
-                    chain.head_index
-                );
+                log::warn!("virtio-blk: malformed request (head {}): {e}", chain.head_index);
                 // Answer with IOERR if there is a status byte to write it to.
-                let status = chain
-                    .descriptors
-                    .iter()
-                    .rev()
-                    .find(|d| d.writable && d.len > 0);
+                let status = chain.descriptors.iter().rev().find(|d| d.writable && d.len > 0);
                 if let Some(d) = status {
-                    let _ = self.mem.write_obj(
-                        request::VIRTIO_BLK_S_IOERR,
-                        GuestAddress(d.addr + u64::from(d.len) - 1),
-                    );
+                    let _ =
+                        self.mem.write_obj(request::VIRTIO_BLK_S_IOERR, GuestAddress(d.addr + u64::from(d.len) - 1));
                 }
                 return self.add_used(q, chain.head_index, u32::from(status.is_some()));
             }
         };
         match self.plan(&req) {
-            Action::Complete(status, used_len) => {
-                self.complete(q, req.head_index, req.status_addr, status, used_len)
-            }
+            Action::Complete(status, used_len) => self.complete(q, req.head_index, req.status_addr, status, used_len),
             Action::Submit(op, used_len) => {
                 let tag = self.next_tag;
                 self.next_tag = self.next_tag.wrapping_add(1);
@@ -228,26 +205,12 @@ impl BlockWorker {
                     Ok(()) => {
                         self.in_flight.insert(
                             tag,
-                            InFlight {
-                                queue: q,
-                                head_index: req.head_index,
-                                status_addr: req.status_addr,
-                                used_len,
-                            },
+                            InFlight { queue: q, head_index: req.head_index, status_addr: req.status_addr, used_len },
                         );
                     }
                     Err(e) => {
-                        log::warn!(
-                            "virtio-blk: {}: cannot submit I/O: {e}",
-                            self.disk.path().display()
-                        );
-                        self.complete(
-                            q,
-                            req.head_index,
-                            req.status_addr,
-                            request::VIRTIO_BLK_S_IOERR,
-                            1,
-                        );
+                        log::warn!("virtio-blk: {}: cannot submit I/O: {e}", self.disk.path().display());
+                        self.complete(q, req.head_index, req.status_addr, request::VIRTIO_BLK_S_IOERR, 1);
                     }
                 }
             }
@@ -260,49 +223,30 @@ impl BlockWorker {
         let ioerr = Action::Complete(VIRTIO_BLK_S_IOERR, 1);
         let capacity = self.disk.capacity_sectors();
         let in_range = |sector: u64, bytes: u64| {
-            bytes % SECTOR_SIZE == 0
-                && sector
-                    .checked_add(bytes / SECTOR_SIZE)
-                    .is_some_and(|end| end <= capacity)
+            bytes % SECTOR_SIZE == 0 && sector.checked_add(bytes / SECTOR_SIZE).is_some_and(|end| end <= capacity)
         };
         match req.request_type {
             VIRTIO_BLK_T_IN => {
                 let len = req.in_len();
                 if !in_range(req.sector, len) {
-                    log::debug!(
-                        "virtio-blk: read of {len} bytes at sector {} is out of range",
-                        req.sector
-                    );
+                    log::debug!("virtio-blk: read of {len} bytes at sector {} is out of range", req.sector);
                     return ioerr;
                 }
                 match self.iovecs(&req.data_in) {
-                    Some(buffers) => Action::Submit(
-                        DiskOp::Read {
-                            offset: req.sector * SECTOR_SIZE,
-                            buffers,
-                        },
-                        len as u32 + 1,
-                    ),
+                    Some(buffers) => {
+                        Action::Submit(DiskOp::Read { offset: req.sector * SECTOR_SIZE, buffers }, len as u32 + 1)
+                    }
                     None => ioerr,
                 }
             }
             VIRTIO_BLK_T_OUT => {
                 let len = req.out_len();
                 if self.disk.read_only() || !in_range(req.sector, len) {
-                    log::debug!(
-                        "virtio-blk: write of {len} bytes at sector {} refused",
-                        req.sector
-                    );
+                    log::debug!("virtio-blk: write of {len} bytes at sector {} refused", req.sector);
                     return ioerr;
                 }
                 match self.iovecs(&req.data_out) {
-                    Some(buffers) => Action::Submit(
-                        DiskOp::Write {
-                            offset: req.sector * SECTOR_SIZE,
-                            buffers,
-                        },
-                        1,
-                    ),
+                    Some(buffers) => Action::Submit(DiskOp::Write { offset: req.sector * SECTOR_SIZE, buffers }, 1),
                     None => ioerr,
                 }
             }
@@ -310,8 +254,7 @@ impl BlockWorker {
             VIRTIO_BLK_T_GET_ID => {
                 let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
                 let s = self.serial.as_bytes();
-                id[..s.len().min(VIRTIO_BLK_ID_BYTES)]
-                    .copy_from_slice(&s[..s.len().min(VIRTIO_BLK_ID_BYTES)]);
+                id[..s.len().min(VIRTIO_BLK_ID_BYTES)].copy_from_slice(&s[..s.len().min(VIRTIO_BLK_ID_BYTES)]);
                 match scatter(&self.mem, &req.data_in, &id) {
                     Ok(n) => Action::Complete(VIRTIO_BLK_S_OK, n + 1),
                     Err(_) => ioerr,
@@ -332,11 +275,7 @@ impl BlockWorker {
                 let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
                 let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
                 let discard = req.request_type == VIRTIO_BLK_T_DISCARD;
-                let allowed_flags = if discard {
-                    0
-                } else {
-                    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
-                };
+                let allowed_flags = if discard { 0 } else { VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP };
                 if flags & !allowed_flags != 0 || sectors > MAX_DISCARD_SECTORS {
                     return Action::Complete(VIRTIO_BLK_S_UNSUPP, 1);
                 }
@@ -348,11 +287,7 @@ impl BlockWorker {
                 let op = if discard {
                     DiskOp::Discard { offset, len }
                 } else {
-                    DiskOp::WriteZeroes {
-                        offset,
-                        len,
-                        unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
-                    }
+                    DiskOp::WriteZeroes { offset, len, unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 }
                 };
                 Action::Submit(op, 1)
             }
@@ -367,19 +302,20 @@ impl BlockWorker {
     fn iovecs(&self, segments: &[Segment]) -> Option<IoVecs> {
         let mut v = Vec::with_capacity(segments.len());
         for s in segments {
-            let slice = self
-                .mem
-                .get_slice(GuestAddress(s.addr), s.len as usize)
-                .ok()?;
-            v.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len as usize,
-            });
+            let slice = self.mem.get_slice(GuestAddress(s.addr), s.len as usize).ok()?;
+            v.push(libc::iovec { iov_base: slice.ptr_guard_mut().as_ptr().cast(), iov_len: s.len as usize });
         }
         Some(IoVecs(v))
     }
 
-    fn reap(&mut self) {
+    /// Collects the disk engine's finished operations: writes each request's
+    /// status byte, returns its chain to the used ring and interrupts the driver
+    /// where it asked for that. [`run`](Self::run) calls it when the engine's
+    /// completion eventfd ([`DiskEngine::completion_fd`]) is readable; code that
+    /// drives a worker itself, without `run` (the virtio-blk benchmark), calls
+    /// it after [`process_queue`](Self::process_queue) once that fd is readable.
+    /// Nothing to collect is not an error: it then does nothing.
+    pub fn reap(&mut self) {
         let mut done: Vec<Completion> = Vec::new();
         self.engine.drain(&mut done);
         let mut touched = Vec::new();
@@ -391,22 +327,12 @@ impl BlockWorker {
                 Ok(_) => (request::VIRTIO_BLK_S_OK, f.used_len),
                 Err(e) => {
                     // The VM keeps running; the guest sees an I/O error for this request.
-                    log::warn!(
-                        "virtio-blk: {}: host I/O error: {e}",
-                        self.disk.path().display()
-                    );
+                    log::warn!("virtio-blk: {}: host I/O error: {e}", self.disk.path().display());
                     (request::VIRTIO_BLK_S_IOERR, 1)
                 }
             };
-            if self
-                .mem
-                .write_obj(status, GuestAddress(f.status_addr))
-                .is_err()
-            {
-                log::warn!(
-                    "virtio-blk: status byte at {:#x} is outside guest memory",
-                    f.status_addr
-                );
+            if self.mem.write_obj(status, GuestAddress(f.status_addr)).is_err() {
+                log::warn!("virtio-blk: status byte at {:#x} is outside guest memory", f.status_addr);
             }
             self.add_used(f.queue, f.head_index, used);
             if !touched.contains(&f.queue) {
@@ -419,11 +345,7 @@ impl BlockWorker {
     }
 
     fn complete(&mut self, q: usize, head: u16, status_addr: u64, status: u8, used_len: u32) {
-        if self
-            .mem
-            .write_obj(status, GuestAddress(status_addr))
-            .is_err()
-        {
+        if self.mem.write_obj(status, GuestAddress(status_addr)).is_err() {
             log::warn!("virtio-blk: status byte at {status_addr:#x} is outside guest memory");
         }
         self.add_used(q, head, used_len);

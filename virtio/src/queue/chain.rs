@@ -79,18 +79,10 @@ impl DescriptorChain {
     /// Copies the whole readable part of the chain out of guest memory,
     /// failing with [`QueueError::ReadTooLarge`] if it is longer than `cap`
     /// bytes (nothing is allocated in that case).
-    pub fn read_all_capped(
-        &self,
-        mem: &GuestMemoryMmap,
-        cap: usize,
-    ) -> Result<Vec<u8>, QueueError> {
+    pub fn read_all_capped(&self, mem: &GuestMemoryMmap, cap: usize) -> Result<Vec<u8>, QueueError> {
         let len = self.readable_len();
         if len > cap as u64 {
-            return Err(QueueError::ReadTooLarge {
-                head: self.head_index,
-                len,
-                cap,
-            });
+            return Err(QueueError::ReadTooLarge { head: self.head_index, len, cap });
         }
         let mut buf = vec![0u8; len as usize];
         self.read_at(mem, 0, &mut buf)?;
@@ -102,28 +94,17 @@ impl DescriptorChain {
     ///
     /// Fails with [`QueueError::ReadOutOfBounds`], without reading anything,
     /// if `[offset, offset + buf.len())` is not inside the readable part.
-    pub fn read_at(
-        &self,
-        mem: &GuestMemoryMmap,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), QueueError> {
+    pub fn read_at(&self, mem: &GuestMemoryMmap, offset: u64, buf: &mut [u8]) -> Result<(), QueueError> {
         let available = self.readable_len();
         if !fits(offset, buf.len(), available) {
-            return Err(QueueError::ReadOutOfBounds {
-                head: self.head_index,
-                offset,
-                len: buf.len(),
-                available,
-            });
+            return Err(QueueError::ReadOutOfBounds { head: self.head_index, offset, len: buf.len(), available });
         }
         for_each_piece(self.readable(), offset, buf.len(), |addr, range| {
-            mem.read_slice(&mut buf[range], addr)
-                .map_err(|source| QueueError::Memory {
-                    what: "readable buffer",
-                    addr: addr.0,
-                    source,
-                })
+            mem.read_slice(&mut buf[range], addr).map_err(|source| QueueError::Memory {
+                what: "readable buffer",
+                addr: addr.0,
+                source,
+            })
         })
     }
 
@@ -132,55 +113,36 @@ impl DescriptorChain {
     ///
     /// Fails with [`QueueError::WriteOutOfBounds`], without writing anything,
     /// if `[offset, offset + data.len())` is not inside the writable part.
-    pub fn write_at(
-        &self,
-        mem: &GuestMemoryMmap,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), QueueError> {
+    pub fn write_at(&self, mem: &GuestMemoryMmap, offset: u64, data: &[u8]) -> Result<(), QueueError> {
         let available = self.writable_len();
         if !fits(offset, data.len(), available) {
-            return Err(QueueError::WriteOutOfBounds {
-                head: self.head_index,
-                offset,
-                len: data.len(),
-                available,
-            });
+            return Err(QueueError::WriteOutOfBounds { head: self.head_index, offset, len: data.len(), available });
         }
         for_each_piece(self.writable(), offset, data.len(), |addr, range| {
-            mem.write_slice(&data[range], addr)
-                .map_err(|source| QueueError::Memory {
-                    what: "writable buffer",
-                    addr: addr.0,
-                    source,
-                })
+            mem.write_slice(&data[range], addr).map_err(|source| QueueError::Memory {
+                what: "writable buffer",
+                addr: addr.0,
+                source,
+            })
         })
     }
 
     /// A cursor reading the readable part from its start.
     pub fn reader(&self) -> ChainReader<'_> {
-        ChainReader {
-            chain: self,
-            pos: 0,
-        }
+        ChainReader { chain: self, pos: 0 }
     }
 
     /// A cursor writing the writable part from its start; its
     /// [`written`](ChainWriter::written) count is what the device reports as
     /// the used length.
     pub fn writer(&self) -> ChainWriter<'_> {
-        ChainWriter {
-            chain: self,
-            pos: 0,
-        }
+        ChainWriter { chain: self, pos: 0 }
     }
 }
 
 /// Whether `[offset, offset + len)` lies inside `[0, available)`.
 fn fits(offset: u64, len: usize, available: u64) -> bool {
-    offset
-        .checked_add(len as u64)
-        .is_some_and(|end| end <= available)
+    offset.checked_add(len as u64).is_some_and(|end| end <= available)
 }
 
 /// Calls `f` for each contiguous piece of the byte range
@@ -207,14 +169,11 @@ fn for_each_piece<'a>(
         let n = (dlen - skip).min((len - done) as u64) as usize;
         // `pop` checked that addr + len does not overflow, but the fields are
         // public, so do not rely on it.
-        let addr = d
-            .addr
-            .checked_add(skip)
-            .ok_or(QueueError::AddressOverflow {
-                what: "buffer",
-                base: d.addr,
-                offset: skip,
-            })?;
+        let addr = d.addr.checked_add(skip).ok_or(QueueError::AddressOverflow {
+            what: "buffer",
+            base: d.addr,
+            offset: skip,
+        })?;
         f(GuestAddress(addr), done..done + n)?;
         done += n;
         skip = 0;
@@ -250,10 +209,7 @@ impl ChainReader<'_> {
 
     /// Reads the next `size_of::<T>()` bytes as a `T` (a little-endian wire
     /// struct such as a request header).
-    pub fn read_obj<T: ByteValued + Default>(
-        &mut self,
-        mem: &GuestMemoryMmap,
-    ) -> Result<T, QueueError> {
+    pub fn read_obj<T: ByteValued + Default>(&mut self, mem: &GuestMemoryMmap) -> Result<T, QueueError> {
         let mut v = T::default();
         self.read_exact(mem, v.as_mut_slice())?;
         Ok(v)
@@ -308,11 +264,7 @@ impl ChainWriter<'_> {
 
     /// Writes `val`'s bytes next (a little-endian wire struct such as a
     /// status byte or a response header).
-    pub fn write_obj<T: ByteValued>(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        val: T,
-    ) -> Result<(), QueueError> {
+    pub fn write_obj<T: ByteValued>(&mut self, mem: &GuestMemoryMmap, val: T) -> Result<(), QueueError> {
         self.write_all(mem, val.as_slice())
     }
 }

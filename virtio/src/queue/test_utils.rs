@@ -12,8 +12,8 @@ use std::sync::atomic::{fence, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{
-    avail_ring_size, desc_table_size, used_ring_size, Queue, DESCRIPTOR_SIZE,
-    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    avail_ring_size, desc_table_size, used_ring_size, Queue, DESCRIPTOR_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
 };
 
 /// Guest memory of `len` bytes in one region at guest address 0.
@@ -38,22 +38,12 @@ pub struct RawDescriptor {
 impl RawDescriptor {
     /// A device-readable buffer without `NEXT`.
     pub fn readable(addr: u64, len: u32) -> Self {
-        RawDescriptor {
-            addr,
-            len,
-            flags: 0,
-            next: 0,
-        }
+        RawDescriptor { addr, len, flags: 0, next: 0 }
     }
 
     /// A device-writable buffer without `NEXT`.
     pub fn writable(addr: u64, len: u32) -> Self {
-        RawDescriptor {
-            addr,
-            len,
-            flags: VIRTQ_DESC_F_WRITE,
-            next: 0,
-        }
+        RawDescriptor { addr, len, flags: VIRTQ_DESC_F_WRITE, next: 0 }
     }
 
     /// The same descriptor continuing at `next`.
@@ -182,9 +172,7 @@ impl MockDriver {
     /// Writes descriptor `index` of the descriptor table as is.
     pub fn write_desc(&self, index: u16, desc: RawDescriptor) {
         let addr = self.desc_table + DESCRIPTOR_SIZE * u64::from(index);
-        self.mem
-            .write_slice(&desc.to_bytes(), GuestAddress(addr))
-            .unwrap();
+        self.mem.write_slice(&desc.to_bytes(), GuestAddress(addr)).unwrap();
     }
 
     /// Allocates an indirect table holding `descs` as is; returns its address.
@@ -203,11 +191,7 @@ impl MockDriver {
         let mut index = head;
         for (i, d) in descs.iter().enumerate() {
             let next = (index + 1) % self.size;
-            let d = if i + 1 < descs.len() {
-                d.with_next(next)
-            } else {
-                *d
-            };
+            let d = if i + 1 < descs.len() { d.with_next(next) } else { *d };
             self.write_desc(index, d);
             index = next;
         }
@@ -237,13 +221,7 @@ impl MockDriver {
         let linked: Vec<RawDescriptor> = descs
             .iter()
             .enumerate()
-            .map(|(i, d)| {
-                if i + 1 < descs.len() {
-                    d.with_next(i as u16 + 1)
-                } else {
-                    *d
-                }
-            })
+            .map(|(i, d)| if i + 1 < descs.len() { d.with_next(i as u16 + 1) } else { *d })
             .collect();
         let table = self.write_indirect_table(&linked);
         self.add_chain(&[RawDescriptor {

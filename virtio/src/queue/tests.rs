@@ -70,9 +70,7 @@ fn empty_ring_pops_none() {
 #[test]
 fn multiple_chains_in_order_and_used_out_of_order() {
     let (mem, mut drv, mut q) = setup(QSIZE);
-    let heads: Vec<u16> = (0..3u8)
-        .map(|i| drv.add_buffers(&[&[i; 4]], &[4]))
-        .collect();
+    let heads: Vec<u16> = (0..3u8).map(|i| drv.add_buffers(&[&[i; 4]], &[4])).collect();
     let chains: Vec<_> = (0..3).map(|_| q.pop(&mem).unwrap().unwrap()).collect();
     assert!(q.pop(&mem).unwrap().is_none());
     for (i, c) in chains.iter().enumerate() {
@@ -134,10 +132,7 @@ fn indirect_chain_is_flattened() {
     let c = q.pop(&mem).unwrap().unwrap();
     assert_eq!(c.head_index, head);
     assert_eq!(c.descriptors.len(), 4);
-    assert_eq!(
-        c.descriptors.iter().map(|d| d.writable).collect::<Vec<_>>(),
-        [false, false, true, true]
-    );
+    assert_eq!(c.descriptors.iter().map(|d| d.writable).collect::<Vec<_>>(), [false, false, true, true]);
     assert_eq!(c.read_all(&mem).unwrap(), b"abcdef");
     c.write_at(&mem, 2, b"wxyz").unwrap();
     let wr: Vec<_> = c.writable().copied().collect();
@@ -156,29 +151,13 @@ fn direct_descriptors_followed_by_indirect_table() {
     let table = drv.write_indirect_table(&[RawDescriptor::writable(out, 8)]);
     let head = drv.add_chain(&[
         RawDescriptor::readable(hdr, 3),
-        RawDescriptor {
-            addr: table,
-            len: 16,
-            flags: VIRTQ_DESC_F_INDIRECT,
-            next: 0,
-        },
+        RawDescriptor { addr: table, len: 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 },
     ]);
     let c = q.pop(&mem).unwrap().unwrap();
     assert_eq!(c.head_index, head);
     assert_eq!(
         c.descriptors,
-        [
-            Descriptor {
-                addr: hdr,
-                len: 3,
-                writable: false
-            },
-            Descriptor {
-                addr: out,
-                len: 8,
-                writable: true
-            },
-        ]
+        [Descriptor { addr: hdr, len: 3, writable: false }, Descriptor { addr: out, len: 8, writable: true },]
     );
 }
 
@@ -212,10 +191,7 @@ fn zero_length_descriptors_are_allowed() {
     assert_eq!(c.descriptors.len(), 3);
     assert_eq!(c.read_all(&mem).unwrap(), b"xy");
     assert_eq!(c.writable_len(), 0);
-    assert!(matches!(
-        c.write_at(&mem, 0, b"z"),
-        Err(QueueError::WriteOutOfBounds { .. })
-    ));
+    assert!(matches!(c.write_at(&mem, 0, b"z"), Err(QueueError::WriteOutOfBounds { .. })));
     c.write_at(&mem, 0, b"").unwrap();
 }
 
@@ -235,10 +211,7 @@ fn buffer_spanning_adjacent_regions_is_accepted_but_not_across_a_hole() {
     assert_eq!(c.read_all(&mem).unwrap(), b"abcdefgh");
 
     drv.add_chain(&[RawDescriptor::readable(0x1fffc, 8)]);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::DescriptorOutOfMemory { addr: 0x1fffc, .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::DescriptorOutOfMemory { addr: 0x1fffc, .. }));
 }
 
 // ---------------------------------------------------------------------------
@@ -384,22 +357,11 @@ fn avail_idx_too_far_ahead_is_an_error() {
     let (mem, mut drv, mut q) = setup(QSIZE);
     drv.set_avail_idx(QSIZE + 1);
     let e = pop_err(&mut q, &mem);
-    assert!(matches!(
-        e,
-        QueueError::AvailIdxTooFar {
-            avail_idx: 17,
-            next_avail: 0,
-            pending: 17,
-            size: QSIZE
-        }
-    ));
+    assert!(matches!(e, QueueError::AvailIdxTooFar { avail_idx: 17, next_avail: 0, pending: 17, size: QSIZE }));
     assert_eq!(q.next_avail(), 0, "ring errors leave the queue unchanged");
     // Also when avail.idx went backwards (it is then ~65535 ahead).
     drv.set_avail_idx(65535);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::AvailIdxTooFar { .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::AvailIdxTooFar { .. }));
     assert!(e.to_string().contains("17"));
 }
 
@@ -408,14 +370,7 @@ fn head_index_out_of_range() {
     let (mem, mut drv, mut q) = setup(QSIZE);
     drv.publish(QSIZE);
     let e = pop_err(&mut q, &mem);
-    assert!(matches!(
-        e,
-        QueueError::HeadOutOfRange {
-            ring_index: 0,
-            head: QSIZE,
-            size: QSIZE
-        }
-    ));
+    assert!(matches!(e, QueueError::HeadOutOfRange { ring_index: 0, head: QSIZE, size: QSIZE }));
     assert_eq!(q.next_avail(), 1, "the device moves past a broken chain");
 }
 
@@ -427,13 +382,7 @@ fn next_index_out_of_range() {
     drv.publish(0);
     assert!(matches!(
         pop_err(&mut q, &mem),
-        QueueError::NextOutOfRange {
-            head: 0,
-            table: DescTable::Main,
-            index: 0,
-            next: QSIZE,
-            ..
-        }
+        QueueError::NextOutOfRange { head: 0, table: DescTable::Main, index: 0, next: QSIZE, .. }
     ));
 }
 
@@ -444,18 +393,12 @@ fn descriptor_loop_is_an_error() {
     drv.write_desc(0, RawDescriptor::readable(data, 4).with_next(1));
     drv.write_desc(1, RawDescriptor::readable(data, 4).with_next(0));
     drv.publish(0);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::ChainTooLong { head: 0, .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::ChainTooLong { head: 0, .. }));
 
     // A descriptor pointing at itself, made of zero-length buffers.
     drv.write_desc(2, RawDescriptor::readable(0, 0).with_next(2));
     drv.publish(2);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::ChainTooLong { head: 2, .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::ChainTooLong { head: 2, .. }));
 }
 
 #[test]
@@ -472,17 +415,9 @@ fn chain_longer_than_queue_size_via_indirect_is_an_error() {
     drv.add_chain(&[
         RawDescriptor::readable(data, 1),
         RawDescriptor::readable(data, 1),
-        RawDescriptor {
-            addr: table,
-            len: 48,
-            flags: VIRTQ_DESC_F_INDIRECT,
-            next: 0,
-        },
+        RawDescriptor { addr: table, len: 48, flags: VIRTQ_DESC_F_INDIRECT, next: 0 },
     ]);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::ChainTooLong { limit: 4, .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::ChainTooLong { limit: 4, .. }));
 }
 
 #[test]
@@ -500,19 +435,11 @@ fn chain_of_more_than_4gib_is_an_error() {
         RawDescriptor::readable(0x1000_0000, 0x8000_0000),
         RawDescriptor::readable(0x1000_0000, 0x8000_0001),
     ]);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::ChainTooLarge { .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::ChainTooLarge { .. }));
 }
 
 fn indirect_desc(addr: u64, len: u32) -> RawDescriptor {
-    RawDescriptor {
-        addr,
-        len,
-        flags: VIRTQ_DESC_F_INDIRECT,
-        next: 0,
-    }
+    RawDescriptor { addr, len, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }
 }
 
 #[test]
@@ -522,10 +449,7 @@ fn indirect_table_length_zero_or_not_multiple_of_16() {
     for len in [0, 17, 8] {
         drv.add_chain(&[indirect_desc(table, len)]);
         let e = pop_err(&mut q, &mem);
-        assert!(
-            matches!(e, QueueError::IndirectTableLen { len: l, .. } if l == len),
-            "{e}"
-        );
+        assert!(matches!(e, QueueError::IndirectTableLen { len: l, .. } if l == len), "{e}");
     }
 }
 
@@ -534,26 +458,16 @@ fn indirect_table_larger_than_queue_size() {
     let (mem, mut drv, mut q) = setup(QSIZE);
     let table = drv.alloc(16 * (u32::from(QSIZE) + 1));
     drv.add_chain(&[indirect_desc(table, 16 * (u32::from(QSIZE) + 1))]);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::IndirectTableTooLarge { entries: 17, .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::IndirectTableTooLarge { entries: 17, .. }));
 }
 
 #[test]
 fn indirect_table_outside_memory_or_overflowing() {
     let (mem, mut drv, mut q) = setup(QSIZE);
-    for addr in [
-        MEM_SIZE as u64 - 16,
-        MEM_SIZE as u64 + 0x1000,
-        u64::MAX - 15,
-    ] {
+    for addr in [MEM_SIZE as u64 - 16, MEM_SIZE as u64 + 0x1000, u64::MAX - 15] {
         drv.add_chain(&[indirect_desc(addr, 32)]);
         let e = pop_err(&mut q, &mem);
-        assert!(
-            matches!(e, QueueError::IndirectTableOutOfMemory { addr: a, .. } if a == addr),
-            "{e}"
-        );
+        assert!(matches!(e, QueueError::IndirectTableOutOfMemory { addr: a, .. } if a == addr), "{e}");
     }
 }
 
@@ -577,10 +491,7 @@ fn indirect_with_next_is_an_error() {
     drv.write_desc(0, indirect_desc(table, 16).with_next(1));
     drv.write_desc(1, RawDescriptor::readable(data, 4));
     drv.publish(0);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::IndirectWithNext { head: 0, index: 0 }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::IndirectWithNext { head: 0, index: 0 }));
 }
 
 #[test]
@@ -595,13 +506,7 @@ fn indirect_next_out_of_range_and_loop() {
     drv.add_chain(&[indirect_desc(table, 32)]);
     assert!(matches!(
         pop_err(&mut q, &mem),
-        QueueError::NextOutOfRange {
-            index: 1,
-            next: 2,
-            entries: 2,
-            table: DescTable::Indirect { .. },
-            ..
-        }
+        QueueError::NextOutOfRange { index: 1, next: 2, entries: 2, table: DescTable::Indirect { .. }, .. }
     ));
 
     // 0 -> 1 -> 0 inside the table.
@@ -610,10 +515,7 @@ fn indirect_next_out_of_range_and_loop() {
         RawDescriptor::readable(data, 4).with_next(0),
     ]);
     drv.add_chain(&[indirect_desc(table, 32)]);
-    assert!(matches!(
-        pop_err(&mut q, &mem),
-        QueueError::ChainTooLong { limit: 2, .. }
-    ));
+    assert!(matches!(pop_err(&mut q, &mem), QueueError::ChainTooLong { limit: 2, .. }));
 }
 
 #[test]
@@ -622,11 +524,7 @@ fn descriptor_address_overflow() {
     drv.add_chain(&[RawDescriptor::readable(u64::MAX - 1, 4)]);
     assert!(matches!(
         pop_err(&mut q, &mem),
-        QueueError::DescriptorOverflow {
-            addr: 0xffff_ffff_ffff_fffe,
-            len: 4,
-            ..
-        }
+        QueueError::DescriptorOverflow { addr: 0xffff_ffff_ffff_fffe, len: 4, .. }
     ));
 }
 
@@ -647,10 +545,7 @@ fn descriptor_outside_guest_memory() {
     drv.add_chain(&[indirect_desc(table, 16)]);
     assert!(matches!(
         pop_err(&mut q, &mem),
-        QueueError::DescriptorOutOfMemory {
-            table: DescTable::Indirect { .. },
-            ..
-        }
+        QueueError::DescriptorOutOfMemory { table: DescTable::Indirect { .. }, .. }
     ));
 }
 
@@ -658,11 +553,8 @@ fn descriptor_outside_guest_memory() {
 fn readable_after_writable_is_an_error() {
     let (mem, mut drv, mut q) = setup(QSIZE);
     let a = drv.alloc(4);
-    let head = drv.add_chain(&[
-        RawDescriptor::readable(a, 4),
-        RawDescriptor::writable(a, 4),
-        RawDescriptor::readable(a, 4),
-    ]);
+    let head =
+        drv.add_chain(&[RawDescriptor::readable(a, 4), RawDescriptor::writable(a, 4), RawDescriptor::readable(a, 4)]);
     assert!(matches!(
         pop_err(&mut q, &mem),
         QueueError::ReadableAfterWritable { head: h, index, table: DescTable::Main } if h == head && index == head + 2
@@ -673,11 +565,7 @@ fn readable_after_writable_is_an_error() {
     drv.add_chain(&[RawDescriptor::writable(a, 4), indirect_desc(table, 16)]);
     assert!(matches!(
         pop_err(&mut q, &mem),
-        QueueError::ReadableAfterWritable {
-            table: DescTable::Indirect { .. },
-            index: 0,
-            ..
-        }
+        QueueError::ReadableAfterWritable { table: DescTable::Indirect { .. }, index: 0, .. }
     ));
 }
 
@@ -688,35 +576,20 @@ fn unreadable_rings_are_errors_not_panics() {
     q.set_ready(true);
     q.set_avail_ring(MEM_SIZE as u64 + 0x1000);
     assert!(matches!(q.pop(&mem), Err(QueueError::Memory { .. })));
-    assert!(matches!(
-        q.enable_notification(&mem),
-        Err(QueueError::Memory { .. })
-    ));
+    assert!(matches!(q.enable_notification(&mem), Err(QueueError::Memory { .. })));
     q.set_used_ring(MEM_SIZE as u64);
-    assert!(matches!(
-        q.add_used(&mem, 0, 0),
-        Err(QueueError::Memory { .. })
-    ));
+    assert!(matches!(q.add_used(&mem, 0, 0), Err(QueueError::Memory { .. })));
     // Addresses that overflow when offset.
     q.set_avail_ring(u64::MAX - 1);
-    assert!(matches!(
-        q.pop(&mem),
-        Err(QueueError::AddressOverflow { .. })
-    ));
+    assert!(matches!(q.pop(&mem), Err(QueueError::AddressOverflow { .. })));
     q.set_used_ring(u64::MAX - 3);
-    assert!(matches!(
-        q.add_used(&mem, 0, 0),
-        Err(QueueError::AddressOverflow { .. })
-    ));
+    assert!(matches!(q.add_used(&mem, 0, 0), Err(QueueError::AddressOverflow { .. })));
     // A descriptor table near the top of the address space.
     let mut drv = MockDriver::new(&mem, GuestAddress(0x1000), QSIZE);
     let mut q = drv.queue();
     q.set_desc_table(u64::MAX - 15);
     drv.publish(1);
-    assert!(matches!(
-        q.pop(&mem),
-        Err(QueueError::AddressOverflow { .. })
-    ));
+    assert!(matches!(q.pop(&mem), Err(QueueError::AddressOverflow { .. })));
 }
 
 // ---------------------------------------------------------------------------
@@ -806,13 +679,7 @@ fn not_ready_queue_is_an_error() {
 #[test]
 fn add_used_rejects_out_of_range_head() {
     let (mem, drv, mut q) = setup(QSIZE);
-    assert!(matches!(
-        q.add_used(&mem, QSIZE, 0),
-        Err(QueueError::UsedHeadOutOfRange {
-            head: QSIZE,
-            size: QSIZE
-        })
-    ));
+    assert!(matches!(q.add_used(&mem, QSIZE, 0), Err(QueueError::UsedHeadOutOfRange { head: QSIZE, size: QSIZE })));
     assert_eq!(drv.used_idx(), 0);
     assert_eq!(q.next_used(), 0);
 }
@@ -875,10 +742,7 @@ fn undo_pop_returns_the_same_chain_again() {
     let c = q.pop(&mem).unwrap().unwrap();
     assert_eq!(c.head_index, h2);
     q.undo_pop();
-    assert_eq!(
-        q.pop(&mem).unwrap().unwrap().read_all(&mem).unwrap(),
-        b"two"
-    );
+    assert_eq!(q.pop(&mem).unwrap().unwrap().read_all(&mem).unwrap(), b"two");
     assert!(q.pop(&mem).unwrap().is_none());
 
     // Across the 0 -> 65535 boundary.
@@ -901,14 +765,7 @@ fn read_all_is_capped() {
     let (mem, mut drv, mut q) = setup(QSIZE);
     drv.add_buffers(&[&[7u8; 100], &[8u8; 100]], &[]);
     let c = q.pop(&mem).unwrap().unwrap();
-    assert!(matches!(
-        c.read_all_capped(&mem, 199),
-        Err(QueueError::ReadTooLarge {
-            len: 200,
-            cap: 199,
-            ..
-        })
-    ));
+    assert!(matches!(c.read_all_capped(&mem, 199), Err(QueueError::ReadTooLarge { len: 200, cap: 199, .. })));
     let all = c.read_all_capped(&mem, 200).unwrap();
     assert_eq!(&all[..100], &[7u8; 100][..]);
     assert_eq!(&all[100..], &[8u8; 100][..]);
@@ -920,10 +777,7 @@ fn read_all_is_capped() {
         RawDescriptor::readable(big, READ_ALL_CAP as u32 / 2),
     ]);
     let c = q.pop(&mem).unwrap().unwrap();
-    assert!(matches!(
-        c.read_all(&mem),
-        Err(QueueError::ReadTooLarge { .. })
-    ));
+    assert!(matches!(c.read_all(&mem), Err(QueueError::ReadTooLarge { .. })));
 }
 
 #[test]
@@ -936,12 +790,7 @@ fn read_at_and_reader_cross_buffer_boundaries() {
     assert_eq!(&buf, b"bcde");
     assert!(matches!(
         c.read_at(&mem, 5, &mut buf),
-        Err(QueueError::ReadOutOfBounds {
-            offset: 5,
-            len: 4,
-            available: 7,
-            ..
-        })
+        Err(QueueError::ReadOutOfBounds { offset: 5, len: 4, available: 7, .. })
     ));
     assert!(c.read_at(&mem, u64::MAX, &mut buf).is_err());
 
@@ -969,12 +818,7 @@ fn writer_is_bounds_checked() {
     // Too long for what is left: nothing is written.
     assert!(matches!(
         w.write_all(&mem, b"xyzw"),
-        Err(QueueError::WriteOutOfBounds {
-            offset: 2,
-            len: 4,
-            available: 5,
-            ..
-        })
+        Err(QueueError::WriteOutOfBounds { offset: 2, len: 4, available: 5, .. })
     ));
     assert_eq!(drv.read(wr[0].addr + 2, 1), [0]);
     w.write_all(&mem, b"xyz").unwrap();

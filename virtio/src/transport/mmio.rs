@@ -65,10 +65,7 @@ impl MmioTransport {
         memory: GuestMemoryMmap,
         irq: Arc<dyn IrqLine>,
     ) -> Result<Self, TransportError> {
-        Ok(MmioTransport {
-            common: VirtioCommon::new(device, memory)?,
-            interrupt: Arc::new(LineInterrupt::new(irq)),
-        })
+        Ok(MmioTransport { common: VirtioCommon::new(device, memory)?, interrupt: Arc::new(LineInterrupt::new(irq)) })
     }
 
     /// The transport-independent state (for registering the notification eventfds).
@@ -130,10 +127,9 @@ impl MmioTransport {
 fn with_queue(c: &mut VirtioCommon, f: impl FnOnce(&mut crate::queue::Queue)) {
     match c.selected_queue_mut() {
         Some(q) => f(q),
-        None => log::debug!(
-            "virtio-mmio: queue register write ignored (no queue {} or device running)",
-            c.queue_select
-        ),
+        None => {
+            log::debug!("virtio-mmio: queue register write ignored (no queue {} or device running)", c.queue_select)
+        }
     }
 }
 
@@ -152,16 +148,10 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_OFFSET {
-            return self
-                .common
-                .device
-                .write_config(offset - CONFIG_OFFSET, data);
+            return self.common.device.write_config(offset - CONFIG_OFFSET, data);
         }
         if data.len() != 4 || offset % 4 != 0 {
-            log::debug!(
-                "virtio-mmio: ignoring a {}-byte register write at {offset:#x}",
-                data.len()
-            );
+            log::debug!("virtio-mmio: ignoring a {}-byte register write at {offset:#x}", data.len());
             return;
         }
         let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);

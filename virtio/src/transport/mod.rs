@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use devices::IrqLine;
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::GuestMemoryMmap;
@@ -71,10 +70,7 @@ pub enum TransportError {
 
 impl VirtioCommon {
     /// Wraps `device`; creates one notification eventfd per queue.
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        memory: GuestMemoryMmap,
-    ) -> Result<Self, TransportError> {
+    pub fn new(device: Box<dyn VirtioDevice>, memory: GuestMemoryMmap) -> Result<Self, TransportError> {
         let sizes = device.queue_max_sizes();
         let queues = sizes.iter().map(|&s| Queue::new(s)).collect();
         let notify = sizes
@@ -133,10 +129,7 @@ impl VirtioCommon {
         }
         match self.driver_features_select {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
-            1 => {
-                self.driver_features =
-                    (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-            }
+            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
             _ => {}
         }
     }
@@ -176,10 +169,7 @@ impl VirtioCommon {
         if value & !old & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 && !self.features_acceptable() {
             // Leave FEATURES_OK clear: the driver reads the status back and gives up.
             new &= !(VIRTIO_CONFIG_S_FEATURES_OK as u8);
-            log::info!(
-                "virtio: driver features {:#x} not acceptable",
-                self.driver_features
-            );
+            log::info!("virtio: driver features {:#x} not acceptable", self.driver_features);
         } else if value & !old & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 {
             self.device.ack_features(self.driver_features);
         }
@@ -188,18 +178,14 @@ impl VirtioCommon {
             | VIRTIO_CONFIG_S_DRIVER
             | VIRTIO_CONFIG_S_FEATURES_OK
             | VIRTIO_CONFIG_S_DRIVER_OK;
-        if !self.activated
-            && u32::from(new) & ready == ready
-            && new & VIRTIO_CONFIG_S_FAILED as u8 == 0
-        {
+        if !self.activated && u32::from(new) & ready == ready && new & VIRTIO_CONFIG_S_FAILED as u8 == 0 {
             self.activate(interrupt);
         }
     }
 
     fn features_acceptable(&self) -> bool {
         let offered = self.device.features();
-        self.driver_features & !offered == 0
-            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+        self.driver_features & !offered == 0 && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
     }
 
     fn activate(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
@@ -210,9 +196,7 @@ impl VirtioCommon {
                 continue;
             }
             if !q.is_valid(&self.memory) {
-                log::warn!(
-                    "virtio: queue {i} is enabled but not valid (size, alignment or addresses)"
-                );
+                log::warn!("virtio: queue {i} is enabled but not valid (size, alignment or addresses)");
                 return self.set_needs_reset(&interrupt);
             }
             q.set_event_idx(event_idx);
@@ -223,19 +207,11 @@ impl VirtioCommon {
                     return self.set_needs_reset(&interrupt);
                 }
             };
-            active.push(ActiveQueue {
-                queue: q.clone(),
-                notify,
-            });
+            active.push(ActiveQueue { queue: q.clone(), notify });
         }
-        let sink: Arc<dyn DeviceStatusSink> = Arc::new(NeedsResetSink {
-            status: self.status.clone(),
-            interrupt: interrupt.clone(),
-        });
-        match self
-            .device
-            .activate(self.memory.clone(), interrupt.clone(), sink, active)
-        {
+        let sink: Arc<dyn DeviceStatusSink> =
+            Arc::new(NeedsResetSink { status: self.status.clone(), interrupt: interrupt.clone() });
+        match self.device.activate(self.memory.clone(), interrupt.clone(), sink, active) {
             Ok(()) => self.activated = true,
             Err(e) => {
                 log::warn!("virtio: device activation failed: {e}");
@@ -245,8 +221,7 @@ impl VirtioCommon {
     }
 
     fn set_needs_reset(&self, interrupt: &Arc<dyn VirtioInterrupt>) {
-        self.status
-            .set(self.status() | VIRTIO_CONFIG_S_NEEDS_RESET as u8);
+        self.status.set(self.status() | VIRTIO_CONFIG_S_NEEDS_RESET as u8);
         interrupt.notify_config();
     }
 
@@ -290,8 +265,7 @@ struct NeedsResetSink {
 
 impl DeviceStatusSink for NeedsResetSink {
     fn needs_reset(&self) {
-        self.status
-            .set(self.status.get() | VIRTIO_CONFIG_S_NEEDS_RESET as u8);
+        self.status.set(self.status.get() | VIRTIO_CONFIG_S_NEEDS_RESET as u8);
         self.interrupt.notify_config();
     }
 }
@@ -306,10 +280,7 @@ pub struct LineInterrupt {
 impl LineInterrupt {
     /// An interrupt driving `line`.
     pub fn new(line: Arc<dyn IrqLine>) -> Self {
-        LineInterrupt {
-            status: AtomicU32::new(0),
-            line,
-        }
+        LineInterrupt { status: AtomicU32::new(0), line }
     }
 
     /// The interrupt status bits.

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{
-    BarReprogram, MsiInterrupt, MsixConfig, MsixNotify, PciBar, PciBarKind, PciConfiguration,
-    PciDevice, PciError, PciIds,
+    BarReprogram, MsiInterrupt, MsixConfig, MsixNotify, PciBar, PciBarKind, PciConfiguration, PciDevice, PciError,
+    PciIds,
 };
 use devices::IrqLine;
 use vm_memory::GuestMemoryMmap;
@@ -88,10 +88,8 @@ impl PciInterrupt {
 
 impl VirtioInterrupt for PciInterrupt {
     fn notify_queue(&self, queue: u16) {
-        let vector = self
-            .queue_vectors
-            .get(usize::from(queue))
-            .map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst));
+        let vector =
+            self.queue_vectors.get(usize::from(queue)).map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst));
         self.vector_notify(vector, INT_VRING);
     }
     fn notify_config(&self) {
@@ -152,31 +150,18 @@ impl VirtioPciDevice {
             subsystem_id: 0x40,
         };
         let mut config = PciConfiguration::new(&ids);
-        config.add_bar(
-            0,
-            PciBar {
-                kind: PciBarKind::Mem64,
-                size: BAR_SIZE,
-                prefetchable: false,
-                addr: bar_addr,
-            },
-        )?;
+        config.add_bar(0, PciBar { kind: PciBarKind::Mem64, size: BAR_SIZE, prefetchable: false, addr: bar_addr })?;
         config.set_interrupt_pin(1)?;
         config.set_interrupt_line(intx_gsi);
 
         let notify_len = u32::from(num_queues.max(1)) * NOTIFY_OFF_MULTIPLIER;
-        config.add_capability(
-            &virtio_cap(CAP_COMMON_CFG, 16, COMMON_CFG_OFFSET, COMMON_CFG_LEN),
-            PCI_CAP_ID_VNDR,
-        )?;
+        config.add_capability(&virtio_cap(CAP_COMMON_CFG, 16, COMMON_CFG_OFFSET, COMMON_CFG_LEN), PCI_CAP_ID_VNDR)?;
         let mut notify = virtio_cap(CAP_NOTIFY_CFG, 20, NOTIFY_OFFSET, notify_len);
         push_u32(&mut notify, NOTIFY_OFF_MULTIPLIER);
         config.add_capability(&notify, PCI_CAP_ID_VNDR)?;
         config.add_capability(&virtio_cap(CAP_ISR_CFG, 16, ISR_OFFSET, 1), PCI_CAP_ID_VNDR)?;
-        config.add_capability(
-            &virtio_cap(CAP_DEVICE_CFG, 16, DEVICE_CFG_OFFSET, REGION_SIZE as u32),
-            PCI_CAP_ID_VNDR,
-        )?;
+        config
+            .add_capability(&virtio_cap(CAP_DEVICE_CFG, 16, DEVICE_CFG_OFFSET, REGION_SIZE as u32), PCI_CAP_ID_VNDR)?;
         // VIRTIO_PCI_CAP_PCI_CFG: bar (byte 2 of the body), offset, length and data are writable.
         let mut pci_cfg = virtio_cap(CAP_PCI_CFG, 20, 0, 0);
         push_u32(&mut pci_cfg, 0);
@@ -193,19 +178,11 @@ impl VirtioPciDevice {
         let msix = Arc::new(Mutex::new(msix));
         let interrupt = Arc::new(PciInterrupt {
             msix: msix.clone(),
-            queue_vectors: (0..num_queues)
-                .map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR))
-                .collect(),
+            queue_vectors: (0..num_queues).map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR)).collect(),
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
             intx: LineInterrupt::new(intx),
         });
-        Ok(VirtioPciDevice {
-            config,
-            common,
-            msix,
-            interrupt,
-            cfg_cap,
-        })
+        Ok(VirtioPciDevice { config, common, msix, interrupt, cfg_cap })
     }
 
     /// The transport-independent state (for the notification eventfds).
@@ -214,10 +191,7 @@ impl VirtioPciDevice {
     }
 
     fn msix_vector_count(&self) -> u16 {
-        self.msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .num_vectors()
+        self.msix.lock().unwrap_or_else(|e| e.into_inner()).num_vectors()
     }
 
     /// A snapshot of the common configuration structure, for reads of any width.
@@ -230,24 +204,15 @@ impl VirtioPciDevice {
         b[0x04..0x08].copy_from_slice(&c.device_features_window().to_le_bytes());
         b[0x08..0x0c].copy_from_slice(&c.driver_features_select.to_le_bytes());
         b[0x0c..0x10].copy_from_slice(&c.driver_features_window().to_le_bytes());
-        b[0x10..0x12].copy_from_slice(
-            &self
-                .interrupt
-                .config_vector
-                .load(Ordering::SeqCst)
-                .to_le_bytes(),
-        );
+        b[0x10..0x12].copy_from_slice(&self.interrupt.config_vector.load(Ordering::SeqCst).to_le_bytes());
         b[0x12..0x14].copy_from_slice(&c.num_queues().to_le_bytes());
         b[0x14] = c.status();
         b[0x15] = c.config_generation() as u8;
         b[0x16..0x18].copy_from_slice(&c.queue_select.to_le_bytes());
         if let Some(q) = q {
             b[0x18..0x1a].copy_from_slice(&q.size().to_le_bytes());
-            let vector = self
-                .interrupt
-                .queue_vectors
-                .get(qi)
-                .map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst));
+            let vector =
+                self.interrupt.queue_vectors.get(qi).map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst));
             b[0x1a..0x1c].copy_from_slice(&vector.to_le_bytes());
             b[0x1c..0x1e].copy_from_slice(&u16::from(q.ready()).to_le_bytes());
             b[0x1e..0x20].copy_from_slice(&c.queue_select.to_le_bytes()); // queue_notify_off
@@ -273,11 +238,7 @@ impl VirtioPciDevice {
             (0x08, 4) => c.driver_features_select = v32,
             (0x0c, 4) => c.write_driver_features(v32),
             (0x10, 2) => {
-                let v = if v16 < self.msix_vector_count() {
-                    v16
-                } else {
-                    VIRTIO_MSI_NO_VECTOR
-                };
+                let v = if v16 < self.msix_vector_count() { v16 } else { VIRTIO_MSI_NO_VECTOR };
                 self.interrupt.config_vector.store(v, Ordering::SeqCst);
             }
             (0x14, 1) => {
@@ -292,11 +253,7 @@ impl VirtioPciDevice {
             (0x1a, 2) => {
                 let qi = usize::from(c.queue_select);
                 // A vector the device cannot map reads back as NO_VECTOR (4.1.5.1.2).
-                let v = if v16 < self.msix_vector_count() {
-                    v16
-                } else {
-                    VIRTIO_MSI_NO_VECTOR
-                };
+                let v = if v16 < self.msix_vector_count() { v16 } else { VIRTIO_MSI_NO_VECTOR };
                 if !self.common.activated() {
                     if let Some(slot) = self.interrupt.queue_vectors.get(qi) {
                         slot.store(v, Ordering::SeqCst);
@@ -325,9 +282,7 @@ impl VirtioPciDevice {
     }
 
     fn reset_interrupts(&self) {
-        self.interrupt
-            .config_vector
-            .store(VIRTIO_MSI_NO_VECTOR, Ordering::SeqCst);
+        self.interrupt.config_vector.store(VIRTIO_MSI_NO_VECTOR, Ordering::SeqCst);
         for v in &self.interrupt.queue_vectors {
             v.store(VIRTIO_MSI_NO_VECTOR, Ordering::SeqCst);
         }
@@ -354,11 +309,7 @@ impl VirtioPciDevice {
             }
             o if (NOTIFY_OFFSET..NOTIFY_OFFSET + REGION_SIZE).contains(&o) => data.fill(0),
             o => {
-                let handled = self
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read_bar(0, o, data);
+                let handled = self.msix.lock().unwrap_or_else(|e| e.into_inner()).read_bar(0, o, data);
                 if !handled {
                     data.fill(0xff);
                 }
@@ -375,15 +326,10 @@ impl VirtioPciDevice {
             }
             o if (NOTIFY_OFFSET..NOTIFY_OFFSET + REGION_SIZE).contains(&o) => {
                 // Reached only when no ioeventfd took the write (or during set-up).
-                self.common
-                    .notify_queue(((o - NOTIFY_OFFSET) / u64::from(NOTIFY_OFF_MULTIPLIER)) as u32);
+                self.common.notify_queue(((o - NOTIFY_OFFSET) / u64::from(NOTIFY_OFF_MULTIPLIER)) as u32);
             }
             o => {
-                let handled = self
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write_bar(0, o, data);
+                let handled = self.msix.lock().unwrap_or_else(|e| e.into_inner()).write_bar(0, o, data);
                 if !handled {
                     log::debug!("virtio-pci: write to unused BAR 0 offset {o:#x}");
                 }
@@ -398,18 +344,14 @@ impl VirtioPciDevice {
         let offset = u64::from(self.config.read_u32(base + 8));
         let length = self.config.read_u32(base + 12) as usize;
         // Only BAR 0 exists; accesses are 1, 2 or 4 bytes (4.1.4.9).
-        (bar == 0 && matches!(length, 1 | 2 | 4) && offset + length as u64 <= BAR_SIZE)
-            .then_some((offset, length))
+        (bar == 0 && matches!(length, 1 | 2 | 4) && offset + length as u64 <= BAR_SIZE).then_some((offset, length))
     }
 }
 
 fn with_queue(c: &mut VirtioCommon, f: impl FnOnce(&mut crate::queue::Queue)) {
     match c.selected_queue_mut() {
         Some(q) => f(q),
-        None => log::debug!(
-            "virtio-pci: queue register write ignored (no queue {} or device running)",
-            c.queue_select
-        ),
+        None => log::debug!("virtio-pci: queue register write ignored (no queue {} or device running)", c.queue_select),
     }
 }
 
@@ -445,10 +387,7 @@ impl PciDevice for VirtioPciDevice {
             return Vec::new();
         }
         let changes = self.config.write_config(offset, data);
-        self.msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .config_written(&self.config, offset, data.len());
+        self.msix.lock().unwrap_or_else(|e| e.into_inner()).config_written(&self.config, offset, data.len());
         changes
     }
 

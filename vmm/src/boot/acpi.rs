@@ -23,9 +23,7 @@
 //! to add devices, append AML from [`super::aml`] to
 //! [`AcpiConfig::extra_dsdt_aml`].
 
-use super::aml::{
-    Aml, AmlError, AmlList, Device, EisaId, Name, Package, Resource, ResourceTemplate, Scope,
-};
+use super::aml::{Aml, AmlError, AmlList, Device, EisaId, Name, Package, Resource, ResourceTemplate, Scope};
 use super::mptable::{APIC_DEFAULT_PHYS_BASE, IO_APIC_DEFAULT_PHYS_BASE, MAX_CPUS};
 use thiserror::Error;
 
@@ -228,11 +226,7 @@ impl Sdt {
     /// An empty table with the given signature (e.g. `*b"MCFG"`) and
     /// revision; the OEM and creator fields are rvmm's.
     pub fn new(signature: [u8; 4], revision: u8) -> Self {
-        Self {
-            signature,
-            revision,
-            body: Vec::new(),
-        }
+        Self { signature, revision, body: Vec::new() }
     }
 
     /// Appends raw bytes to the body (the part after the 36-byte header).
@@ -252,11 +246,7 @@ impl Sdt {
             signature: String::from_utf8_lossy(&self.signature).into_owned(),
             size: self.body.len().saturating_add(SDT_HEADER_SIZE),
         };
-        let size = self
-            .body
-            .len()
-            .checked_add(SDT_HEADER_SIZE)
-            .ok_or_else(too_large)?;
+        let size = self.body.len().checked_add(SDT_HEADER_SIZE).ok_or_else(too_large)?;
         let length = u32::try_from(size).map_err(|_| too_large())?;
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(&self.signature);
@@ -308,20 +298,13 @@ impl Blob {
         let end = offset.checked_add(table.len());
         match end {
             Some(end) if end <= ACPI_TABLES_MAX_SIZE => {}
-            _ => {
-                return Err(AcpiError::TooLarge {
-                    size: end.unwrap_or(usize::MAX),
-                    max: ACPI_TABLES_MAX_SIZE,
-                })
-            }
+            _ => return Err(AcpiError::TooLarge { size: end.unwrap_or(usize::MAX), max: ACPI_TABLES_MAX_SIZE }),
         }
         self.bytes.resize(offset, 0);
         self.bytes.extend_from_slice(table);
         // build_acpi_tables checked base + ACPI_TABLES_MAX_SIZE <= 4 GiB,
         // so this cannot fail; checked anyway rather than assumed.
-        self.base
-            .checked_add(offset as u64)
-            .ok_or(AcpiError::AddressAbove4G(self.base))
+        self.base.checked_add(offset as u64).ok_or(AcpiError::AddressAbove4G(self.base))
     }
 }
 
@@ -342,19 +325,14 @@ pub fn build_acpi_tables(base_addr: u64, config: &AcpiConfig) -> Result<AcpiTabl
         _ => return Err(AcpiError::AddressAbove4G(base_addr)),
     }
 
-    let mut blob = Blob {
-        base: base_addr,
-        bytes: Vec::new(),
-    };
+    let mut blob = Blob { base: base_addr, bytes: Vec::new() };
     // The RSDP goes first, at base_addr, so it is on the 16-byte boundary
     // the BIOS-area search needs; it is filled in once the XSDT is placed.
     let rsdp_addr = blob.place(&[0; RSDP_SIZE])?;
 
     let dsdt_addr = blob.place(&build_dsdt(config)?.to_bytes()?)?;
-    let mut listed = vec![
-        blob.place(&build_fadt(config, dsdt_addr)?.to_bytes()?)?,
-        blob.place(&build_madt(config).to_bytes()?)?,
-    ];
+    let mut listed =
+        vec![blob.place(&build_fadt(config, dsdt_addr)?.to_bytes()?)?, blob.place(&build_madt(config).to_bytes()?)?];
     for table in &config.extra_tables {
         listed.push(blob.place(&table.to_bytes()?)?);
     }
@@ -372,10 +350,7 @@ pub fn build_acpi_tables(base_addr: u64, config: &AcpiConfig) -> Result<AcpiTabl
     for (dst, src) in blob.bytes.iter_mut().zip(rsdp) {
         *dst = src;
     }
-    Ok(AcpiTables {
-        bytes: blob.bytes,
-        rsdp_addr,
-    })
+    Ok(AcpiTables { bytes: blob.bytes, rsdp_addr })
 }
 
 /// The ACPI 2.0+ Root System Description Pointer (§5.2.5.3, table 5.3).
@@ -405,10 +380,8 @@ fn build_rsdp(rsdt_addr: u32, xsdt_addr: u64) -> [u8; RSDP_SIZE] {
 /// DSDT pointers (`dsdt_addr`), SCI, boot architecture flags and sleep
 /// registers are set.
 pub fn build_fadt(config: &AcpiConfig, dsdt_addr: u64) -> Result<Sdt, AcpiError> {
-    let status_port = config
-        .sleep_control_port
-        .checked_add(1)
-        .ok_or(AcpiError::InvalidSleepPort(config.sleep_control_port))?;
+    let status_port =
+        config.sleep_control_port.checked_add(1).ok_or(AcpiError::InvalidSleepPort(config.sleep_control_port))?;
     let mut t = Sdt::new(*b"FACP", FADT_REVISION);
     t.append(&0u32.to_le_bytes()); // 36 FIRMWARE_CTRL: no FACS (§5.2.10)
     t.append(&addr32(dsdt_addr)?.to_le_bytes()); // 40 DSDT
@@ -459,14 +432,8 @@ pub fn build_madt(config: &AcpiConfig) -> Sdt {
     // GSI 2 (matching the MP table), and the SCI is level/active-high
     // (§5.2.9: SCI is "sharable, level, active low" unless overridden;
     // KVM's I/O APIC takes it active-high).
-    let overrides = [
-        (0u8, 2u32, MPS_INTI_CONFORMING),
-        (
-            config.sci_irq,
-            u32::from(config.sci_irq),
-            MPS_INTI_ACTIVE_HIGH_LEVEL,
-        ),
-    ];
+    let overrides =
+        [(0u8, 2u32, MPS_INTI_CONFORMING), (config.sci_irq, u32::from(config.sci_irq), MPS_INTI_ACTIVE_HIGH_LEVEL)];
     for (irq, gsi, flags) in overrides {
         t.append(&[MADT_INTERRUPT_OVERRIDE, 10, 0, irq]); // bus 0 = ISA, source IRQ
         t.append(&gsi.to_le_bytes());
@@ -565,28 +532,13 @@ mod tests {
         for i in 0..(xsdt.2.len() - 36) / 8 {
             listed.push(table(u64_at(&xsdt.2, 36 + 8 * i)));
         }
-        let rsdt_entries: Vec<u64> = (0..(rsdt.2.len() - 36) / 4)
-            .map(|i| u64::from(u32_at(&rsdt.2, 36 + 4 * i)))
-            .collect();
-        let xsdt_entries: Vec<u64> = (0..(xsdt.2.len() - 36) / 8)
-            .map(|i| u64_at(&xsdt.2, 36 + 8 * i))
-            .collect();
-        assert_eq!(
-            rsdt_entries, xsdt_entries,
-            "RSDT and XSDT list the same tables"
-        );
-        let fadt = listed
-            .iter()
-            .find(|t| t.0 == "FACP")
-            .expect("FADT listed")
-            .2
-            .clone();
+        let rsdt_entries: Vec<u64> =
+            (0..(rsdt.2.len() - 36) / 4).map(|i| u64::from(u32_at(&rsdt.2, 36 + 4 * i))).collect();
+        let xsdt_entries: Vec<u64> = (0..(xsdt.2.len() - 36) / 8).map(|i| u64_at(&xsdt.2, 36 + 8 * i)).collect();
+        assert_eq!(rsdt_entries, xsdt_entries, "RSDT and XSDT list the same tables");
+        let fadt = listed.iter().find(|t| t.0 == "FACP").expect("FADT listed").2.clone();
         let dsdt = table(u64_at(&fadt, 140));
-        assert_eq!(
-            u64::from(u32_at(&fadt, 40)),
-            u64_at(&fadt, 140),
-            "DSDT == X_DSDT"
-        );
+        assert_eq!(u64::from(u32_at(&fadt, 40)), u64_at(&fadt, 140), "DSDT == X_DSDT");
         out.push(xsdt);
         out.push(rsdt);
         out.extend(listed);
@@ -595,11 +547,7 @@ mod tests {
     }
 
     fn get<'a>(tables: &'a [(String, usize, Vec<u8>)], sig: &str) -> &'a [u8] {
-        &tables
-            .iter()
-            .find(|t| t.0 == sig)
-            .unwrap_or_else(|| panic!("{sig} missing"))
-            .2
+        &tables.iter().find(|t| t.0 == sig).unwrap_or_else(|| panic!("{sig} missing")).2
     }
 
     #[test]
@@ -650,16 +598,8 @@ mod tests {
         assert_eq!(u16::from_le_bytes([f[46], f[47]]), 9, "SCI_INT");
         assert_eq!(u16::from_le_bytes([f[109], f[110]]), 3, "IAPC_BOOT_ARCH");
         assert_eq!(u32_at(f, 112), 1 << 20, "HW_REDUCED_ACPI");
-        assert_eq!(
-            &f[244..256],
-            &[1, 8, 0, 1, 0x00, 0x06, 0, 0, 0, 0, 0, 0],
-            "SLEEP_CONTROL_REG"
-        );
-        assert_eq!(
-            &f[256..268],
-            &[1, 8, 0, 1, 0x01, 0x06, 0, 0, 0, 0, 0, 0],
-            "SLEEP_STATUS_REG"
-        );
+        assert_eq!(&f[244..256], &[1, 8, 0, 1, 0x00, 0x06, 0, 0, 0, 0, 0, 0], "SLEEP_CONTROL_REG");
+        assert_eq!(&f[256..268], &[1, 8, 0, 1, 0x01, 0x06, 0, 0, 0, 0, 0, 0], "SLEEP_STATUS_REG");
         assert_eq!(&f[268..276], b"RVMM    ");
         // Everything between SCI_INT and IAPC_BOOT_ARCH (fixed hardware) is zero.
         assert!(f[48..109].iter().all(|&b| b == 0));
@@ -693,17 +633,9 @@ mod tests {
                 assert_eq!(bytes, &[0, 8, i as u8, i as u8, 1, 0, 0, 0]);
             }
             let rest: Vec<Vec<u8>> = e[n as usize..].iter().map(|x| x.1.clone()).collect();
-            assert_eq!(
-                rest[0],
-                [1, 12, n, 0, 0x00, 0x00, 0xC0, 0xFE, 0, 0, 0, 0],
-                "I/O APIC"
-            );
+            assert_eq!(rest[0], [1, 12, n, 0, 0x00, 0x00, 0xC0, 0xFE, 0, 0, 0, 0], "I/O APIC");
             assert_eq!(rest[1], [2, 10, 0, 0, 2, 0, 0, 0, 0, 0], "IRQ0 -> GSI2");
-            assert_eq!(
-                rest[2],
-                [2, 10, 0, 9, 9, 0, 0, 0, 0x0D, 0],
-                "SCI level/high"
-            );
+            assert_eq!(rest[2], [2, 10, 0, 9, 9, 0, 0, 0, 0x0D, 0], "SCI level/high");
             assert_eq!(rest[3], [4, 6, 0xFF, 0, 0, 1], "NMI on LINT1");
         }
     }
@@ -715,17 +647,12 @@ mod tests {
         let d = get(&tables, "DSDT");
         assert_eq!(d[8], 2, "64-bit integers");
         let body = &d[36..];
-        let s5 = [
-            0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0A, 0x05, 0x00,
-        ];
+        let s5 = [0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0A, 0x05, 0x00];
         assert_eq!(&body[..s5.len()], &s5);
         let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
         assert!(has(&[0x0C, 0x41, 0xD0, 0x05, 0x01]), "EISAID PNP0501");
         assert!(has(&[0x0C, 0x41, 0xD0, 0x03, 0x03]), "EISAID PNP0303");
-        assert!(
-            has(&[0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x00, 0x08]),
-            "COM1 IO"
-        );
+        assert!(has(&[0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x00, 0x08]), "COM1 IO");
         assert!(has(&[0x22, 0x10, 0x00]), "IRQ 4");
     }
 
@@ -750,30 +677,15 @@ mod tests {
     fn errors() {
         let build = |cfg: AcpiConfig| build_acpi_tables(BASE, &cfg);
         assert_eq!(build(AcpiConfig::new(0, 0x600)), Err(AcpiError::NoCpus));
-        assert_eq!(
-            build(AcpiConfig::new(255, 0x600)),
-            Err(AcpiError::TooManyCpus(255))
-        );
-        assert_eq!(
-            build(AcpiConfig::new(1, 0xFFFF)),
-            Err(AcpiError::InvalidSleepPort(0xFFFF))
-        );
+        assert_eq!(build(AcpiConfig::new(255, 0x600)), Err(AcpiError::TooManyCpus(255)));
+        assert_eq!(build(AcpiConfig::new(1, 0xFFFF)), Err(AcpiError::InvalidSleepPort(0xFFFF)));
         for irq in [0u8, 2, 16] {
-            let cfg = AcpiConfig {
-                sci_irq: irq,
-                ..AcpiConfig::new(1, 0x600)
-            };
+            let cfg = AcpiConfig { sci_irq: irq, ..AcpiConfig::new(1, 0x600) };
             assert_eq!(build(cfg), Err(AcpiError::InvalidSciIrq(irq)));
         }
         let cfg = AcpiConfig::new(1, 0x600);
-        assert_eq!(
-            build_acpi_tables(BASE + 8, &cfg),
-            Err(AcpiError::MisalignedBase(BASE + 8))
-        );
-        assert_eq!(
-            build_acpi_tables(0xFFFF_0010, &cfg),
-            Err(AcpiError::AddressAbove4G(0xFFFF_0010))
-        );
+        assert_eq!(build_acpi_tables(BASE + 8, &cfg), Err(AcpiError::MisalignedBase(BASE + 8)));
+        assert_eq!(build_acpi_tables(0xFFFF_0010, &cfg), Err(AcpiError::AddressAbove4G(0xFFFF_0010)));
         assert_eq!(build_acpi_tables(0xFFFF_0000, &cfg).map(|_| ()), Ok(()));
     }
 
@@ -793,18 +705,11 @@ mod tests {
         // Too much DSDT content is caught the same way.
         let mut cfg = AcpiConfig::new(1, 0x600);
         cfg.extra_dsdt_aml = vec![0xA3; ACPI_TABLES_MAX_SIZE]; // NoopOp
-        assert!(matches!(
-            build_acpi_tables(BASE, &cfg),
-            Err(AcpiError::TooLarge { .. })
-        ));
+        assert!(matches!(build_acpi_tables(BASE, &cfg), Err(AcpiError::TooLarge { .. })));
     }
 
     fn iasl_available() -> bool {
-        Command::new("iasl")
-            .arg("-v")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        Command::new("iasl").arg("-v").output().map(|o| o.status.success()).unwrap_or(false)
     }
 
     /// A fresh scratch directory for one test's iasl files.
@@ -818,16 +723,8 @@ mod tests {
     /// Runs iasl with `args` in `dir`; returns its combined output after
     /// checking it exited successfully.
     fn iasl(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("iasl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("iasl").current_dir(dir).args(args).output().unwrap();
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         println!("--- iasl {}\n{}", args.join(" "), log.trim());
         assert!(out.status.success(), "iasl {args:?} failed:\n{log}");
         log
@@ -840,18 +737,12 @@ mod tests {
         std::fs::write(dir.join(format!("{name}.dat")), bytes).unwrap();
         let log = iasl(dir, &["-d", &format!("{name}.dat")]).to_lowercase();
         for bad in ["error", "warning", "invalid", "incorrect"] {
-            assert!(
-                !log.contains(bad),
-                "iasl complained about {name} ({bad}):\n{log}"
-            );
+            assert!(!log.contains(bad), "iasl complained about {name} ({bad}):\n{log}");
         }
         let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
         let lower = dsl.to_lowercase();
         for bad in ["invalid", "incorrect", "unknown", "external ("] {
-            assert!(
-                !lower.contains(bad),
-                "{name}.dsl flags a problem ({bad}):\n{dsl}"
-            );
+            assert!(!lower.contains(bad), "{name}.dsl flags a problem ({bad}):\n{dsl}");
         }
         dsl
     }
@@ -861,10 +752,7 @@ mod tests {
     /// errors or warnings.
     fn iasl_compile(dir: &Path, name: &str) -> Vec<u8> {
         let log = iasl(dir, &["-oa", &format!("{name}.dsl")]);
-        assert!(
-            log.contains("0 Errors, 0 Warnings"),
-            "iasl complained compiling {name}:\n{log}"
-        );
+        assert!(log.contains("0 Errors, 0 Warnings"), "iasl complained compiling {name}:\n{log}");
         std::fs::read(dir.join(format!("{name}.aml"))).unwrap()
     }
 
@@ -873,11 +761,7 @@ mod tests {
     /// writes as its own (bytes 9 and 28-35 of the header).
     fn assert_round_trips(dir: &Path, name: &str, bytes: &[u8]) {
         let compiled = iasl_compile(dir, name);
-        assert_eq!(
-            compiled.len(),
-            bytes.len(),
-            "{name} length after round trip"
-        );
+        assert_eq!(compiled.len(), bytes.len(), "{name} length after round trip");
         for (i, (a, b)) in compiled.iter().zip(bytes).enumerate() {
             if i != 9 && !(28..36).contains(&i) {
                 assert_eq!(a, b, "{name} byte {i:#x} differs after iasl round trip");
@@ -888,7 +772,9 @@ mod tests {
     #[test]
     fn iasl_disassembles_and_round_trips_every_table() {
         if !iasl_available() {
-            println!("SKIP iasl_disassembles_and_round_trips_every_table: iasl not installed (apt-get install acpica-tools)");
+            println!(
+                "SKIP iasl_disassembles_and_round_trips_every_table: iasl not installed (apt-get install acpica-tools)"
+            );
             return;
         }
         let dir = scratch_dir("acpi-iasl");
@@ -919,11 +805,7 @@ mod tests {
             assert!(dsdt.contains(want), "DSDT lacks {want:?}:\n{dsdt}");
         }
         let madt = &dsl["APIC"];
-        assert_eq!(
-            madt.matches("[Processor Local APIC]").count(),
-            n as usize,
-            "{madt}"
-        );
+        assert_eq!(madt.matches("[Processor Local APIC]").count(), n as usize, "{madt}");
         for want in [
             "[I/O APIC]",
             "Address : FEC00000",
@@ -989,41 +871,21 @@ mod tests {
             println!("SKIP iasl_round_trips_pci_host_bridge_aml: iasl not installed (apt-get install acpica-tools)");
             return;
         }
-        let space = |width, kind, min, max| Resource::AddressSpace {
-            width,
-            kind,
-            min,
-            max,
-        };
-        let mem = K::Memory {
-            cacheable: false,
-            read_write: true,
-        };
+        let space = |width, kind, min, max| Resource::AddressSpace { width, kind, min, max };
+        let mem = K::Memory { cacheable: false, read_write: true };
         let crs = ResourceTemplate::new(vec![
             space(W::Word, K::BusNumber, 0, 0xFF),
             Resource::io(0xCF8, 1, 8),
             space(W::Word, K::Io, 0, 0xCF7),
             space(W::Word, K::Io, 0xD00, 0xFFFF),
             space(W::DWord, mem, 0xC000_0000, 0xFEBF_FFFF),
-            space(
-                W::QWord,
-                K::Memory {
-                    cacheable: true,
-                    read_write: true,
-                },
-                1 << 36,
-                (1 << 37) - 1,
-            ),
+            space(W::QWord, K::Memory { cacheable: true, read_write: true }, 1 << 36, (1 << 37) - 1),
             Resource::memory32_fixed(0xE000_0000, 0x1000_0000),
         ]);
         let prt: AmlList = (1u32..4)
             .map(|slot| {
-                let entry: AmlList = vec![
-                    Box::new((slot << 16) | 0xFFFF),
-                    Box::new(0u8),
-                    Box::new(0u8),
-                    Box::new(16 + slot),
-                ];
+                let entry: AmlList =
+                    vec![Box::new((slot << 16) | 0xFFFF), Box::new(0u8), Box::new(0u8), Box::new(16 + slot)];
                 Box::new(Package::new(entry)) as Box<dyn Aml>
             })
             .collect();
@@ -1037,9 +899,7 @@ mod tests {
                 Box::new(Name::new("DESC", "rvmm PCI host bridge").unwrap()),
                 Box::new(Name::new("_CRS", crs).unwrap()),
                 Box::new(Name::new("_PRT", Package::new(prt)).unwrap()),
-                Box::new(
-                    Method::new("_STA", 0, false, vec![Box::new(Return::new(0x0Fu8))]).unwrap(),
-                ),
+                Box::new(Method::new("_STA", 0, false, vec![Box::new(Return::new(0x0Fu8))]).unwrap()),
                 Box::new(Name::new("BIG_", 0x1_2345_6789u64).unwrap()),
                 Box::new(Name::new("BUF_", Buffer::new(vec![1, 2, 3])).unwrap()),
             ],

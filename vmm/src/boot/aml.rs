@@ -41,9 +41,7 @@ pub enum AmlError {
     #[error("AML string {0:?} contains a character outside ASCII 0x01-0x7F")]
     InvalidString(String),
     /// EISA IDs are 3 upper-case letters and 4 hex digits (§19.6.35).
-    #[error(
-        "invalid EISA ID {0:?}: want 3 upper-case letters then 4 hex digits, like \"PNP0501\""
-    )]
+    #[error("invalid EISA ID {0:?}: want 3 upper-case letters then 4 hex digits, like \"PNP0501\"")]
     InvalidEisaId(String),
     /// MethodFlags has 3 bits for the argument count (§20.2.5.2).
     #[error("AML Method declares {0} arguments, more than the 7 allowed")]
@@ -213,11 +211,7 @@ impl Path {
         if segments.len() > 255 {
             return Err(AmlError::TooManySegments(name.to_string()));
         }
-        Ok(Self {
-            root,
-            parents,
-            segments,
-        })
+        Ok(Self { root, parents, segments })
     }
 }
 
@@ -333,10 +327,7 @@ impl Name {
     /// Declares `path` with the given value (integer, string, Package,
     /// Buffer, ResourceTemplate, EisaId, ...).
     pub fn new(path: &str, value: impl Aml + 'static) -> Result<Self, AmlError> {
-        Ok(Self {
-            path: Path::new(path)?,
-            value: Box::new(value),
-        })
+        Ok(Self { path: Path::new(path)?, value: Box::new(value) })
     }
 }
 
@@ -363,8 +354,8 @@ impl Package {
 
 impl Aml for Package {
     fn to_aml_bytes(&self, out: &mut Vec<u8>) -> Result<(), AmlError> {
-        let count = u8::try_from(self.elements.len())
-            .map_err(|_| AmlError::TooManyPackageElements(self.elements.len()))?;
+        let count =
+            u8::try_from(self.elements.len()).map_err(|_| AmlError::TooManyPackageElements(self.elements.len()))?;
         let mut body = vec![count];
         self.elements.to_aml_bytes(&mut body)?;
         write_pkg(out, &[PACKAGE_OP], &body)
@@ -381,10 +372,7 @@ impl Scope {
     /// Opens the existing namespace node `path` (e.g. `"\\_SB"`) and adds
     /// `children` to it.
     pub fn new(path: &str, children: AmlList) -> Result<Self, AmlError> {
-        Ok(Self {
-            path: Path::new(path)?,
-            children,
-        })
+        Ok(Self { path: Path::new(path)?, children })
     }
 }
 
@@ -407,10 +395,7 @@ impl Device {
     /// Declares device `name` holding `children` (usually `Name`s such as
     /// `_HID`, `_UID`, `_CRS`, and `Method`s).
     pub fn new(name: &str, children: AmlList) -> Result<Self, AmlError> {
-        Ok(Self {
-            path: Path::new(name)?,
-            children,
-        })
+        Ok(Self { path: Path::new(name)?, children })
     }
 }
 
@@ -439,11 +424,7 @@ impl Method {
         }
         // MethodFlags: bits 0-2 ArgCount, bit 3 SerializeFlag, bits 4-7 SyncLevel.
         let flags = args | (u8::from(serialized) << 3);
-        Ok(Self {
-            path: Path::new(name)?,
-            flags,
-            body,
-        })
+        Ok(Self { path: Path::new(name)?, flags, body })
     }
 }
 
@@ -464,9 +445,7 @@ pub struct Return {
 impl Return {
     /// Returns `value` (a constant or a name) from the enclosing method.
     pub fn new(value: impl Aml + 'static) -> Self {
-        Self {
-            value: Box::new(value),
-        }
+        Self { value: Box::new(value) }
     }
 }
 
@@ -538,8 +517,7 @@ impl Buffer {
 impl Aml for Buffer {
     fn to_aml_bytes(&self, out: &mut Vec<u8>) -> Result<(), AmlError> {
         let mut body = Vec::new();
-        let len = u64::try_from(self.data.len())
-            .map_err(|_| AmlError::PkgLengthTooLarge(self.data.len()))?;
+        let len = u64::try_from(self.data.len()).map_err(|_| AmlError::PkgLengthTooLarge(self.data.len()))?;
         encode_integer(len, &mut body);
         body.extend_from_slice(&self.data);
         write_pkg(out, &[BUFFER_OP], &body)
@@ -623,12 +601,7 @@ pub enum Resource {
 impl Resource {
     /// `IO(Decode16, base, base, align, len)` for a fixed port range.
     pub fn io(base: u16, align: u8, len: u8) -> Self {
-        Resource::Io {
-            min: base,
-            max: base,
-            align,
-            len,
-        }
+        Resource::Io { min: base, max: base, align, len }
     }
 
     /// `IRQNoFlags(){irq}` for a single ISA IRQ 0-15.
@@ -641,22 +614,13 @@ impl Resource {
 
     /// `Memory32Fixed(ReadWrite, base, len)`.
     pub fn memory32_fixed(base: u32, len: u32) -> Self {
-        Resource::Memory32Fixed {
-            read_write: true,
-            base,
-            len,
-        }
+        Resource::Memory32Fixed { read_write: true, base, len }
     }
 
     /// Appends this descriptor's bytes.
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), AmlError> {
         match *self {
-            Resource::Io {
-                min,
-                max,
-                align,
-                len,
-            } => {
+            Resource::Io { min, max, align, len } => {
                 if min > max {
                     let (min, max) = (u64::from(min), u64::from(max));
                     return Err(AmlError::InvalidRange { min, max });
@@ -672,22 +636,13 @@ impl Resource {
                 out.push(0x22);
                 out.extend_from_slice(&mask.to_le_bytes());
             }
-            Resource::Memory32Fixed {
-                read_write,
-                base,
-                len,
-            } => {
+            Resource::Memory32Fixed { read_write, base, len } => {
                 // Large item 0x86, length 9; information bit 0 = writeable.
                 out.extend_from_slice(&[0x86, 0x09, 0x00, u8::from(read_write)]);
                 out.extend_from_slice(&base.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
             }
-            Resource::AddressSpace {
-                width,
-                kind,
-                min,
-                max,
-            } => {
+            Resource::AddressSpace { width, kind, min, max } => {
                 encode_address_space(width, kind, min, max, out)?;
             }
         }
@@ -708,10 +663,7 @@ fn encode_address_space(
     if min > max {
         return Err(AmlError::InvalidRange { min, max });
     }
-    let len = max
-        .saturating_sub(min)
-        .checked_add(1)
-        .ok_or(AmlError::AddressTooWide { value: max, width })?;
+    let len = max.saturating_sub(min).checked_add(1).ok_or(AmlError::AddressTooWide { value: max, width })?;
     let (tag, field_size, limit): (u8, usize, u64) = match width {
         AddressWidth::Word => (0x88, 2, u64::from(u16::MAX)),
         AddressWidth::DWord => (0x87, 4, u64::from(u32::MAX)),
@@ -726,10 +678,7 @@ fn encode_address_space(
     }
     let (resource_type, type_flags) = match kind {
         // _MEM in bits 1-2 (1 = cacheable), _RW in bit 0.
-        AddressSpaceKind::Memory {
-            cacheable,
-            read_write,
-        } => (0u8, (u8::from(cacheable) << 1) | u8::from(read_write)),
+        AddressSpaceKind::Memory { cacheable, read_write } => (0u8, (u8::from(cacheable) << 1) | u8::from(read_write)),
         // _RNG = 3: both ISA and non-ISA ranges.
         AddressSpaceKind::Io => (1, 0x03),
         AddressSpaceKind::BusNumber => (2, 0x00),
@@ -807,18 +756,13 @@ mod tests {
         assert_eq!(pkg(0x10_0000), [0xC0, 0x00, 0x00, 0x01]);
         assert_eq!(pkg(MAX_PKG_LENGTH), [0xCF, 0xFF, 0xFF, 0xFF]);
         let mut v = Vec::new();
-        assert_eq!(
-            encode_pkg_length(MAX_PKG_LENGTH + 1, &mut v),
-            Err(AmlError::PkgLengthTooLarge(MAX_PKG_LENGTH + 1))
-        );
+        assert_eq!(encode_pkg_length(MAX_PKG_LENGTH + 1, &mut v), Err(AmlError::PkgLengthTooLarge(MAX_PKG_LENGTH + 1)));
     }
 
     #[test]
     fn pkg_length_counts_itself() {
         // The encoded value is body + PkgLength bytes, at every switch point.
-        for body in [
-            0, 61, 62, 63, 64, 4092, 4093, 4094, 4095, 0xF_FFFC, 0xF_FFFD,
-        ] {
+        for body in [0, 61, 62, 63, 64, 4092, 4093, 4094, 4095, 0xF_FFFC, 0xF_FFFD] {
             let enc = pkg_for_body(body);
             let total = body + enc.len();
             assert_eq!(enc, pkg(total), "body {body}");
@@ -837,28 +781,16 @@ mod tests {
         assert_eq!(aml(&Path::new("\\_S5_").unwrap()), b"\\_S5_");
         assert_eq!(aml(&Path::new("\\_SB.COM1").unwrap()), b"\\\x2E_SB_COM1");
         assert_eq!(aml(&Path::new("^^PCI0").unwrap()), b"^^PCI0");
-        assert_eq!(
-            aml(&Path::new("\\_SB.PCI0.ISA").unwrap()),
-            b"\\\x2F\x03_SB_PCI0ISA_"
-        );
+        assert_eq!(aml(&Path::new("\\_SB.PCI0.ISA").unwrap()), b"\\\x2F\x03_SB_PCI0ISA_");
     }
 
     #[test]
     fn bad_names() {
-        for bad in [
-            "", "_HIDX", "1ABC", "a", "\\_SB..X", "\\^X", "_S-5", "A.", "É",
-        ] {
-            assert_eq!(
-                Path::new(bad),
-                Err(AmlError::InvalidName(bad.into())),
-                "{bad:?}"
-            );
+        for bad in ["", "_HIDX", "1ABC", "a", "\\_SB..X", "\\^X", "_S-5", "A.", "É"] {
+            assert_eq!(Path::new(bad), Err(AmlError::InvalidName(bad.into())), "{bad:?}");
         }
         let long = vec!["A"; 256].join(".");
-        assert!(matches!(
-            Path::new(&long),
-            Err(AmlError::TooManySegments(_))
-        ));
+        assert!(matches!(Path::new(&long), Err(AmlError::TooManySegments(_))));
     }
 
     #[test]
@@ -878,10 +810,7 @@ mod tests {
     fn strings() {
         assert_eq!(aml(&"COM1"), b"\x0DCOM1\x00");
         assert_eq!(aml(&""), [0x0D, 0x00]);
-        assert!(matches!(
-            "a\0b".to_aml_vec(),
-            Err(AmlError::InvalidString(_))
-        ));
+        assert!(matches!("a\0b".to_aml_vec(), Err(AmlError::InvalidString(_))));
         assert!(matches!("é".to_aml_vec(), Err(AmlError::InvalidString(_))));
     }
 
@@ -890,10 +819,7 @@ mod tests {
         assert_eq!(EisaId::new("PNP0501").unwrap().value(), 0x0105_D041);
         assert_eq!(EisaId::new("PNP0303").unwrap().value(), 0x0303_D041);
         assert_eq!(EisaId::new("PNP0A08").unwrap().value(), 0x080A_D041);
-        assert_eq!(
-            aml(&EisaId::new("PNP0501").unwrap()),
-            [0x0C, 0x41, 0xD0, 0x05, 0x01]
-        );
+        assert_eq!(aml(&EisaId::new("PNP0501").unwrap()), [0x0C, 0x41, 0xD0, 0x05, 0x01]);
         for bad in ["PNP050", "PNP05011", "pnp0501", "PNP05G1", "P1P0501"] {
             assert_eq!(EisaId::new(bad), Err(AmlError::InvalidEisaId(bad.into())));
         }
@@ -903,19 +829,13 @@ mod tests {
     fn name_with_package() {
         // Name(\_S5_, Package(){5, 0}) as iasl compiles it.
         let n = Name::new("\\_S5_", Package::new(vec![Box::new(5u8), Box::new(0u8)])).unwrap();
-        assert_eq!(
-            aml(&n),
-            [0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0A, 0x05, 0x00]
-        );
+        assert_eq!(aml(&n), [0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0A, 0x05, 0x00]);
     }
 
     #[test]
     fn package_element_limit() {
         let many: AmlList = (0..256).map(|_| Box::new(0u8) as Box<dyn Aml>).collect();
-        assert_eq!(
-            Package::new(many).to_aml_vec(),
-            Err(AmlError::TooManyPackageElements(256))
-        );
+        assert_eq!(Package::new(many).to_aml_vec(), Err(AmlError::TooManyPackageElements(256)));
         let max: AmlList = (0..255).map(|_| Box::new(0u8) as Box<dyn Aml>).collect();
         let bytes = aml(&Package::new(max));
         // 255 elements + count byte = 256-byte body, 2-byte PkgLength.
@@ -925,21 +845,12 @@ mod tests {
     #[test]
     fn scope_device_method() {
         let m = Method::new("_STA", 0, false, vec![Box::new(Return::new(0x0Fu8))]).unwrap();
-        assert_eq!(
-            aml(&m),
-            [0x14, 0x09, b'_', b'S', b'T', b'A', 0x00, 0xA4, 0x0A, 0x0F]
-        );
+        assert_eq!(aml(&m), [0x14, 0x09, b'_', b'S', b'T', b'A', 0x00, 0xA4, 0x0A, 0x0F]);
         let d = Device::new("COM1", vec![Box::new(Name::new("_UID", 1u8).unwrap())]).unwrap();
-        assert_eq!(
-            aml(&d),
-            [0x5B, 0x82, 0x0B, b'C', b'O', b'M', b'1', 0x08, b'_', b'U', b'I', b'D', 0x01]
-        );
+        assert_eq!(aml(&d), [0x5B, 0x82, 0x0B, b'C', b'O', b'M', b'1', 0x08, b'_', b'U', b'I', b'D', 0x01]);
         let s = Scope::new("\\_SB", vec![]).unwrap();
         assert_eq!(aml(&s), [0x10, 0x06, b'\\', b'_', b'S', b'B', b'_']);
-        assert_eq!(
-            Method::new("FOO", 8, false, vec![]).err(),
-            Some(AmlError::TooManyMethodArgs(8))
-        );
+        assert_eq!(Method::new("FOO", 8, false, vec![]).err(), Some(AmlError::TooManyMethodArgs(8)));
         let ser = Method::new("FOO", 2, true, vec![]).unwrap();
         assert_eq!(aml(&ser)[6], 0x0A);
     }
@@ -947,10 +858,7 @@ mod tests {
     #[test]
     fn resource_template_com1() {
         // ResourceTemplate(){ IO(Decode16, 0x3F8, 0x3F8, 0x00, 0x08) IRQNoFlags(){4} }
-        let rt = ResourceTemplate::new(vec![
-            Resource::io(0x3F8, 0, 8),
-            Resource::irq_no_flags(4).unwrap(),
-        ]);
+        let rt = ResourceTemplate::new(vec![Resource::io(0x3F8, 0, 8), Resource::irq_no_flags(4).unwrap()]);
         assert_eq!(
             aml(&rt),
             [
@@ -961,48 +869,25 @@ mod tests {
             ]
         );
         assert_eq!(Resource::irq_no_flags(16), Err(AmlError::InvalidIrq(16)));
-        let bad = ResourceTemplate::new(vec![Resource::Io {
-            min: 2,
-            max: 1,
-            align: 1,
-            len: 1,
-        }]);
-        assert_eq!(
-            bad.to_aml_vec(),
-            Err(AmlError::InvalidRange { min: 2, max: 1 })
-        );
+        let bad = ResourceTemplate::new(vec![Resource::Io { min: 2, max: 1, align: 1, len: 1 }]);
+        assert_eq!(bad.to_aml_vec(), Err(AmlError::InvalidRange { min: 2, max: 1 }));
     }
 
     #[test]
     fn memory32_fixed_and_address_spaces() {
         let mut v = Vec::new();
-        Resource::memory32_fixed(0xFEC0_0000, 0x1000)
-            .encode(&mut v)
-            .unwrap();
-        assert_eq!(
-            v,
-            [0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0xC0, 0xFE, 0x00, 0x10, 0x00, 0x00]
-        );
+        Resource::memory32_fixed(0xFEC0_0000, 0x1000).encode(&mut v).unwrap();
+        assert_eq!(v, [0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0xC0, 0xFE, 0x00, 0x10, 0x00, 0x00]);
 
-        let bus = Resource::AddressSpace {
-            width: AddressWidth::Word,
-            kind: AddressSpaceKind::BusNumber,
-            min: 0,
-            max: 0xFF,
-        };
+        let bus =
+            Resource::AddressSpace { width: AddressWidth::Word, kind: AddressSpaceKind::BusNumber, min: 0, max: 0xFF };
         let mut v = Vec::new();
         bus.encode(&mut v).unwrap();
-        assert_eq!(
-            v,
-            [0x88, 0x0D, 0x00, 0x02, 0x0C, 0x00, 0, 0, 0, 0, 0xFF, 0, 0, 0, 0x00, 0x01]
-        );
+        assert_eq!(v, [0x88, 0x0D, 0x00, 0x02, 0x0C, 0x00, 0, 0, 0, 0, 0xFF, 0, 0, 0, 0x00, 0x01]);
         for (width, size) in [(AddressWidth::DWord, 26), (AddressWidth::QWord, 46)] {
             let mem = Resource::AddressSpace {
                 width,
-                kind: AddressSpaceKind::Memory {
-                    cacheable: false,
-                    read_write: true,
-                },
+                kind: AddressSpaceKind::Memory { cacheable: false, read_write: true },
                 min: 0xC000_0000,
                 max: 0xFEBF_FFFF,
             };
@@ -1010,27 +895,17 @@ mod tests {
             mem.encode(&mut v).unwrap();
             assert_eq!(v.len(), size);
         }
-        let too_wide = Resource::AddressSpace {
-            width: AddressWidth::Word,
-            kind: AddressSpaceKind::Io,
-            min: 0,
-            max: 0xFFFF,
-        };
+        let too_wide =
+            Resource::AddressSpace { width: AddressWidth::Word, kind: AddressSpaceKind::Io, min: 0, max: 0xFFFF };
         assert_eq!(
             too_wide.encode(&mut Vec::new()),
-            Err(AmlError::AddressTooWide {
-                value: 0x1_0000,
-                width: AddressWidth::Word
-            })
+            Err(AmlError::AddressTooWide { value: 0x1_0000, width: AddressWidth::Word })
         );
     }
 
     #[test]
     fn buffer() {
-        assert_eq!(
-            aml(&Buffer::new(vec![1, 2, 3])),
-            [0x11, 0x06, 0x0A, 0x03, 1, 2, 3]
-        );
+        assert_eq!(aml(&Buffer::new(vec![1, 2, 3])), [0x11, 0x06, 0x0A, 0x03, 1, 2, 3]);
         assert_eq!(aml(&Buffer::new(vec![])), [0x11, 0x02, 0x00]);
     }
 }

@@ -42,21 +42,13 @@ fn handler_table() -> (Vec<(u8, u16)>, u16) {
 
 /// Installs the BIOS: handlers, data block, IVT and BIOS data area.
 pub fn install(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Result<(), BootError> {
-    write_guest(
-        memory,
-        segment_address(BIOS_CODE_OFFSET),
-        BIOS_IMAGE,
-        "BIOS code",
-    )?;
+    write_guest(memory, segment_address(BIOS_CODE_OFFSET), BIOS_IMAGE, "BIOS code")?;
 
     // Interrupt vector table: 256 far pointers (offset, segment) at 0.
     let (handlers, default) = handler_table();
     let mut ivt = [0u8; 256 * 4];
     for vector in 0..256usize {
-        let offset = handlers
-            .iter()
-            .find(|(v, _)| usize::from(*v) == vector)
-            .map_or(default, |(_, o)| *o);
+        let offset = handlers.iter().find(|(v, _)| usize::from(*v) == vector).map_or(default, |(_, o)| *o);
         ivt[vector * 4..vector * 4 + 2].copy_from_slice(&offset.to_le_bytes());
         ivt[vector * 4 + 2..vector * 4 + 4].copy_from_slice(&BIOS_SEGMENT.to_le_bytes());
     }
@@ -65,20 +57,10 @@ pub fn install(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Result<(), Bo
     // BIOS data area (0x400): COM1's port, conventional memory size, EBDA segment.
     let base_kb = (EBDA_START / 1024) as u16;
     write_guest(memory, 0x400, &0x3f8u16.to_le_bytes(), "BIOS data area")?;
-    write_guest(
-        memory,
-        0x40e,
-        &((EBDA_START >> 4) as u16).to_le_bytes(),
-        "BIOS data area",
-    )?;
+    write_guest(memory, 0x40e, &((EBDA_START >> 4) as u16).to_le_bytes(), "BIOS data area")?;
     write_guest(memory, 0x413, &base_kb.to_le_bytes(), "BIOS data area")?;
 
-    write_guest(
-        memory,
-        segment_address(BIOS_DATA_OFFSET),
-        &data_block(layout),
-        "BIOS data",
-    )
+    write_guest(memory, segment_address(BIOS_DATA_OFFSET), &data_block(layout), "BIOS data")
 }
 
 /// The data block at F000:7000 that the handlers answer from.
@@ -116,8 +98,7 @@ mod tests {
         }
         // The code must end before the data block would be overwritten... and it lives above it.
         assert!(
-            segment_address(BIOS_DATA_OFFSET) + 16 + 20 * BIOS_E820_MAX as u64
-                <= segment_address(BIOS_CODE_OFFSET)
+            segment_address(BIOS_DATA_OFFSET) + 16 + 20 * BIOS_E820_MAX as u64 <= segment_address(BIOS_CODE_OFFSET)
         );
     }
 
@@ -129,9 +110,6 @@ mod tests {
         assert_eq!(count, layout.e820_map().len());
         assert_eq!(data.len(), 16 + 20 * count);
         assert_eq!(u16::from_le_bytes([data[4], data[5]]), 15 * 1024);
-        assert_eq!(
-            u16::from_le_bytes([data[6], data[7]]),
-            ((256 - 16) * 16) as u16
-        );
+        assert_eq!(u16::from_le_bytes([data[6], data[7]]), ((256 - 16) * 16) as u16);
     }
 }

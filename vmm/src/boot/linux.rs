@@ -10,8 +10,8 @@ use linux_loader::loader::KernelLoader;
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
 use super::{
-    place_initrd, pvh, realmode, write_cmdline, write_guest, BootConfig, BootError, BootInfo,
-    BootProtocol, EntryPoint, CMDLINE_ADDR, CMDLINE_MAX, ZERO_PAGE_ADDR,
+    place_initrd, pvh, realmode, write_cmdline, write_guest, BootConfig, BootError, BootInfo, BootProtocol, EntryPoint,
+    CMDLINE_ADDR, CMDLINE_MAX, ZERO_PAGE_ADDR,
 };
 use crate::memory::{MemoryLayout, HIGH_RAM_START};
 
@@ -63,23 +63,14 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 }
 
 fn wrong_elf(path: &Path, what: impl Into<String>) -> BootError {
-    BootError::WrongElf {
-        path: path.to_path_buf(),
-        what: what.into(),
-    }
+    BootError::WrongElf { path: path.to_path_buf(), what: what.into() }
 }
 
 /// Checks that an ELF file is a complete little-endian x86-64 executable and
 /// returns the guest physical range its PT_LOAD segments occupy.
 pub fn check_elf_header(image: &[u8], path: &Path) -> Result<(u64, u64), BootError> {
     if image.len() < ELF_HEADER_LEN {
-        return Err(wrong_elf(
-            path,
-            format!(
-                "truncated ({} bytes, the ELF header alone is 64)",
-                image.len()
-            ),
-        ));
+        return Err(wrong_elf(path, format!("truncated ({} bytes, the ELF header alone is 64)", image.len())));
     }
     match image[4] {
         2 => {}
@@ -106,15 +97,10 @@ pub fn check_elf_header(image: &[u8], path: &Path) -> Result<(u64, u64), BootErr
     if phentsize != PHDR_LEN || phnum == 0 {
         return Err(wrong_elf(path, "without usable program headers"));
     }
-    let table_end = usize::try_from(phoff)
-        .ok()
-        .and_then(|o| o.checked_add(phnum * PHDR_LEN))
-        .filter(|&end| end <= image.len());
+    let table_end =
+        usize::try_from(phoff).ok().and_then(|o| o.checked_add(phnum * PHDR_LEN)).filter(|&end| end <= image.len());
     let Some(_) = table_end else {
-        return Err(wrong_elf(
-            path,
-            "truncated (program headers beyond the end of the file)",
-        ));
+        return Err(wrong_elf(path, "truncated (program headers beyond the end of the file)"));
     };
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     for i in 0..phnum {
@@ -127,10 +113,7 @@ pub fn check_elf_header(image: &[u8], path: &Path) -> Result<(u64, u64), BootErr
         let paddr = u64_at(image, ph + 24).unwrap_or(0);
         let filesz = u64_at(image, ph + 32).unwrap_or(0);
         let memsz = u64_at(image, ph + 40).unwrap_or(0);
-        if offset
-            .checked_add(filesz)
-            .is_none_or(|end| end > image.len() as u64)
-        {
+        if offset.checked_add(filesz).is_none_or(|end| end > image.len() as u64) {
             return Err(wrong_elf(
                 path,
                 format!(
@@ -164,12 +147,8 @@ pub fn load_elf(
     let (start, end) = check_elf_header(&config.kernel, path)?;
     check_kernel_fits(layout, start, end)?;
     let mut image = Cursor::new(config.kernel.as_slice());
-    let loaded = Elf::load(memory, None, &mut image, Some(GuestAddress(HIGH_RAM_START))).map_err(
-        |source| BootError::Elf {
-            path: path.clone(),
-            source,
-        },
-    )?;
+    let loaded = Elf::load(memory, None, &mut image, Some(GuestAddress(HIGH_RAM_START)))
+        .map_err(|source| BootError::Elf { path: path.clone(), source })?;
     let pvh_entry = match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
         _ => None,
@@ -218,27 +197,14 @@ pub fn load_elf(
         hdr.kernel_alignment = 0x0100_0000;
         fill_zero_page(&mut params, layout, &config.cmdline, initrd, rsdp_addr);
         write_guest(memory, ZERO_PAGE_ADDR, params.as_slice(), "boot_params")?;
-        EntryPoint::Long64 {
-            rip: loaded.kernel_load.0,
-            rsi: ZERO_PAGE_ADDR,
-        }
+        EntryPoint::Long64 { rip: loaded.kernel_load.0, rsi: ZERO_PAGE_ADDR }
     };
-    Ok(BootInfo {
-        entry,
-        protocol,
-        kernel_range: (start, end),
-        initrd,
-        rsdp_addr,
-    })
+    Ok(BootInfo { entry, protocol, kernel_range: (start, end), initrd, rsdp_addr })
 }
 
 fn check_kernel_fits(layout: &MemoryLayout, start: u64, end: u64) -> Result<(), BootError> {
     if start < HIGH_RAM_START || end > layout.low_ram_end() {
-        return Err(BootError::KernelDoesNotFit {
-            start,
-            end,
-            ram_end: layout.low_ram_end(),
-        });
+        return Err(BootError::KernelDoesNotFit { start, end, ram_end: layout.low_ram_end() });
     }
     Ok(())
 }
@@ -277,16 +243,8 @@ pub(crate) fn fill_zero_page_at(
         p.ext_ramdisk_size = (size >> 32) as u32;
     }
     let map = layout.e820_map();
-    for (slot, e) in p
-        .e820_table
-        .iter_mut()
-        .zip(map.iter().take(E820_MAX_ENTRIES_ZEROPAGE))
-    {
-        *slot = boot_e820_entry {
-            addr: e.addr,
-            size: e.size,
-            r#type: e.kind as u32,
-        };
+    for (slot, e) in p.e820_table.iter_mut().zip(map.iter().take(E820_MAX_ENTRIES_ZEROPAGE)) {
+        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind as u32 };
     }
     p.e820_entries = map.len().min(E820_MAX_ENTRIES_ZEROPAGE) as u8;
     p.acpi_rsdp_addr = rsdp_addr;
@@ -305,14 +263,9 @@ pub struct BzImageHeader {
 
 /// Parses and checks the setup header of a bzImage.
 pub(crate) fn parse_bzimage(image: &[u8], path: &Path) -> Result<BzImageHeader, BootError> {
-    let bad = |reason: String| BootError::BzImage {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| BootError::BzImage { path: path.to_path_buf(), reason };
     let hdr_size = std::mem::size_of::<setup_header>();
-    let raw = image
-        .get(0x1f1..0x1f1 + hdr_size)
-        .ok_or_else(|| bad("truncated inside the setup header".into()))?;
+    let raw = image.get(0x1f1..0x1f1 + hdr_size).ok_or_else(|| bad("truncated inside the setup header".into()))?;
     let mut hdr = SetupHeader::default();
     hdr.as_mut_slice().copy_from_slice(raw);
     let header = hdr.0;
@@ -321,30 +274,17 @@ pub(crate) fn parse_bzimage(image: &[u8], path: &Path) -> Result<BzImageHeader, 
     }
     let version = header.version;
     if version < 0x0204 {
-        return Err(bad(format!(
-            "boot protocol {version:#06x} is older than 2.04, which rvmm requires"
-        )));
+        return Err(bad(format!("boot protocol {version:#06x} is older than 2.04, which rvmm requires")));
     }
     if header.loadflags & LOADED_HIGH == 0 {
-        return Err(bad(
-            "not a bzImage (LOADED_HIGH is clear: a zImage loads at 0x10000)".into(),
-        ));
+        return Err(bad("not a bzImage (LOADED_HIGH is clear: a zImage loads at 0x10000)".into()));
     }
     // The jump at 0x200 is `jmp short`; its target (0x202 + disp8) ends the header.
-    let header_len = (0x202 + usize::from(image[0x201]))
-        .saturating_sub(0x1f1)
-        .min(hdr_size);
-    let sects = if header.setup_sects == 0 {
-        4
-    } else {
-        usize::from(header.setup_sects)
-    };
+    let header_len = (0x202 + usize::from(image[0x201])).saturating_sub(0x1f1).min(hdr_size);
+    let sects = if header.setup_sects == 0 { 4 } else { usize::from(header.setup_sects) };
     let setup_len = (sects + 1) * 512;
     if image.len() < setup_len {
-        return Err(bad(format!(
-            "truncated: {} bytes, the setup code alone needs {setup_len}",
-            image.len()
-        )));
+        return Err(bad(format!("truncated: {} bytes, the setup code alone needs {setup_len}", image.len())));
     }
     let payload = (image.len() - setup_len) as u64;
     // syssize counts 16-byte paragraphs, rounded up; tolerate an unpadded last one.
@@ -354,11 +294,7 @@ pub(crate) fn parse_bzimage(image: &[u8], path: &Path) -> Result<BzImageHeader, 
             "truncated: the protected-mode kernel has {payload} bytes, the header says {syssize}"
         )));
     }
-    Ok(BzImageHeader {
-        header,
-        header_len,
-        setup_len,
-    })
+    Ok(BzImageHeader { header, header_len, setup_len })
 }
 
 /// Loads a bzImage for its 64-bit or 32-bit entry, or prepares the legacy
@@ -394,69 +330,28 @@ pub fn load_bzimage(
     };
     // A relocatable kernel may sit at 1 MiB and moves itself; one that is not
     // must be at its preferred address.
-    let load_addr = if hdr.version >= 0x020a && hdr.relocatable_kernel == 0 {
-        hdr.pref_address
-    } else {
-        HIGH_RAM_START
-    };
+    let load_addr =
+        if hdr.version >= 0x020a && hdr.relocatable_kernel == 0 { hdr.pref_address } else { HIGH_RAM_START };
     let payload_len = (config.kernel.len() - parsed.setup_len) as u64;
-    let footprint = if hdr.version >= 0x020a {
-        payload_len.max(u64::from(hdr.init_size))
-    } else {
-        payload_len
-    };
+    let footprint = if hdr.version >= 0x020a { payload_len.max(u64::from(hdr.init_size)) } else { payload_len };
     let kernel_end = load_addr.saturating_add(footprint);
     check_kernel_fits(layout, load_addr, kernel_end)?;
     let payload = &config.kernel[parsed.setup_len..];
     write_guest(memory, load_addr, payload, "protected-mode kernel")?;
 
-    let initrd_max = if hdr.version >= 0x0203 {
-        u64::from(hdr.initrd_addr_max)
-    } else {
-        OLD_INITRD_ADDR_MAX
-    };
+    let initrd_max = if hdr.version >= 0x0203 { u64::from(hdr.initrd_addr_max) } else { OLD_INITRD_ADDR_MAX };
     let initrd = match &config.initrd {
-        Some(bytes) => Some(place_initrd(
-            memory,
-            layout,
-            bytes,
-            kernel_end,
-            initrd_max.saturating_add(1),
-        )?),
+        Some(bytes) => Some(place_initrd(memory, layout, bytes, kernel_end, initrd_max.saturating_add(1))?),
         None => None,
     };
-    let cmdline_max = if hdr.version >= 0x0206 {
-        hdr.cmdline_size as usize + 1
-    } else {
-        256
-    };
+    let cmdline_max = if hdr.version >= 0x0206 { hdr.cmdline_size as usize + 1 } else { 256 };
 
     if protocol == BootProtocol::Legacy {
-        let entry = realmode::prepare(
-            memory,
-            layout,
-            config,
-            &parsed,
-            load_addr,
-            initrd,
-            cmdline_max,
-            rsdp_addr,
-        )?;
-        return Ok(BootInfo {
-            entry,
-            protocol,
-            kernel_range: (load_addr, kernel_end),
-            initrd,
-            rsdp_addr,
-        });
+        let entry = realmode::prepare(memory, layout, config, &parsed, load_addr, initrd, cmdline_max, rsdp_addr)?;
+        return Ok(BootInfo { entry, protocol, kernel_range: (load_addr, kernel_end), initrd, rsdp_addr });
     }
 
-    write_cmdline(
-        memory,
-        CMDLINE_ADDR,
-        &config.cmdline,
-        cmdline_max.min(CMDLINE_MAX),
-    )?;
+    write_cmdline(memory, CMDLINE_ADDR, &config.cmdline, cmdline_max.min(CMDLINE_MAX))?;
     let mut params = ZeroPage::default();
     // The zero page starts with the image's own setup header (boot.rst: "copy the header").
     params.0.hdr = hdr;
@@ -466,23 +361,10 @@ pub fn load_bzimage(
     fill_zero_page(&mut params, layout, &config.cmdline, initrd, rsdp_addr);
     write_guest(memory, ZERO_PAGE_ADDR, params.as_slice(), "boot_params")?;
     let entry = match protocol {
-        BootProtocol::Linux64 => EntryPoint::Long64 {
-            rip: load_addr + 0x200,
-            rsi: ZERO_PAGE_ADDR,
-        },
-        _ => EntryPoint::Protected32 {
-            eip: load_addr as u32,
-            esi: ZERO_PAGE_ADDR as u32,
-            ebx: 0,
-        },
+        BootProtocol::Linux64 => EntryPoint::Long64 { rip: load_addr + 0x200, rsi: ZERO_PAGE_ADDR },
+        _ => EntryPoint::Protected32 { eip: load_addr as u32, esi: ZERO_PAGE_ADDR as u32, ebx: 0 },
     };
-    Ok(BootInfo {
-        entry,
-        protocol,
-        kernel_range: (load_addr, kernel_end),
-        initrd,
-        rsdp_addr,
-    })
+    Ok(BootInfo { entry, protocol, kernel_range: (load_addr, kernel_end), initrd, rsdp_addr })
 }
 
 #[cfg(test)]
@@ -512,13 +394,9 @@ mod tests {
         let p = Path::new("k");
         let ok = elf_header(2, EM_X86_64);
         assert_eq!(check_elf_header(&ok, p).unwrap(), (0x10_0000, 0x10_0020));
-        let e = check_elf_header(&elf_header(1, 3), p)
-            .unwrap_err()
-            .to_string();
+        let e = check_elf_header(&elf_header(1, 3), p).unwrap_err().to_string();
         assert!(e.contains("32-bit"), "{e}");
-        let e = check_elf_header(&elf_header(2, 183), p)
-            .unwrap_err()
-            .to_string();
+        let e = check_elf_header(&elf_header(2, 183), p).unwrap_err().to_string();
         assert!(e.contains("AArch64"), "{e}");
         let e = check_elf_header(&ok[..40], p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
@@ -541,17 +419,12 @@ mod tests {
         img[0x1f4..0x1f8].copy_from_slice(&4u32.to_le_bytes()); // syssize: 64 bytes
         let parsed = parse_bzimage(&img, p).unwrap();
         assert_eq!(parsed.setup_len, 5 * 512);
-        let e = parse_bzimage(&img[..5 * 512 + 10], p)
-            .unwrap_err()
-            .to_string();
+        let e = parse_bzimage(&img[..5 * 512 + 10], p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
         let e = parse_bzimage(&img[..600], p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
         let mut old = img.clone();
         old[0x206..0x208].copy_from_slice(&0x0201u16.to_le_bytes());
-        assert!(parse_bzimage(&old, p)
-            .unwrap_err()
-            .to_string()
-            .contains("older"));
+        assert!(parse_bzimage(&old, p).unwrap_err().to_string().contains("older"));
     }
 }

@@ -131,9 +131,7 @@ pub struct BootConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The file is neither an ELF nor a bzImage.
-    #[error(
-        "{0}: not a kernel image (neither an ELF file nor a bzImage with a 'HdrS' setup header)"
-    )]
+    #[error("{0}: not a kernel image (neither an ELF file nor a bzImage with a 'HdrS' setup header)")]
     UnknownFormat(PathBuf),
     /// An ELF for something other than x86-64.
     #[error("{path}: ELF file is {what}; rvmm boots 64-bit x86 (EM_X86_64) little-endian kernels")]
@@ -223,18 +221,12 @@ pub(crate) fn write_guest(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<(), BootError> {
-    memory
-        .write_slice(bytes, GuestAddress(addr))
-        .map_err(|_| BootError::GuestWrite { what, addr })
+    memory.write_slice(bytes, GuestAddress(addr)).map_err(|_| BootError::GuestWrite { what, addr })
 }
 
 /// Loads the kernel, initrd and command line, writes the boot structures and
 /// firmware tables, and says where the boot vCPU starts.
-pub fn load(
-    memory: &GuestMemoryMmap,
-    layout: &MemoryLayout,
-    config: &BootConfig,
-) -> Result<BootInfo, BootError> {
+pub fn load(memory: &GuestMemoryMmap, layout: &MemoryLayout, config: &BootConfig) -> Result<BootInfo, BootError> {
     if config.cmdline.as_bytes().contains(&0) {
         return Err(BootError::CmdlineNul);
     }
@@ -295,37 +287,21 @@ pub(crate) fn place_initrd(
 ) -> Result<(u64, u64), BootError> {
     let size = initrd.len() as u64;
     let top = limit.min(layout.low_ram_end());
-    let not_fit = BootError::InitrdDoesNotFit {
-        size,
-        kernel_end,
-        limit: top,
-    };
+    let not_fit = BootError::InitrdDoesNotFit { size, kernel_end, limit: top };
     let addr = top.checked_sub(size).ok_or(not_fit)? & !0xfff;
     if addr < kernel_end.max(HIGH_RAM_START) {
-        return Err(BootError::InitrdDoesNotFit {
-            size,
-            kernel_end,
-            limit: top,
-        });
+        return Err(BootError::InitrdDoesNotFit { size, kernel_end, limit: top });
     }
     write_guest(memory, addr, initrd, "initrd")?;
     Ok((addr, size))
 }
 
 /// Writes the NUL-terminated command line at [`CMDLINE_ADDR`] after checking `max`.
-pub(crate) fn write_cmdline(
-    memory: &GuestMemoryMmap,
-    addr: u64,
-    cmdline: &str,
-    max: usize,
-) -> Result<(), BootError> {
+pub(crate) fn write_cmdline(memory: &GuestMemoryMmap, addr: u64, cmdline: &str, max: usize) -> Result<(), BootError> {
     let len = cmdline.len();
     // `max` counts the terminating NUL, as the setup header's cmdline_size does not; be strict.
     if len >= max {
-        return Err(BootError::CmdlineTooLong {
-            len,
-            max: max.saturating_sub(1),
-        });
+        return Err(BootError::CmdlineTooLong { len, max: max.saturating_sub(1) });
     }
     let mut bytes = Vec::with_capacity(len + 1);
     bytes.extend_from_slice(cmdline.as_bytes());

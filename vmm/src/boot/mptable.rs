@@ -196,8 +196,7 @@ fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
     let ioapic_id = num_cpus;
     // Both fit in u16: at most 44 + 254*20 + 8*18 bytes and 254+18 entries.
     let base_len = config_table_size(num_cpus) as u16;
-    let entry_count =
-        u16::from(num_cpus) + (2 + NUM_ISA_IRQ_ENTRIES + NUM_LOCAL_INT_ENTRIES) as u16;
+    let entry_count = u16::from(num_cpus) + (2 + NUM_ISA_IRQ_ENTRIES + NUM_LOCAL_INT_ENTRIES) as u16;
 
     out.extend_from_slice(MPC_SIGNATURE);
     out.extend_from_slice(&base_len.to_le_bytes()); // BASE TABLE LENGTH
@@ -255,22 +254,8 @@ fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
 
     // Local interrupt assignment entries (§4.3.5, and the virtual wire
     // mode of §3.6.2.2): the 8259 drives LINT0 as ExtINT, NMI is LINT1.
-    write_interrupt_entry(
-        out,
-        ENTRY_LOCAL_INTERRUPT,
-        INT_TYPE_EXTINT,
-        0,
-        ALL_LOCAL_APICS,
-        0,
-    );
-    write_interrupt_entry(
-        out,
-        ENTRY_LOCAL_INTERRUPT,
-        INT_TYPE_NMI,
-        0,
-        ALL_LOCAL_APICS,
-        1,
-    );
+    write_interrupt_entry(out, ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, ALL_LOCAL_APICS, 0);
+    write_interrupt_entry(out, ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, ALL_LOCAL_APICS, 1);
 
     set_checksum(out, start, checksum_pos);
 }
@@ -278,14 +263,7 @@ fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
 /// Appends an I/O or local interrupt assignment entry; both share one
 /// 8-byte layout (§4.3.4 table 4-10, §4.3.5 table 4-12). The source bus is
 /// always bus 0 (ISA).
-fn write_interrupt_entry(
-    out: &mut Vec<u8>,
-    entry_type: u8,
-    int_type: u8,
-    source_irq: u8,
-    dest_id: u8,
-    dest_pin: u8,
-) {
+fn write_interrupt_entry(out: &mut Vec<u8>, entry_type: u8, int_type: u8, source_irq: u8, dest_id: u8, dest_pin: u8) {
     out.push(entry_type);
     out.push(int_type); // INTERRUPT TYPE
     out.extend_from_slice(&INT_FLAGS_CONFORMING.to_le_bytes()); // PO and EL
@@ -298,11 +276,7 @@ fn write_interrupt_entry(
 /// Stores at `checksum_pos` the byte that makes `out[start..]` sum to zero
 /// modulo 256, as both MP structures require (§4.1, §4.2).
 fn set_checksum(out: &mut [u8], start: usize, checksum_pos: usize) {
-    let sum = out
-        .get(start..)
-        .unwrap_or_default()
-        .iter()
-        .fold(0u8, |acc, b| acc.wrapping_add(*b));
+    let sum = out.get(start..).unwrap_or_default().iter().fold(0u8, |acc, b| acc.wrapping_add(*b));
     if let Some(byte) = out.get_mut(checksum_pos) {
         *byte = byte.wrapping_sub(sum);
     }
@@ -338,11 +312,7 @@ mod tests {
         let t = build_mptable(MPTABLE_START, 2).unwrap();
         let mpf = &t[..16];
         assert_eq!(&mpf[0..4], b"_MP_");
-        assert_eq!(
-            u32_at(mpf, 4),
-            0xF0010,
-            "config table right after the pointer"
-        );
+        assert_eq!(u32_at(mpf, 4), 0xF0010, "config table right after the pointer");
         assert_eq!(mpf[8], 1, "length in paragraphs");
         assert_eq!(mpf[9], 4, "spec rev 1.4");
         assert_eq!(&mpf[11..16], &[0; 5], "config table present, virtual wire");
@@ -405,21 +375,14 @@ mod tests {
         let n = 2u8;
         let t = build_mptable(MPTABLE_START, n).unwrap();
         let base = 60 + 20 * n as usize;
-        assert_eq!(
-            &t[base..base + 8],
-            &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']
-        );
+        assert_eq!(&t[base..base + 8], &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
         let io = &t[base + 8..base + 16];
         assert_eq!(&io[..4], &[2, n, 0x11, 1]);
         assert_eq!(u32_at(io, 4), 0xFEC0_0000);
         let mut routes = Vec::new();
         for k in 0..15 {
             let e = &t[base + 16 + 8 * k..base + 24 + 8 * k];
-            assert_eq!(
-                &e[..6],
-                &[3, 0, 0, 0, 0, e[5]][..],
-                "INT, conforming, bus 0"
-            );
+            assert_eq!(&e[..6], &[3, 0, 0, 0, 0, e[5]][..], "INT, conforming, bus 0");
             assert_eq!(e[6], n, "destination is the I/O APIC");
             routes.push((e[5], e[7]));
         }
@@ -427,42 +390,22 @@ mod tests {
         want.extend((3u8..16).map(|i| (i, i)));
         assert_eq!(routes, want);
         let l = base + 16 + 8 * 15;
-        assert_eq!(
-            &t[l..l + 8],
-            &[4, 3, 0, 0, 0, 0, 0xFF, 0],
-            "ExtINT -> LINT0"
-        );
-        assert_eq!(
-            &t[l + 8..l + 16],
-            &[4, 1, 0, 0, 0, 0, 0xFF, 1],
-            "NMI -> LINT1"
-        );
+        assert_eq!(&t[l..l + 8], &[4, 3, 0, 0, 0, 0, 0xFF, 0], "ExtINT -> LINT0");
+        assert_eq!(&t[l + 8..l + 16], &[4, 1, 0, 0, 0, 0, 0xFF, 1], "NMI -> LINT1");
     }
 
     #[test]
     fn rejects_bad_cpu_counts() {
         assert_eq!(build_mptable(MPTABLE_START, 0), Err(MpTableError::NoCpus));
-        assert_eq!(
-            build_mptable(MPTABLE_START, 255),
-            Err(MpTableError::TooManyCpus(255))
-        );
+        assert_eq!(build_mptable(MPTABLE_START, 255), Err(MpTableError::TooManyCpus(255)));
         assert!(build_mptable(MPTABLE_START, 254).is_ok());
     }
 
     #[test]
     fn rejects_bad_addresses() {
-        assert_eq!(
-            build_mptable(0xF0008, 1),
-            Err(MpTableError::MisalignedAddress(0xF0008))
-        );
-        assert_eq!(
-            build_mptable(0xFFFF_FF80, 1),
-            Err(MpTableError::AddressAbove4G(0xFFFF_FF80))
-        );
-        assert!(matches!(
-            build_mptable(u64::MAX - 15, 1),
-            Err(MpTableError::AddressAbove4G(_))
-        ));
+        assert_eq!(build_mptable(0xF0008, 1), Err(MpTableError::MisalignedAddress(0xF0008)));
+        assert_eq!(build_mptable(0xFFFF_FF80, 1), Err(MpTableError::AddressAbove4G(0xFFFF_FF80)));
+        assert!(matches!(build_mptable(u64::MAX - 15, 1), Err(MpTableError::AddressAbove4G(_))));
     }
 
     /// Prints the table for checking by eye against the spec layout:

@@ -4,8 +4,8 @@
 
 use super::acpi::{AcpiError, Sdt};
 use super::aml::{
-    AddressSpaceKind, AddressWidth, Aml, AmlError, AmlList, Device, EisaId, Method, Name, Package,
-    Resource, ResourceTemplate, Return, Scope,
+    AddressSpaceKind, AddressWidth, Aml, AmlError, AmlList, Device, EisaId, Method, Name, Package, Resource,
+    ResourceTemplate, Return, Scope,
 };
 
 /// What the guest needs to know about the PCI segment.
@@ -35,10 +35,7 @@ pub fn build_mcfg(pci: &PciDescription) -> Sdt {
 /// `Scope (\_SB) { Device (PCI0) { ... } }` as AML bytes.
 pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiError> {
     let err = |e: AmlError| AcpiError::from(e);
-    let memory = AddressSpaceKind::Memory {
-        cacheable: false,
-        read_write: true,
-    };
+    let memory = AddressSpaceKind::Memory { cacheable: false, read_write: true };
     let crs = ResourceTemplate::new(vec![
         Resource::AddressSpace {
             width: AddressWidth::Word,
@@ -48,12 +45,7 @@ pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiEr
         },
         // The configuration ports themselves, then the I/O space devices may use.
         Resource::io(0xcf8, 1, 8),
-        Resource::AddressSpace {
-            width: AddressWidth::Word,
-            kind: AddressSpaceKind::Io,
-            min: 0x1000,
-            max: 0xffff,
-        },
+        Resource::AddressSpace { width: AddressWidth::Word, kind: AddressSpaceKind::Io, min: 0x1000, max: 0xffff },
         Resource::AddressSpace {
             width: AddressWidth::DWord,
             kind: memory,
@@ -66,12 +58,8 @@ pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiEr
         .intx_routes
         .iter()
         .map(|&(slot, gsi)| {
-            let entry: AmlList = vec![
-                Box::new((u32::from(slot) << 16) | 0xffff),
-                Box::new(0u8),
-                Box::new(0u8),
-                Box::new(gsi),
-            ];
+            let entry: AmlList =
+                vec![Box::new((u32::from(slot) << 16) | 0xffff), Box::new(0u8), Box::new(0u8), Box::new(gsi)];
             Box::new(Package::new(entry)) as Box<dyn Aml>
         })
         .collect();
@@ -85,9 +73,7 @@ pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiEr
             Box::new(Name::new("_UID", 0u8).map_err(err)?),
             Box::new(Name::new("_CRS", crs).map_err(err)?),
             Box::new(Name::new("_PRT", Package::new(prt)).map_err(err)?),
-            Box::new(
-                Method::new("_STA", 0, false, vec![Box::new(Return::new(0x0fu8))]).map_err(err)?,
-            ),
+            Box::new(Method::new("_STA", 0, false, vec![Box::new(Return::new(0x0fu8))]).map_err(err)?),
         ],
     )
     .map_err(err)?;
@@ -102,10 +88,7 @@ pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiEr
             Box::new(
                 Name::new(
                     "_CRS",
-                    ResourceTemplate::new(vec![Resource::memory32_fixed(
-                        pci.ecam_base as u32,
-                        ecam_len,
-                    )]),
+                    ResourceTemplate::new(vec![Resource::memory32_fixed(pci.ecam_base as u32, ecam_len)]),
                 )
                 .map_err(err)?,
             ),
@@ -132,10 +115,7 @@ mod tests {
 
     /// Finds a table by signature in the blob (tables are 8-byte aligned).
     fn table<'a>(blob: &'a [u8], sig: &[u8; 4]) -> &'a [u8] {
-        let at = (0..blob.len() - 8)
-            .step_by(8)
-            .find(|&i| &blob[i..i + 4] == sig)
-            .unwrap();
+        let at = (0..blob.len() - 8).step_by(8).find(|&i| &blob[i..i + 4] == sig).unwrap();
         let len = u32::from_le_bytes(blob[at + 4..at + 8].try_into().unwrap()) as usize;
         &blob[at..at + len]
     }
@@ -145,21 +125,14 @@ mod tests {
         let bytes = build_mcfg(&description()).to_bytes().unwrap();
         assert_eq!(&bytes[..4], b"MCFG");
         assert_eq!(bytes.len(), 36 + 8 + 16);
-        assert_eq!(
-            u64::from_le_bytes(bytes[44..52].try_into().unwrap()),
-            0xe000_0000
-        );
+        assert_eq!(u64::from_le_bytes(bytes[44..52].try_into().unwrap()), 0xe000_0000);
         assert_eq!((bytes[54], bytes[55]), (0, 0));
         assert_eq!(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
     }
 
     #[test]
     fn iasl_reads_the_host_bridge_and_mcfg() {
-        if std::process::Command::new("iasl")
-            .arg("-v")
-            .output()
-            .is_err()
-        {
+        if std::process::Command::new("iasl").arg("-v").output().is_err() {
             println!("SKIP: iasl not installed (apt-get install acpica-tools)");
             return;
         }
@@ -175,17 +148,8 @@ mod tests {
             let name = String::from_utf8_lossy(sig).to_lowercase();
             let path = dir.join(format!("{name}.dat"));
             std::fs::write(&path, table(&blob, sig)).unwrap();
-            let out = std::process::Command::new("iasl")
-                .arg("-d")
-                .arg(&path)
-                .current_dir(&dir)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "iasl -d {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = std::process::Command::new("iasl").arg("-d").arg(&path).current_dir(&dir).output().unwrap();
+            assert!(out.status.success(), "iasl -d {name}: {}", String::from_utf8_lossy(&out.stderr));
             text += &std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,9 +2,7 @@
 //! kernel is entered in 32-bit protected mode with EBX pointing at an
 //! `hvm_start_info` that carries the command line, modules and memory map.
 
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::{write_guest, BootError, PVH_INFO_ADDR};
@@ -50,29 +48,17 @@ pub fn write_start_info(
 
     let mut bytes = Vec::new();
     for e in &map {
-        let entry = MemmapEntry(hvm_memmap_table_entry {
-            addr: e.addr,
-            size: e.size,
-            type_: e.kind as u32,
-            reserved: 0,
-        });
+        let entry =
+            MemmapEntry(hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind as u32, reserved: 0 });
         bytes.extend_from_slice(entry.as_slice());
     }
     // Everything must stay below the command line, which sits above it.
     if memmap_addr + bytes.len() as u64 > super::ZERO_PAGE_ADDR.min(cmdline_addr) {
-        return Err(BootError::GuestWrite {
-            what: "PVH memory map (too many entries)",
-            addr: memmap_addr,
-        });
+        return Err(BootError::GuestWrite { what: "PVH memory map (too many entries)", addr: memmap_addr });
     }
     write_guest(memory, memmap_addr, &bytes, "PVH memory map")?;
     if let Some((addr, size)) = initrd {
-        let module = ModlistEntry(hvm_modlist_entry {
-            paddr: addr,
-            size,
-            cmdline_paddr: 0,
-            reserved: 0,
-        });
+        let module = ModlistEntry(hvm_modlist_entry { paddr: addr, size, cmdline_paddr: 0, reserved: 0 });
         write_guest(memory, modlist_addr, module.as_slice(), "PVH module list")?;
     }
     let info = StartInfo(hvm_start_info {

@@ -35,38 +35,18 @@ pub fn prepare(
     if parsed.setup_len as u64 > CMDLINE_OFFSET - 0x200 {
         return Err(BootError::BzImage {
             path: config.kernel_name.clone(),
-            reason: format!(
-                "setup code of {} bytes does not fit below its heap",
-                parsed.setup_len
-            ),
+            reason: format!("setup code of {} bytes does not fit below its heap", parsed.setup_len),
         });
     }
-    write_guest(
-        memory,
-        base,
-        &config.kernel[..parsed.setup_len],
-        "real-mode setup code",
-    )?;
+    write_guest(memory, base, &config.kernel[..parsed.setup_len], "real-mode setup code")?;
     let cmdline_addr = base + CMDLINE_OFFSET;
-    write_cmdline(
-        memory,
-        cmdline_addr,
-        &config.cmdline,
-        cmdline_max.min(CMDLINE_ROOM),
-    )?;
+    write_cmdline(memory, cmdline_addr, &config.cmdline, cmdline_max.min(CMDLINE_ROOM))?;
 
     // Fill the header fields a loader owns and write back only the header's own
     // bytes: what follows it in the image is setup code.
     let mut params = ZeroPage::default();
     params.0.hdr = parsed.header;
-    super::linux::fill_zero_page_at(
-        &mut params,
-        layout,
-        cmdline_addr,
-        &config.cmdline,
-        initrd,
-        rsdp_addr,
-    );
+    super::linux::fill_zero_page_at(&mut params, layout, cmdline_addr, &config.cmdline, initrd, rsdp_addr);
     let hdr = &mut params.0.hdr;
     hdr.type_of_loader = 0xff;
     hdr.loadflags |= CAN_USE_HEAP;
@@ -76,10 +56,5 @@ pub fn prepare(
     write_guest(memory, base + 0x1f1, header_bytes, "setup header")?;
 
     bios::install(memory, layout)?;
-    Ok(EntryPoint::Real {
-        cs: SETUP_SEGMENT + 0x20,
-        ip: 0,
-        data_segment: SETUP_SEGMENT,
-        sp: HEAP_END,
-    })
+    Ok(EntryPoint::Real { cs: SETUP_SEGMENT + 0x20, ip: 0, data_segment: SETUP_SEGMENT, sp: HEAP_END })
 }

@@ -32,8 +32,7 @@ pub fn patch_cpuid(cpuid: &mut CpuId, apic_id: u8, num_cpus: u8) {
         match entry.function {
             LEAF_FEATURES => {
                 // EBX[31:24] initial APIC ID, EBX[23:16] addressable logical processors.
-                entry.ebx =
-                    (entry.ebx & 0x0000_ffff) | (id << 24) | ((1 << id_bits(n)).max(1) << 16);
+                entry.ebx = (entry.ebx & 0x0000_ffff) | (id << 24) | ((1 << id_bits(n)).max(1) << 16);
                 entry.ecx |= ECX_HYPERVISOR;
                 if n > 1 {
                     entry.edx |= EDX_HTT;
@@ -82,21 +81,9 @@ mod tests {
     #[test]
     fn apic_id_and_topology() {
         let entries = [
-            kvm_cpuid_entry2 {
-                function: 1,
-                ebx: 0xffff_0800,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 0,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 1,
-                ..Default::default()
-            },
+            kvm_cpuid_entry2 { function: 1, ebx: 0xffff_0800, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0xb, index: 0, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0xb, index: 1, ..Default::default() },
         ];
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
         patch_cpuid(&mut cpuid, 3, 4);
@@ -111,9 +98,6 @@ mod tests {
 
     #[test]
     fn id_bits_rounds_up() {
-        assert_eq!(
-            [id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5)],
-            [0, 1, 2, 2, 3]
-        );
+        assert_eq!([id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5)], [0, 1, 2, 2, 3]);
     }
 }

@@ -16,10 +16,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use kvm_bindings::{
-    kvm_mp_state, kvm_run, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
-};
+use kvm_bindings::{kvm_mp_state, kvm_run, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -28,6 +27,7 @@ use crate::boot::EntryPoint;
 use crate::bus::Bus;
 use crate::exit::{CrashReport, ExitSignal, VmExit};
 use crate::memory::pagewalk::{self, PagingMode};
+use crate::stats::{ExitKind, VcpuStats};
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -128,6 +128,7 @@ pub struct VcpuContext {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    stats: Arc<VcpuStats>,
     context: VcpuContext,
     state: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
@@ -153,16 +154,8 @@ impl Vcpu {
         entry: EntryPoint,
         context: VcpuContext,
     ) -> Result<Self, CpuError> {
-        let err = |what: &'static str| {
-            move |source| CpuError::Kvm {
-                vcpu: id,
-                what,
-                source,
-            }
-        };
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(err("KVM_CREATE_VCPU"))?;
+        let err = |what: &'static str| move |source| CpuError::Kvm { vcpu: id, what, source };
+        let fd = vm.create_vcpu(u64::from(id)).map_err(err("KVM_CREATE_VCPU"))?;
 
         let mut cpuid = config.supported_cpuid.clone();
         cpuid::patch_cpuid(&mut cpuid, id, config.num_cpus);
@@ -171,14 +164,9 @@ impl Vcpu {
         let msrs = msr::boot_msrs(config.msr_index_list).map_err(|_| CpuError::Msrs(id))?;
         let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
         if set != msrs.as_slice().len() {
-            return Err(CpuError::PartialMsrs {
-                vcpu: id,
-                set,
-                wanted: msrs.as_slice().len(),
-            });
+            return Err(CpuError::PartialMsrs { vcpu: id, set, wanted: msrs.as_slice().len() });
         }
-        fd.set_fpu(&regs::initial_fpu())
-            .map_err(err("KVM_SET_FPU"))?;
+        fd.set_fpu(&regs::initial_fpu()).map_err(err("KVM_SET_FPU"))?;
 
         // LINT0 delivers the PIC's ExtINT, LINT1 the NMI, as PC firmware programs them.
         let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
@@ -192,24 +180,24 @@ impl Vcpu {
                 .map_err(|source| CpuError::Regs { vcpu: id, source })?;
             fd.set_sregs(&s).map_err(err("KVM_SET_SREGS"))?;
             fd.set_regs(&r).map_err(err("KVM_SET_REGS"))?;
-            fd.set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            })
-            .map_err(err("KVM_SET_MP_STATE"))?;
+            fd.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE }).map_err(err("KVM_SET_MP_STATE"))?;
         } else {
             // Application processors sleep until the guest sends INIT-SIPI-SIPI (chapter 1.4.2).
-            fd.set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_UNINITIALIZED,
-            })
-            .map_err(err("KVM_SET_MP_STATE"))?;
+            fd.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_UNINITIALIZED }).map_err(err("KVM_SET_MP_STATE"))?;
         }
         Ok(Vcpu {
             id,
             fd,
+            stats: Arc::new(VcpuStats::default()),
             context,
             state: Arc::new(AtomicU8::new(VcpuState::Created as u8)),
             stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The vCPU's exit counters.
+    pub fn stats(&self) -> Arc<VcpuStats> {
+        self.stats.clone()
     }
 
     /// Starts the vCPU's thread.
@@ -222,12 +210,7 @@ impl Vcpu {
             .name(format!("vcpu{id}"))
             .spawn(move || self.run())
             .map_err(|source| CpuError::Spawn { vcpu: id, source })?;
-        Ok(VcpuHandle {
-            id,
-            thread: Some(thread),
-            state,
-            stop,
-        })
+        Ok(VcpuHandle { id, thread: Some(thread), state, stop })
     }
 
     fn set_state(&self, state: VcpuState) {
@@ -252,7 +235,14 @@ impl Vcpu {
     /// One KVM_RUN and the handling of its exit; `Some` ends the VM.
     fn run_once(&mut self, run_ptr: *mut kvm_run) -> Option<VmExit> {
         let ctx = &self.context;
-        match self.fd.run() {
+        let exit = self.fd.run();
+        // Time from the exit to the return to the guest: what user space adds per exit.
+        let start = Instant::now();
+        let kind = match &exit {
+            Ok(e) => exit_kind(e),
+            Err(_) => ExitKind::Interrupted,
+        };
+        let result = match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 // SAFETY: run_ptr is this vCPU's kvm_run mapping, alive as long as `fd`;
                 // the kernel filled the `io` member for this exit and does not change it
@@ -281,31 +271,22 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::Intr) => None,
-            Ok(VcpuExit::Shutdown) => Some(VmExit::GuestCrash(
-                self.crash_report("triple fault (KVM_EXIT_SHUTDOWN)"),
-            )),
-            Ok(VcpuExit::Hlt) => Some(VmExit::GuestCrash(
-                self.crash_report("HLT exit (the vCPU halted with no irqchip to wake it)"),
-            )),
+            Ok(VcpuExit::Shutdown) => Some(VmExit::GuestCrash(self.crash_report("triple fault (KVM_EXIT_SHUTDOWN)"))),
+            Ok(VcpuExit::Hlt) => {
+                Some(VmExit::GuestCrash(self.crash_report("HLT exit (the vCPU halted with no irqchip to wake it)")))
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
-                KVM_SYSTEM_EVENT_CRASH => {
-                    VmExit::GuestCrash(self.crash_report("guest crash (KVM_SYSTEM_EVENT_CRASH)"))
-                }
-                other => VmExit::HostError(format!(
-                    "vCPU {}: unknown KVM system event {other}",
-                    self.id
-                )),
+                KVM_SYSTEM_EVENT_CRASH => VmExit::GuestCrash(self.crash_report("guest crash (KVM_SYSTEM_EVENT_CRASH)")),
+                other => VmExit::HostError(format!("vCPU {}: unknown KVM system event {other}", self.id)),
             }),
             Ok(VcpuExit::InternalError) => {
                 // SAFETY: the kernel filled the `internal` member for KVM_EXIT_INTERNAL_ERROR
                 // and the exit's borrow of the mapping has ended.
                 let internal = unsafe { (*run_ptr).__bindgen_anon_1.internal };
                 let what = match internal.suberror {
-                    1 => {
-                        "KVM internal error, suberror 1 (instruction emulation failure)".to_string()
-                    }
+                    1 => "KVM internal error, suberror 1 (instruction emulation failure)".to_string(),
                     2 => "KVM internal error, suberror 2 (simultaneous exceptions)".to_string(),
                     3 => "KVM internal error, suberror 3 (delivery event failed)".to_string(),
                     n => format!("KVM internal error, suberror {n}"),
@@ -316,55 +297,33 @@ impl Vcpu {
                 "vCPU {}: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}",
                 self.id
             ))),
-            Ok(other) => Some(VmExit::HostError(format!(
-                "vCPU {}: unexpected exit {other:?}",
-                self.id
-            ))),
+            Ok(other) => Some(VmExit::HostError(format!("vCPU {}: unexpected exit {other:?}", self.id))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Kicked (or a spurious signal): clear the request and look at the stop flag.
                 self.fd.set_kvm_immediate_exit(0);
                 None
             }
-            Err(e) => Some(VmExit::HostError(format!(
-                "vCPU {}: KVM_RUN failed: {e}",
-                self.id
-            ))),
-        }
+            Err(e) => Some(VmExit::HostError(format!("vCPU {}: KVM_RUN failed: {e}", self.id))),
+        };
+        self.stats.record(kind, start.elapsed().as_nanos() as u64);
+        result
     }
 
     /// Describes where the guest is, with the instruction bytes at RIP found by
     /// walking the guest's own page tables.
     fn crash_report(&self, what: &str) -> CrashReport {
-        let mut report = CrashReport {
-            vcpu: self.id,
-            what: what.to_string(),
-            rip: 0,
-            instruction: Vec::new(),
-        };
+        let mut report = CrashReport { vcpu: self.id, what: what.to_string(), rip: 0, instruction: Vec::new() };
         let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
             return report;
         };
-        let linear = if s.efer & (1 << 10) != 0 {
-            r.rip
-        } else {
-            s.cs.base.wrapping_add(r.rip)
-        };
+        let linear = if s.efer & (1 << 10) != 0 { r.rip } else { s.cs.base.wrapping_add(r.rip) };
         report.rip = linear;
-        let mode = PagingMode {
-            cr0: s.cr0,
-            cr3: s.cr3,
-            cr4: s.cr4,
-            efer: s.efer,
-        };
+        let mode = PagingMode { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer };
         if let Ok(phys) = pagewalk::translate(&self.context.memory, mode, linear) {
             let mut bytes = [0u8; 16];
             // Stop at the first byte that is not in RAM (e.g. the end of a region).
             for (i, b) in bytes.iter_mut().enumerate() {
-                match self
-                    .context
-                    .memory
-                    .read_obj::<u8>(GuestAddress(phys + i as u64))
-                {
+                match self.context.memory.read_obj::<u8>(GuestAddress(phys + i as u64)) {
                     Ok(v) => *b = v,
                     Err(_) => {
                         report.instruction = bytes[..i].to_vec();
@@ -375,6 +334,22 @@ impl Vcpu {
             report.instruction = bytes.to_vec();
         }
         report
+    }
+}
+
+/// How an exit is counted in the statistics.
+fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
+    match exit {
+        VcpuExit::IoIn(..) => ExitKind::IoIn,
+        VcpuExit::IoOut(..) => ExitKind::IoOut,
+        VcpuExit::MmioRead(..) => ExitKind::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
+        VcpuExit::Intr => ExitKind::Interrupted,
+        VcpuExit::Hlt => ExitKind::Hlt,
+        VcpuExit::Shutdown => ExitKind::Shutdown,
+        VcpuExit::SystemEvent(..) => ExitKind::SystemEvent,
+        VcpuExit::InternalError => ExitKind::InternalError,
+        _ => ExitKind::Other,
     }
 }
 

@@ -38,11 +38,7 @@ pub fn boot_msrs(supported: &[u32]) -> Result<Msrs, vmm_sys_util::fam::Error> {
     let entries: Vec<kvm_msr_entry> = wanted
         .iter()
         .filter(|(index, _)| supported.contains(index))
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
+        .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
         .collect();
     Msrs::from_entries(&entries)
 }

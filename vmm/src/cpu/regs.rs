@@ -51,11 +51,7 @@ fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
-    let limit = if granularity == 1 {
-        (limit_raw << 12) | 0xfff
-    } else {
-        limit_raw
-    };
+    let limit = if granularity == 1 { (limit_raw << 12) | 0xfff } else { limit_raw };
     kvm_segment {
         base,
         limit,
@@ -79,17 +75,12 @@ fn write<T: vm_memory::ByteValued>(
     val: T,
     what: &'static str,
 ) -> Result<(), RegsError> {
-    mem.write_obj(val, GuestAddress(addr))
-        .map_err(|_| RegsError(what))
+    mem.write_obj(val, GuestAddress(addr)).map_err(|_| RegsError(what))
 }
 
 /// Writes the boot GDT for `long_mode` (64-bit code segment) or 32-bit flat segments, and an empty IDT.
 fn write_gdt(mem: &GuestMemoryMmap, long_mode: bool) -> Result<[u64; 5], RegsError> {
-    let code = if long_mode {
-        gdt_entry(0xa09b, 0, 0xfffff)
-    } else {
-        gdt_entry(0xc09b, 0, 0xfffff)
-    };
+    let code = if long_mode { gdt_entry(0xa09b, 0, 0xfffff) } else { gdt_entry(0xc09b, 0, 0xfffff) };
     let gdt = [
         0,
         0,
@@ -109,21 +100,11 @@ fn write_gdt(mem: &GuestMemoryMmap, long_mode: bool) -> Result<[u64; 5], RegsErr
 fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     write(mem, PML4_ADDR, PDPT_ADDR | 0x3, "PML4")?;
     for pd in 0..4u64 {
-        write(
-            mem,
-            PDPT_ADDR + pd * 8,
-            (PD_ADDR + pd * 0x1000) | 0x3,
-            "PDPT",
-        )?;
+        write(mem, PDPT_ADDR + pd * 8, (PD_ADDR + pd * 0x1000) | 0x3, "PDPT")?;
         for i in 0..512u64 {
             let phys = (pd << 30) | (i << 21);
             // Present, writable, 2 MiB page.
-            write(
-                mem,
-                PD_ADDR + pd * 0x1000 + i * 8,
-                phys | 0x83,
-                "page directory",
-            )?;
+            write(mem, PD_ADDR + pd * 0x1000 + i * 8, phys | 0x83, "page directory")?;
         }
     }
     Ok(())
@@ -135,17 +116,9 @@ pub fn entry_state(
     entry: EntryPoint,
     mut sregs: kvm_sregs,
 ) -> Result<(kvm_regs, kvm_sregs), RegsError> {
-    let mut regs = kvm_regs {
-        rflags: 0x2,
-        ..Default::default()
-    };
+    let mut regs = kvm_regs { rflags: 0x2, ..Default::default() };
     match entry {
-        EntryPoint::Real {
-            cs,
-            ip,
-            data_segment,
-            sp,
-        } => {
+        EntryPoint::Real { cs, ip, data_segment, sp } => {
             let seg = |selector: u16, code: bool| kvm_segment {
                 base: u64::from(selector) << 4,
                 limit: 0xffff,
@@ -217,11 +190,7 @@ fn set_descriptor_tables(sregs: &mut kvm_sregs, gdt: &[u64]) {
 
 /// The x87/SSE state a freshly reset CPU has (FCW 0x37f, MXCSR 0x1f80).
 pub fn initial_fpu() -> kvm_fpu {
-    kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    }
+    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -233,10 +202,7 @@ mod tests {
         let code = gdt_entry(0xa09b, 0, 0xfffff);
         assert_eq!(code, 0x00af_9b00_0000_ffff);
         let seg = segment_from_gdt(code, CODE_SELECTOR);
-        assert_eq!(
-            (seg.l, seg.db, seg.g, seg.present, seg.type_),
-            (1, 0, 1, 1, 0xb)
-        );
+        assert_eq!((seg.l, seg.db, seg.g, seg.present, seg.type_), (1, 0, 1, 1, 0xb));
         assert_eq!(seg.limit, 0xffff_ffff);
         let data = segment_from_gdt(gdt_entry(0xc093, 0, 0xfffff), DATA_SELECTOR);
         assert_eq!((data.db, data.type_, data.s), (1, 3, 1));
@@ -247,27 +213,13 @@ mod tests {
     #[test]
     fn long_mode_tables_map_4g() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let (regs, sregs) = entry_state(
-            &mem,
-            EntryPoint::Long64 {
-                rip: 0x100_0000,
-                rsi: 0x7000,
-            },
-            Default::default(),
-        )
-        .unwrap();
+        let (regs, sregs) =
+            entry_state(&mem, EntryPoint::Long64 { rip: 0x100_0000, rsi: 0x7000 }, Default::default()).unwrap();
         assert_eq!((regs.rip, regs.rsi), (0x100_0000, 0x7000));
-        let mode = crate::memory::pagewalk::PagingMode {
-            cr0: sregs.cr0,
-            cr3: sregs.cr3,
-            cr4: sregs.cr4,
-            efer: sregs.efer,
-        };
+        let mode =
+            crate::memory::pagewalk::PagingMode { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
         for addr in [0u64, 0x12_3456, 0xfee0_0000, 0xffff_ffff] {
-            assert_eq!(
-                crate::memory::pagewalk::translate(&mem, mode, addr),
-                Ok(addr)
-            );
+            assert_eq!(crate::memory::pagewalk::translate(&mem, mode, addr), Ok(addr));
         }
     }
 }

@@ -33,16 +33,11 @@ pub enum InterruptError {
 /// Creates the in-kernel PIC/IOAPIC/LAPICs and the PIT. Must run before any vCPU is created.
 pub fn create_in_kernel_irqchip(vm: &VmFd) -> Result<(), InterruptError> {
     let err = |what| move |source| InterruptError::Kvm { what, source };
-    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
-        .map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.set_tss_address(KVM_TSS_ADDR)
-        .map_err(err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.set_tss_address(KVM_TSS_ADDR).map_err(err("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
     // The speaker port (0x61) is answered in the kernel with a dummy speaker.
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(err("KVM_CREATE_PIT2"))?;
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
@@ -61,11 +61,7 @@ pub struct GsiRouter {
 impl GsiRouter {
     /// A router for `vm`; `max_gsi` is KVM's KVM_CAP_IRQ_ROUTING limit.
     pub fn new(vm: Arc<VmFd>, max_gsi: u32) -> Self {
-        GsiRouter {
-            vm,
-            max_gsi,
-            msi_routes: Mutex::new(BTreeMap::new()),
-        }
+        GsiRouter { vm, max_gsi, msi_routes: Mutex::new(BTreeMap::new()) }
     }
 
     /// The in-kernel irqchip's own routes: GSI 0-15 to both PICs (GSI 2 is the
@@ -73,11 +69,7 @@ impl GsiRouter {
     fn irqchip_routes() -> Vec<kvm_irq_routing_entry> {
         let mut routes = Vec::new();
         let irqchip = |gsi: u32, chip: u32, pin: u32| {
-            let mut e = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_IRQCHIP,
-                ..Default::default()
-            };
+            let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
             e.u.irqchip.irqchip = chip;
             e.u.irqchip.pin = pin;
             e
@@ -86,11 +78,7 @@ impl GsiRouter {
             if gsi == 2 {
                 continue;
             }
-            let (chip, pin) = if gsi < 8 {
-                (KVM_IRQCHIP_PIC_MASTER, gsi)
-            } else {
-                (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
-            };
+            let (chip, pin) = if gsi < 8 { (KVM_IRQCHIP_PIC_MASTER, gsi) } else { (KVM_IRQCHIP_PIC_SLAVE, gsi - 8) };
             routes.push(irqchip(gsi, chip, pin));
         }
         for gsi in 0..IOAPIC_PINS {
@@ -104,23 +92,14 @@ impl GsiRouter {
         for (&gsi, message) in msi {
             // A masked vector keeps its GSI but has no route: an irqfd write is then dropped.
             let Some(m) = message else { continue };
-            let mut e = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_MSI,
-                ..Default::default()
-            };
+            let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
             e.u.msi.address_lo = m.address as u32;
             e.u.msi.address_hi = (m.address >> 32) as u32;
             e.u.msi.data = m.data;
             entries.push(e);
         }
         let table = KvmIrqRouting::from_entries(&entries).map_err(|_| MsiError::Table)?;
-        self.vm
-            .set_gsi_routing(&table)
-            .map_err(|source| MsiError::Kvm {
-                what: "KVM_SET_GSI_ROUTING",
-                source,
-            })
+        self.vm.set_gsi_routing(&table).map_err(|source| MsiError::Kvm { what: "KVM_SET_GSI_ROUTING", source })
     }
 
     /// Allocates a GSI for one MSI vector and binds a new eventfd to it.
@@ -135,17 +114,8 @@ impl GsiRouter {
             next
         };
         let event = EventFd::new(libc::EFD_NONBLOCK).map_err(MsiError::EventFd)?;
-        self.vm
-            .register_irqfd(&event, gsi)
-            .map_err(|source| MsiError::Kvm {
-                what: "KVM_IRQFD",
-                source,
-            })?;
-        Ok(MsiVector {
-            router: self.clone(),
-            gsi,
-            event,
-        })
+        self.vm.register_irqfd(&event, gsi).map_err(|source| MsiError::Kvm { what: "KVM_IRQFD", source })?;
+        Ok(MsiVector { router: self.clone(), gsi, event })
     }
 
     /// Points `gsi` at `message`, or removes its route (`None`: masked or disabled).

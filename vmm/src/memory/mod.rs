@@ -132,28 +132,14 @@ impl MemoryLayout {
     /// minus the 256 KiB of the VGA window.
     pub fn new(ram_bytes: u64) -> Result<Self, MemoryError> {
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&ram_bytes) {
-            return Err(MemoryError::SizeOutOfRange {
-                requested: ram_bytes,
-            });
+            return Err(MemoryError::SizeOutOfRange { requested: ram_bytes });
         }
         let mut regions = vec![
-            MemoryRegion {
-                start: 0,
-                size: LOW_RAM_END,
-                kind: RegionKind::Ram,
-            },
-            MemoryRegion {
-                start: BIOS_AREA_START,
-                size: BIOS_AREA_SIZE,
-                kind: RegionKind::Firmware,
-            },
+            MemoryRegion { start: 0, size: LOW_RAM_END, kind: RegionKind::Ram },
+            MemoryRegion { start: BIOS_AREA_START, size: BIOS_AREA_SIZE, kind: RegionKind::Firmware },
         ];
         let low_end = ram_bytes.min(MMIO32_HOLE_START);
-        regions.push(MemoryRegion {
-            start: HIGH_RAM_START,
-            size: low_end - HIGH_RAM_START,
-            kind: RegionKind::Ram,
-        });
+        regions.push(MemoryRegion { start: HIGH_RAM_START, size: low_end - HIGH_RAM_START, kind: RegionKind::Ram });
         if ram_bytes > MMIO32_HOLE_START {
             regions.push(MemoryRegion {
                 start: RAM_ABOVE_4G_START,
@@ -190,20 +176,10 @@ impl MemoryLayout {
             match region.kind {
                 RegionKind::Ram if region.start == 0 => {
                     map.push(E820Entry::new(0, EBDA_START, E820Type::Ram));
-                    map.push(E820Entry::new(
-                        EBDA_START,
-                        LOW_RAM_END - EBDA_START,
-                        E820Type::Reserved,
-                    ));
+                    map.push(E820Entry::new(EBDA_START, LOW_RAM_END - EBDA_START, E820Type::Reserved));
                 }
-                RegionKind::Ram => {
-                    map.push(E820Entry::new(region.start, region.size, E820Type::Ram))
-                }
-                RegionKind::Firmware => map.push(E820Entry::new(
-                    region.start,
-                    region.size,
-                    E820Type::Reserved,
-                )),
+                RegionKind::Ram => map.push(E820Entry::new(region.start, region.size, E820Type::Ram)),
+                RegionKind::Firmware => map.push(E820Entry::new(region.start, region.size, E820Type::Reserved)),
             }
         }
         map
@@ -211,15 +187,9 @@ impl MemoryLayout {
 
     /// Allocates host memory for every region (anonymous, not yet touched).
     pub fn allocate(&self) -> Result<GuestMemoryMmap, MemoryError> {
-        let ranges: Vec<(GuestAddress, usize)> = self
-            .regions
-            .iter()
-            .map(|r| (GuestAddress(r.start), r.size as usize))
-            .collect();
-        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
-            size: self.ram_bytes,
-            source,
-        })
+        let ranges: Vec<(GuestAddress, usize)> =
+            self.regions.iter().map(|r| (GuestAddress(r.start), r.size as usize)).collect();
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate { size: self.ram_bytes, source })
     }
 }
 
@@ -228,13 +198,11 @@ pub fn register_slots(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryE
     for (slot, region) in memory.iter().enumerate() {
         let slot = slot as u32;
         let guest_addr = region.start_addr().0;
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| MemoryError::SetSlot {
-                slot,
-                guest_addr,
-                source: kvm_ioctls::Error::new(libc::EFAULT),
-            })?;
+        let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|_| MemoryError::SetSlot {
+            slot,
+            guest_addr,
+            source: kvm_ioctls::Error::new(libc::EFAULT),
+        })?;
         let descriptor = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -244,12 +212,10 @@ pub fn register_slots(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryE
         };
         // SAFETY: the host range [host, host + len) is a live mmap owned by `memory`,
         // which the VM keeps alive for as long as the VM fd exists.
-        unsafe { vm.set_user_memory_region(descriptor) }.map_err(|source| {
-            MemoryError::SetSlot {
-                slot,
-                guest_addr,
-                source,
-            }
+        unsafe { vm.set_user_memory_region(descriptor) }.map_err(|source| MemoryError::SetSlot {
+            slot,
+            guest_addr,
+            source,
         })?;
     }
     Ok(())
@@ -297,10 +263,7 @@ mod tests {
         assert_eq!(layout.low_ram_end(), 256 * MIB);
         let e820 = layout.e820_map();
         assert_eq!(e820[0], E820Entry::new(0, EBDA_START, E820Type::Ram));
-        assert_eq!(
-            e820.last().unwrap().addr + e820.last().unwrap().size,
-            256 * MIB
-        );
+        assert_eq!(e820.last().unwrap().addr + e820.last().unwrap().size, 256 * MIB);
     }
 
     #[test]
@@ -309,10 +272,7 @@ mod tests {
         let high = layout.regions().last().unwrap();
         assert_eq!(high.start, RAM_ABOVE_4G_START);
         assert_eq!(high.size, GIB);
-        assert!(layout
-            .regions()
-            .iter()
-            .all(|r| r.end() <= MMIO32_HOLE_START || r.start >= 4 * GIB));
+        assert!(layout.regions().iter().all(|r| r.end() <= MMIO32_HOLE_START || r.start >= 4 * GIB));
     }
 
     #[test]
@@ -325,10 +285,7 @@ mod tests {
             let e820_bytes: u64 = e820.iter().map(|e| e.size).sum();
             assert_eq!(slot_bytes, e820_bytes);
             for e in &e820 {
-                assert!(layout
-                    .regions()
-                    .iter()
-                    .any(|r| e.addr >= r.start && e.addr + e.size <= r.end()));
+                assert!(layout.regions().iter().any(|r| e.addr >= r.start && e.addr + e.size <= r.end()));
             }
             for pair in e820.windows(2) {
                 assert!(pair[0].addr + pair[0].size <= pair[1].addr);
@@ -338,10 +295,7 @@ mod tests {
 
     #[test]
     fn sizes_out_of_range_are_rejected() {
-        assert!(matches!(
-            MemoryLayout::new(MIB),
-            Err(MemoryError::SizeOutOfRange { .. })
-        ));
+        assert!(matches!(MemoryLayout::new(MIB), Err(MemoryError::SizeOutOfRange { .. })));
         assert!(MemoryLayout::new(MAX_MEMORY + 1).is_err());
     }
 }

@@ -58,9 +58,7 @@ pub fn translate(memory: &GuestMemoryMmap, mode: PagingMode, gva: u64) -> Result
         return Err(WalkError::Unsupported);
     }
     let read = |addr: u64| -> Result<u64, WalkError> {
-        memory
-            .read_obj::<u64>(GuestAddress(addr))
-            .map_err(|_| WalkError::TableOutsideMemory(addr))
+        memory.read_obj::<u64>(GuestAddress(addr)).map_err(|_| WalkError::TableOutsideMemory(addr))
     };
     if mode.efer & EFER_LMA != 0 {
         // 4-level paging: 9 bits per level from bit 39 down, then the page offset.
@@ -85,54 +83,36 @@ pub fn translate(memory: &GuestMemoryMmap, mode: PagingMode, gva: u64) -> Result
         // PAE: a 4-entry PDPT, then 9 + 9 + 12 bits.
         let pdpte = read((mode.cr3 & 0xffff_ffe0) + ((gva >> 30) & 3) * 8)?;
         if pdpte & PRESENT == 0 {
-            return Err(WalkError::NotPresent {
-                level: 3,
-                entry: pdpte,
-            });
+            return Err(WalkError::NotPresent { level: 3, entry: pdpte });
         }
         let pde = read((pdpte & ADDR_MASK) + ((gva >> 21) & 0x1ff) * 8)?;
         if pde & PRESENT == 0 {
-            return Err(WalkError::NotPresent {
-                level: 2,
-                entry: pde,
-            });
+            return Err(WalkError::NotPresent { level: 2, entry: pde });
         }
         if pde & PAGE_SIZE_BIT != 0 {
             return Ok((pde & ADDR_MASK & !0x1f_ffff) | (gva & 0x1f_ffff));
         }
         let pte = read((pde & ADDR_MASK) + ((gva >> 12) & 0x1ff) * 8)?;
         if pte & PRESENT == 0 {
-            return Err(WalkError::NotPresent {
-                level: 1,
-                entry: pte,
-            });
+            return Err(WalkError::NotPresent { level: 1, entry: pte });
         }
         return Ok((pte & ADDR_MASK) | (gva & 0xfff));
     }
     // Legacy 32-bit paging with 4-byte entries (4 MiB pages need PSE; treat PS the same way).
     let read32 = |addr: u64| -> Result<u64, WalkError> {
-        memory
-            .read_obj::<u32>(GuestAddress(addr))
-            .map(u64::from)
-            .map_err(|_| WalkError::TableOutsideMemory(addr))
+        memory.read_obj::<u32>(GuestAddress(addr)).map(u64::from).map_err(|_| WalkError::TableOutsideMemory(addr))
     };
     let gva = gva & 0xffff_ffff;
     let pde = read32((mode.cr3 & 0xffff_f000) + (gva >> 22) * 4)?;
     if pde & PRESENT == 0 {
-        return Err(WalkError::NotPresent {
-            level: 2,
-            entry: pde,
-        });
+        return Err(WalkError::NotPresent { level: 2, entry: pde });
     }
     if pde & PAGE_SIZE_BIT != 0 {
         return Ok((pde & 0xffc0_0000) | (gva & 0x3f_ffff));
     }
     let pte = read32((pde & 0xffff_f000) + ((gva >> 12) & 0x3ff) * 4)?;
     if pte & PRESENT == 0 {
-        return Err(WalkError::NotPresent {
-            level: 1,
-            entry: pte,
-        });
+        return Err(WalkError::NotPresent { level: 1, entry: pte });
     }
     Ok((pte & 0xffff_f000) | (gva & 0xfff))
 }
@@ -153,49 +133,25 @@ mod tests {
         mem.write_obj(0x3000u64 | 3, GuestAddress(0x2000)).unwrap();
         // PD[0] -> PT; PD[1] is a 2 MiB page at 0x20_0000.
         mem.write_obj(0x4000u64 | 3, GuestAddress(0x3000)).unwrap();
-        mem.write_obj(0x20_0000u64 | 0x83, GuestAddress(0x3008))
-            .unwrap();
+        mem.write_obj(0x20_0000u64 | 0x83, GuestAddress(0x3008)).unwrap();
         // PT[5] maps virtual 0x5000 to physical 0x9000.
-        mem.write_obj(0x9000u64 | 3, GuestAddress(0x4000 + 5 * 8))
-            .unwrap();
-        let mode = PagingMode {
-            cr0: CR0_PG | 1,
-            cr3: 0x1000,
-            cr4: CR4_PAE,
-            efer: EFER_LMA | (1 << 8),
-        };
+        mem.write_obj(0x9000u64 | 3, GuestAddress(0x4000 + 5 * 8)).unwrap();
+        let mode = PagingMode { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8) };
         assert_eq!(translate(&mem, mode, 0x5123), Ok(0x9123));
         assert_eq!(translate(&mem, mode, 0x20_1234), Ok(0x20_1234));
-        assert!(matches!(
-            translate(&mem, mode, 0x6000),
-            Err(WalkError::NotPresent { level: 1, .. })
-        ));
-        assert!(matches!(
-            translate(&mem, mode, 1 << 39),
-            Err(WalkError::NotPresent { level: 4, .. })
-        ));
+        assert!(matches!(translate(&mem, mode, 0x6000), Err(WalkError::NotPresent { level: 1, .. })));
+        assert!(matches!(translate(&mem, mode, 1 << 39), Err(WalkError::NotPresent { level: 4, .. })));
     }
 
     #[test]
     fn tables_outside_memory_are_reported() {
         let mem = memory();
-        let mode = PagingMode {
-            cr0: CR0_PG,
-            cr3: 0x1_0000_0000,
-            cr4: CR4_PAE,
-            efer: EFER_LMA,
-        };
-        assert_eq!(
-            translate(&mem, mode, 0),
-            Err(WalkError::TableOutsideMemory(0x1_0000_0000))
-        );
+        let mode = PagingMode { cr0: CR0_PG, cr3: 0x1_0000_0000, cr4: CR4_PAE, efer: EFER_LMA };
+        assert_eq!(translate(&mem, mode, 0), Err(WalkError::TableOutsideMemory(0x1_0000_0000)));
     }
 
     #[test]
     fn paging_off_is_identity() {
-        assert_eq!(
-            translate(&memory(), PagingMode::default(), 0x1234),
-            Ok(0x1234)
-        );
+        assert_eq!(translate(&memory(), PagingMode::default(), 0x1234), Ok(0x1234));
     }
 }
