@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use virtio::block::disk::EngineKind;
 use virtio::block::BlockConfig;
-use vmm::device_manager::{DiskSpec, VirtioTransport};
+use vmm::device_manager::{DiskSpec, NetBackendSpec, NetSpec, VirtioTransport};
 use vmm::{BootProtocol, ConsoleConfig, VmConfig, MAX_VCPUS};
 
 /// rvmm: a small virtual machine monitor for Linux/KVM.
@@ -63,6 +63,13 @@ struct RunArgs {
     /// latency) to stderr when the VM ends; SIGUSR1 prints them at any time.
     #[arg(long)]
     stats: bool,
+    /// A virtio-net device: tap=NAME or fd=N, then [,mac=52:54:00:12:34:56][,queues=N]
+    /// [,transport=pci|mmio]. A missing tap is created (needs CAP_NET_ADMIN).
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetSpec>,
+    /// Add a virtio-rng device fed from the host's getrandom(2).
+    #[arg(long)]
+    rng: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -203,6 +210,52 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     Ok(DiskSpec { block: disk, transport })
 }
 
+/// Parses `52:54:00:12:34:56`.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("'{s}' is not a MAC address (like 52:54:00:12:34:56)");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("'{s}' is a multicast address; a NIC needs a unicast one"));
+    }
+    Ok(mac)
+}
+
+/// Parses `tap=NAME|fd=N[,mac=MAC][,queues=N][,transport=T]`.
+pub fn parse_net(s: &str) -> Result<NetSpec, String> {
+    let mut backend = None;
+    let mut spec = NetSpec { backend: NetBackendSpec::Fd(-1), mac: None, queues: 1, transport: None };
+    for option in s.split(',') {
+        match option.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => backend = Some(NetBackendSpec::Tap(name.to_string())),
+            Some(("fd", n)) => {
+                backend = Some(NetBackendSpec::Fd(n.parse().ok().filter(|&n: &i32| n >= 0).ok_or_else(|| {
+                    format!("'{option}': fd must be an open file descriptor number")
+                })?))
+            }
+            Some(("mac", m)) => spec.mac = Some(parse_mac(m)?),
+            Some(("queues", v)) => {
+                spec.queues = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=16).contains(&n))
+                    .ok_or_else(|| format!("'{option}': queues must be a number from 1 to 16"))?
+            }
+            Some(("transport", "pci")) => spec.transport = Some(VirtioTransport::Pci),
+            Some(("transport", "mmio")) => spec.transport = Some(VirtioTransport::Mmio),
+            _ => return Err(format!("'{option}' is not a network option (tap=, fd=, mac=, queues=, transport=)")),
+        }
+    }
+    spec.backend = backend.ok_or_else(|| format!("'{s}': a network device needs tap=NAME or fd=N"))?;
+    Ok(spec)
+}
+
 fn read_file(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliExit> {
     std::fs::read(path).map_err(|e| CliExit::Usage(format!("cannot read {what} {}: {e}", path.display())))
 }
@@ -244,6 +297,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         disks: run.disk,
         transport: run.transport.into(),
         stats: run.stats,
+        nets: run.net,
+        rng: run.rng,
     }))
 }
 
@@ -277,6 +332,21 @@ mod tests {
         assert!(parse_disk("a,queues=0").is_err());
         assert!(parse_disk("a,engine=aio").is_err());
         assert!(parse_disk("a,rw").is_err());
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net("tap=tap0,mac=52:54:00:12:34:56,queues=2,transport=mmio").unwrap();
+        assert_eq!(n.backend, NetBackendSpec::Tap("tap0".into()));
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!((n.queues, n.transport), (2, Some(VirtioTransport::Mmio)));
+        assert_eq!(parse_net("fd=3").unwrap().backend, NetBackendSpec::Fd(3));
+        assert!(parse_net("mac=52:54:00:12:34:56").is_err());
+        assert!(parse_net("tap=t,mac=01:00:00:00:00:01").is_err());
+        assert!(parse_net("tap=t,mac=zz").is_err());
+        assert!(parse_net("tap=t,queues=0").is_err());
+        assert!(parse_net("fd=-1").is_err());
+        assert!(parse_net("tap=").is_err());
     }
 
     #[test]

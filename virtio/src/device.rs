@@ -22,10 +22,20 @@ pub trait VirtioInterrupt: Send + Sync {
 /// One queue handed to a device at activation: the queue state and the
 /// eventfd the driver's notifications for it arrive on (an ioeventfd).
 pub struct ActiveQueue {
+    /// Its index among the device's queues (some devices' roles depend on it).
+    pub index: u16,
     /// The queue as the driver configured it.
     pub queue: Queue,
     /// Readable when the driver notified the queue.
     pub notify: EventFd,
+}
+
+impl ActiveQueue {
+    /// The notification eventfd's descriptor, for polling.
+    pub fn notify_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.notify.as_raw_fd()
+    }
 }
 
 /// Errors a device reports at activation.

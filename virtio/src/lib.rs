@@ -4,5 +4,8 @@
 
 pub mod block;
 pub mod device;
+pub mod net;
 pub mod queue;
+pub mod rng;
 pub mod transport;
+pub mod worker;

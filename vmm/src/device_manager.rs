@@ -97,6 +97,14 @@ pub enum DeviceError {
     /// A block device could not be created.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A tap could not be opened or configured.
+    #[error("cannot use {what} for networking: {source}")]
+    Tap {
+        /// Which backend.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The transport could not be created.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -116,6 +124,68 @@ pub enum DeviceError {
 /// The `index`-th device interrupt line.
 pub fn device_gsi(index: usize) -> Result<u32, DeviceError> {
     DEVICE_GSIS.get(index).copied().ok_or(DeviceError::TooManyDevices { max: DEVICE_GSIS.len() })
+}
+
+/// Where a network device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackendSpec {
+    /// A tap interface by name (opened, or created if missing).
+    Tap(String),
+    /// An open tap file descriptor handed to rvmm.
+    Fd(i32),
+}
+
+/// A network device and how it is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The backend.
+    pub backend: NetBackendSpec,
+    /// The guest MAC; random (locally administered) when not given.
+    pub mac: Option<[u8; 6]>,
+    /// Queue pairs (one tap queue each).
+    pub queues: u16,
+    /// Its transport; `None` takes the VM's default.
+    pub transport: Option<VirtioTransport>,
+}
+
+/// A random locally administered unicast MAC address.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most 6 bytes into the array.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != 6 {
+        // Fall back to something distinct per process.
+        mac[2..6].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
+}
+
+/// Creates a virtio-net device for `spec`.
+pub fn create_net_device(spec: &NetSpec) -> Result<Box<dyn VirtioDevice>, DeviceError> {
+    use virtio::net::tap::{NetBackend, Tap};
+    use virtio::net::{Net, NetConfig, VNET_HDR_LEN};
+    let backends: Vec<Box<dyn NetBackend>> = match &spec.backend {
+        NetBackendSpec::Tap(name) => Tap::open(name, usize::from(spec.queues), VNET_HDR_LEN)
+            .map_err(|source| DeviceError::Tap { what: format!("tap {name}"), source })?
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn NetBackend>)
+            .collect(),
+        NetBackendSpec::Fd(fd) => {
+            // SAFETY: a descriptor number given on the command line: fcntl checks it is open
+            // before rvmm takes ownership of it.
+            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                return Err(DeviceError::Tap { what: format!("fd {fd}"), source: std::io::Error::last_os_error() });
+            }
+            // SAFETY: checked open above; rvmm now owns it, as the option documents.
+            let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) };
+            vec![Box::new(
+                Tap::from_fd(owned, VNET_HDR_LEN).map_err(|source| DeviceError::Tap { what: format!("fd {fd}"), source })?,
+            )]
+        }
+    };
+    let config = NetConfig { mac: spec.mac.unwrap_or_else(random_mac), mtu: None };
+    Ok(Box::new(Net::new(backends, config).map_err(|e| DeviceError::Tap { what: "network device".into(), source: std::io::Error::other(e) })?))
 }
 
 /// Creates the block devices described by `disks`.

@@ -22,7 +22,7 @@ use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
 use virtio::transport::mmio::MMIO_WINDOW_SIZE;
 
-use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, PciSegment, VirtioTransport};
+use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciSegment, VirtioTransport};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::{self, InterruptError, KvmIrqLine};
@@ -60,6 +60,10 @@ pub struct VmConfig {
     pub transport: VirtioTransport,
     /// Print exit statistics to stderr when the VM ends.
     pub stats: bool,
+    /// Virtio network devices.
+    pub nets: Vec<NetSpec>,
+    /// Add a virtio-rng device.
+    pub rng: bool,
 }
 
 /// Errors while building a VM.
@@ -128,7 +132,10 @@ impl VmError {
     pub fn is_bad_input(&self) -> bool {
         matches!(self, VmError::VcpuCount { .. } | VmError::Boot(_) | VmError::ConsoleFile { .. })
             || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
-            || matches!(self, VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. }))
+            || matches!(
+                self,
+                VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. } | DeviceError::Tap { .. })
+            )
     }
 }
 
@@ -203,13 +210,22 @@ impl Vm {
 
         // Virtio devices first: opening their backends can fail on user input, and
         // the kernel command line must announce the MMIO ones.
-        let virtio_devices = device_manager::create_block_devices(&config.disks)?;
+        let mut virtio_devices: Vec<(Box<dyn virtio::device::VirtioDevice>, Option<VirtioTransport>)> = Vec::new();
+        for (device, spec) in device_manager::create_block_devices(&config.disks)?.into_iter().zip(&config.disks) {
+            virtio_devices.push((device, spec.transport));
+        }
+        for spec in &config.nets {
+            virtio_devices.push((device_manager::create_net_device(spec)?, spec.transport));
+        }
+        if config.rng {
+            virtio_devices.push((Box::new(virtio::rng::Rng::new()), None));
+        }
         let mut placements = Vec::with_capacity(virtio_devices.len());
         let mut mmio_count = 0;
         let mut cmdline = config.cmdline;
-        for (index, spec) in config.disks.iter().enumerate() {
+        for (index, (_, transport)) in virtio_devices.iter().enumerate() {
             let gsi = device_manager::device_gsi(index)?;
-            match spec.transport.unwrap_or(config.transport) {
+            match transport.unwrap_or(config.transport) {
                 VirtioTransport::Pci => placements.push(Placement::Pci(gsi)),
                 VirtioTransport::Mmio => {
                     let base = device_manager::VIRTIO_MMIO_BASE + mmio_count * MMIO_WINDOW_SIZE;
@@ -230,7 +246,7 @@ impl Vm {
         // The PCI host bridge is always there, with or without devices behind it.
         let max_gsi = u32::try_from(kvm.check_extension_int(Cap::IrqRouting)).unwrap_or(0);
         let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, max_gsi)?;
-        for (device, placement) in virtio_devices.into_iter().zip(placements) {
+        for ((device, _), placement) in virtio_devices.into_iter().zip(placements) {
             match placement {
                 Placement::Mmio(slot) => device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?,
                 Placement::Pci(gsi) => {

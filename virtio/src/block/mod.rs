@@ -176,7 +176,8 @@ impl VirtioDevice for Block {
         status: Arc<dyn DeviceStatusSink>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != usize::from(self.config.queues) {
+        // Drivers may enable fewer queues than offered (Linux uses min(num_queues, CPUs)).
+        if queues.is_empty() || queues.len() > usize::from(self.config.queues) {
             return Err(ActivateError::QueueCount { expected: usize::from(self.config.queues), got: queues.len() });
         }
         let engine = disk::create_engine(self.config.engine, &self.disk).map_err(ActivateError::Worker)?;

@@ -60,7 +60,7 @@ fn harness(name: &str, sectors: u64, read_only: bool, engine: EngineKind) -> Har
         mem,
         disk,
         engine,
-        vec![ActiveQueue { queue, notify: EventFd::new(libc::EFD_NONBLOCK).unwrap() }],
+        vec![ActiveQueue { index: 0, queue, notify: EventFd::new(libc::EFD_NONBLOCK).unwrap() }],
         signals.clone(),
         signals.clone(),
         "rvmm-disk-7".into(),

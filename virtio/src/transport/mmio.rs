@@ -101,15 +101,18 @@ impl MmioTransport {
             reg::DEVICE_FEATURES_SEL => c.device_features_select = value,
             reg::DRIVER_FEATURES => c.write_driver_features(value),
             reg::DRIVER_FEATURES_SEL => c.driver_features_select = value,
-            reg::QUEUE_SEL => c.queue_select = value as u16,
-            reg::QUEUE_NUM => with_queue(c, |q| q.set_size(value as u16)),
+            // Values beyond 16 bits name no queue and no valid size: map them to
+            // an invalid queue/size rather than truncating them into valid ones.
+            reg::QUEUE_SEL => c.queue_select = u16::try_from(value).unwrap_or(u16::MAX),
+            reg::QUEUE_NUM => with_queue(c, |q| q.set_size(u16::try_from(value).unwrap_or(0))),
             reg::QUEUE_READY => with_queue(c, |q| q.set_ready(value == 1)),
             reg::QUEUE_NOTIFY => c.notify_queue(value),
             reg::INTERRUPT_ACK => self.interrupt.acknowledge(value),
             reg::STATUS => {
                 let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
                 c.write_status(value as u8, interrupt);
-                if value == 0 {
+                // A reset clears InterruptStatus (4.2.2.1), also when reserved bits were set.
+                if value as u8 == 0 {
                     self.interrupt.acknowledge(u32::MAX);
                 }
             }

@@ -6,9 +6,11 @@
 
 pub mod mmio;
 pub mod pci;
+#[cfg(test)]
+mod tests;
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::IrqLine;
 use virtio_bindings::virtio_config::{
@@ -207,7 +209,7 @@ impl VirtioCommon {
                     return self.set_needs_reset(&interrupt);
                 }
             };
-            active.push(ActiveQueue { queue: q.clone(), notify });
+            active.push(ActiveQueue { index: i as u16, queue: q.clone(), notify });
         }
         let sink: Arc<dyn DeviceStatusSink> =
             Arc::new(NeedsResetSink { status: self.status.clone(), interrupt: interrupt.clone() });
@@ -272,33 +274,44 @@ impl DeviceStatusSink for NeedsResetSink {
 
 /// The INTx-style interrupt of a transport: an interrupt status register and
 /// one level-triggered line, asserted while any status bit is set.
+///
+/// The bits and the line change together under one lock: the device worker
+/// raises while a vCPU acknowledges, and the line must not be left asserted
+/// with no bit set (a stuck INTx) or deasserted with a bit set (a lost
+/// interrupt).
 pub struct LineInterrupt {
-    status: AtomicU32,
+    status: Mutex<u32>,
     line: Arc<dyn IrqLine>,
 }
 
 impl LineInterrupt {
     /// An interrupt driving `line`.
     pub fn new(line: Arc<dyn IrqLine>) -> Self {
-        LineInterrupt { status: AtomicU32::new(0), line }
+        LineInterrupt { status: Mutex::new(0), line }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, u32> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The interrupt status bits.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        *self.lock()
     }
 
     /// Clears `bits` (MMIO InterruptACK); the line drops when none are left.
     pub fn acknowledge(&self, bits: u32) {
-        let left = self.status.fetch_and(!bits, Ordering::SeqCst) & !bits;
-        if left == 0 {
+        let mut status = self.lock();
+        *status &= !bits;
+        if *status == 0 {
             self.line.set_level(false);
         }
     }
 
     /// Reads and clears every bit (PCI ISR read-to-clear).
     pub fn take(&self) -> u32 {
-        let bits = self.status.swap(0, Ordering::SeqCst);
+        let mut status = self.lock();
+        let bits = std::mem::take(&mut *status);
         if bits != 0 {
             self.line.set_level(false);
         }
@@ -307,7 +320,8 @@ impl LineInterrupt {
 
     /// Sets `bit` and asserts the line.
     pub fn raise(&self, bit: u32) {
-        self.status.fetch_or(bit, Ordering::SeqCst);
+        let mut status = self.lock();
+        *status |= bit;
         self.line.set_level(true);
     }
 }

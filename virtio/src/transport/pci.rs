@@ -136,7 +136,7 @@ impl VirtioPciDevice {
         let num_queues = common.num_queues();
         let (class, subclass) = match device_type {
             1 => (0x02, 0x00), // network controller
-            2 => (0x01, 0x00), // mass storage (SCSI class is what QEMU uses; 0x01/0x00 is "other")
+            2 => (0x01, 0x00), // mass storage controller, SCSI subclass (as QEMU presents virtio-blk)
             _ => (0xff, 0x00),
         };
         let ids = PciIds {

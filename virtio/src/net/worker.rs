@@ -1,0 +1,365 @@
+//! The virtio-net I/O thread: transmit chains go to the backend with one
+//! writev straight from guest memory; received frames are copied into the
+//! guest's receive buffers, spread over several of them with MRG_RXBUF.
+
+use std::collections::HashMap;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_net::*;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use super::tap::NetBackend;
+use super::VNET_HDR_LEN;
+use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
+use crate::queue::DescriptorChain;
+use crate::worker::WorkerHandler;
+
+/// Tokens at and above this are backends (queue pair = token - base).
+pub const BACKEND_TOKEN_BASE: u64 = 1 << 32;
+/// Largest frame with its header: 64 KiB of GSO payload plus headers.
+const MAX_FRAME: usize = 65562 + VNET_HDR_LEN;
+
+/// Counters a test or the statistics can read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames sent to the backend.
+    pub tx_frames: u64,
+    /// Frames the backend refused (full) or that were malformed.
+    pub tx_dropped: u64,
+    /// Frames given to the guest.
+    pub rx_frames: u64,
+    /// Frames that did not fit a non-mergeable buffer.
+    pub rx_dropped: u64,
+}
+
+/// The state of the virtio-net I/O thread.
+pub struct NetWorker {
+    mem: GuestMemoryMmap,
+    backends: Vec<Box<dyn NetBackend>>,
+    queues: HashMap<u16, ActiveQueue>,
+    ctrl_index: u16,
+    mergeable: bool,
+    mac: [u8; 6],
+    active_pairs: u16,
+    /// A frame read from a backend that found no receive buffers yet, per pair.
+    pending: Vec<Option<Vec<u8>>>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    status: Arc<dyn DeviceStatusSink>,
+    broken: bool,
+    returned: Sender<Vec<Box<dyn NetBackend>>>,
+    /// Frame counters.
+    pub counters: NetCounters,
+}
+
+impl NetWorker {
+    /// A worker over `queues` (by index) and `backends` (one per pair).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mem: GuestMemoryMmap,
+        backends: Vec<Box<dyn NetBackend>>,
+        queues: Vec<ActiveQueue>,
+        ctrl_index: u16,
+        mergeable: bool,
+        mac: [u8; 6],
+        interrupt: Arc<dyn VirtioInterrupt>,
+        status: Arc<dyn DeviceStatusSink>,
+        returned: Sender<Vec<Box<dyn NetBackend>>>,
+    ) -> Self {
+        let pending = backends.iter().map(|_| None).collect();
+        NetWorker {
+            mem,
+            backends,
+            queues: queues.into_iter().map(|q| (q.index, q)).collect(),
+            ctrl_index,
+            mergeable,
+            mac,
+            active_pairs: 1,
+            pending,
+            interrupt,
+            status,
+            broken: false,
+            returned,
+            counters: NetCounters::default(),
+        }
+    }
+
+    /// The MAC the driver last set through the control queue (or the configured one).
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn fail(&mut self, what: &dyn std::fmt::Display) {
+        if !self.broken {
+            log::warn!("virtio-net: {what}; the device needs a reset");
+            self.broken = true;
+            self.status.needs_reset();
+        }
+    }
+
+    fn signal(&mut self, q: u16) {
+        let Some(active) = self.queues.get_mut(&q) else { return };
+        match active.queue.needs_notification(&self.mem) {
+            Ok(true) => self.interrupt.notify_queue(q),
+            Ok(false) => {}
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Sends every available transmit chain of `pair`.
+    pub fn process_tx(&mut self, pair: u16) {
+        let q = 2 * pair + 1;
+        if self.broken || usize::from(pair) >= self.backends.len() {
+            return;
+        }
+        let mut sent_any = false;
+        loop {
+            let Some(active) = self.queues.get_mut(&q) else { return };
+            let chain = match active.queue.pop(&self.mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return self.fail(&e),
+            };
+            match iovecs(&self.mem, &chain) {
+                Some(iov) if total(&iov) >= VNET_HDR_LEN => match self.backends[usize::from(pair)].send(&iov) {
+                    Ok(_) => self.counters.tx_frames += 1,
+                    Err(e) => {
+                        // A full tap drops like a full NIC queue would; counted, not fatal.
+                        self.counters.tx_dropped += 1;
+                        log::debug!("virtio-net: tx dropped: {e}");
+                    }
+                },
+                _ => {
+                    self.counters.tx_dropped += 1;
+                    log::debug!("virtio-net: tx chain {} is not a frame", chain.head_index);
+                }
+            }
+            let Some(active) = self.queues.get_mut(&q) else { return };
+            if let Err(e) = active.queue.add_used(&self.mem, chain.head_index, 0) {
+                return self.fail(&e);
+            }
+            sent_any = true;
+        }
+        if sent_any {
+            self.signal(q);
+        }
+    }
+
+    /// Moves frames from the backend of `pair` into the guest until either runs dry.
+    pub fn process_rx(&mut self, pair: u16) {
+        let p = usize::from(pair);
+        if self.broken || p >= self.backends.len() || pair >= self.active_pairs {
+            return;
+        }
+        let q = 2 * pair;
+        let mut delivered = false;
+        loop {
+            let frame = match self.pending[p].take() {
+                Some(f) => f,
+                None => {
+                    let mut buf = vec![0u8; MAX_FRAME];
+                    match self.backends[p].recv(&mut buf) {
+                        Ok(n) => {
+                            buf.truncate(n);
+                            buf
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            log::warn!("virtio-net: backend read failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            };
+            if frame.len() < VNET_HDR_LEN {
+                continue;
+            }
+            match self.deliver(q, frame) {
+                Ok(true) => delivered = true,
+                Ok(false) => break,
+                Err(()) => return,
+            }
+        }
+        if delivered {
+            self.signal(q);
+        }
+    }
+
+    /// Places one frame in the receive queue. Ok(false): no buffers, the frame is
+    /// kept for the next kick (never dropped silently). Err: the queue is broken.
+    fn deliver(&mut self, q: u16, mut frame: Vec<u8>) -> Result<bool, ()> {
+        let pair = usize::from(q / 2);
+        let Some(active) = self.queues.get_mut(&q) else { return Err(()) };
+        let mut chains: Vec<(DescriptorChain, u32)> = Vec::new();
+        let mut placed = 0usize;
+        while placed < frame.len() {
+            let chain = match active.queue.pop(&self.mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    // Out of buffers: give back what was taken and wait for the driver.
+                    for _ in &chains {
+                        active.queue.undo_pop();
+                    }
+                    return match active.queue.enable_notification(&self.mem) {
+                        Ok(true) => {
+                            // Buffers arrived meanwhile: try again right away.
+                            let _ = active.queue.disable_notification(&self.mem);
+                            self.deliver(q, frame)
+                        }
+                        Ok(false) => {
+                            self.pending[pair] = Some(frame);
+                            Ok(false)
+                        }
+                        Err(e) => {
+                            self.fail(&e);
+                            Err(())
+                        }
+                    };
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(());
+                }
+            };
+            let room = chain.writable_len() as usize;
+            if !self.mergeable && room < frame.len() {
+                // Without MRG_RXBUF each buffer must hold a whole frame (5.1.6.3.1).
+                self.counters.rx_dropped += 1;
+                log::debug!("virtio-net: rx buffer of {room} bytes is too small for a {}-byte frame", frame.len());
+                if let Err(e) = active.queue.add_used(&self.mem, chain.head_index, 0) {
+                    self.fail(&e);
+                    return Err(());
+                }
+                return Ok(true);
+            }
+            let n = room.min(frame.len() - placed);
+            chains.push((chain, n as u32));
+            placed += n;
+            if room == 0 {
+                // A buffer with no room would loop forever; treat it as the end.
+                break;
+            }
+        }
+        // num_buffers (offset 10 of the header) says how many buffers the frame spans.
+        let num_buffers = chains.len() as u16;
+        frame[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        let mut offset = 0usize;
+        for (chain, n) in &chains {
+            let end = offset + *n as usize;
+            if let Err(e) = chain.write_at(&self.mem, 0, &frame[offset..end]) {
+                log::warn!("virtio-net: rx write failed: {e}");
+            }
+            offset = end;
+        }
+        let Some(active) = self.queues.get_mut(&q) else { return Err(()) };
+        for (chain, n) in &chains {
+            if let Err(e) = active.queue.add_used(&self.mem, chain.head_index, *n) {
+                self.fail(&e);
+                return Err(());
+            }
+        }
+        self.counters.rx_frames += 1;
+        Ok(true)
+    }
+
+    /// Handles every command in the control queue (5.1.6.5).
+    pub fn process_ctrl(&mut self) {
+        let q = self.ctrl_index;
+        let mut done = false;
+        loop {
+            let Some(active) = self.queues.get_mut(&q) else { return };
+            let chain = match active.queue.pop(&self.mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return self.fail(&e),
+            };
+            let command = chain.read_all_capped(&self.mem, 4096).unwrap_or_default();
+            let ack = if command.len() >= 2 { self.command(command[0], command[1], &command[2..]) } else { VIRTIO_NET_ERR };
+            let writable = chain.writable_len();
+            let used = if writable > 0 && chain.write_at(&self.mem, writable - 1, &[ack as u8]).is_ok() { 1 } else { 0 };
+            let Some(active) = self.queues.get_mut(&q) else { return };
+            if let Err(e) = active.queue.add_used(&self.mem, chain.head_index, used) {
+                return self.fail(&e);
+            }
+            done = true;
+        }
+        if done {
+            self.signal(q);
+        }
+    }
+
+    fn command(&mut self, class: u8, cmd: u8, data: &[u8]) -> u32 {
+        match (u32::from(class), u32::from(cmd)) {
+            // Receive filtering: the tap passes everything; the switches are acknowledged.
+            (VIRTIO_NET_CTRL_RX, c) if c <= VIRTIO_NET_CTRL_RX_NOBCAST && data.len() == 1 => VIRTIO_NET_OK,
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET) if data.len() == 6 => {
+                self.mac.copy_from_slice(data);
+                VIRTIO_NET_OK
+            }
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) => VIRTIO_NET_OK,
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) if data.len() == 2 => {
+                let pairs = u16::from_le_bytes([data[0], data[1]]);
+                if pairs >= 1 && usize::from(pairs) <= self.backends.len() {
+                    self.active_pairs = pairs;
+                    VIRTIO_NET_OK
+                } else {
+                    VIRTIO_NET_ERR
+                }
+            }
+            (class, cmd) => {
+                log::debug!("virtio-net: unsupported control command {class}/{cmd}");
+                VIRTIO_NET_ERR
+            }
+        }
+    }
+}
+
+fn total(iov: &[libc::iovec]) -> usize {
+    iov.iter().map(|v| v.iov_len).sum()
+}
+
+/// Host iovecs for the readable part of a chain (a transmit frame).
+fn iovecs(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Option<Vec<libc::iovec>> {
+    chain
+        .readable()
+        .filter(|d| d.len > 0)
+        .map(|d| {
+            let slice = mem.get_slice(GuestAddress(d.addr), d.len as usize).ok()?;
+            Some(libc::iovec { iov_base: slice.ptr_guard_mut().as_ptr().cast(), iov_len: d.len as usize })
+        })
+        .collect()
+}
+
+impl WorkerHandler for NetWorker {
+    fn start(&mut self) {
+        for pair in 0..self.backends.len() as u16 {
+            self.process_tx(pair);
+            self.process_rx(pair);
+        }
+    }
+
+    fn ready(&mut self, token: u64, _events: EventSet) {
+        if token >= BACKEND_TOKEN_BASE {
+            return self.process_rx((token - BACKEND_TOKEN_BASE) as u16);
+        }
+        let q = token as u16;
+        if let Some(active) = self.queues.get(&q) {
+            let _ = active.notify.read();
+        }
+        if q == self.ctrl_index {
+            self.process_ctrl();
+        } else if q % 2 == 0 {
+            // New receive buffers: resume a receive that was waiting for them.
+            self.process_rx(q / 2);
+        } else {
+            self.process_tx(q / 2);
+        }
+    }
+}
+
+impl Drop for NetWorker {
+    fn drop(&mut self) {
+        let _ = self.returned.send(std::mem::take(&mut self.backends));
+    }
+}
