@@ -70,6 +70,18 @@ struct RunArgs {
     /// Add a virtio-rng device fed from the host's getrandom(2).
     #[arg(long)]
     rng: bool,
+    /// Where the PIC, IOAPIC and PIT are emulated: in KVM, or in rvmm with only
+    /// the local APICs in KVM.
+    #[arg(long, value_enum, default_value_t = IrqChipArg::Kernel)]
+    irqchip: IrqChipArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum IrqChipArg {
+    /// KVM's in-kernel PIC, IOAPIC and PIT.
+    Kernel,
+    /// rvmm's user-space 8259A, IOAPIC and 8254 with KVM's local APICs.
+    Split,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -299,6 +311,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         stats: run.stats,
         nets: run.net,
         rng: run.rng,
+        irqchip: match run.irqchip {
+            IrqChipArg::Kernel => vmm::vm::IrqChipMode::Kernel,
+            IrqChipArg::Split => vmm::vm::IrqChipMode::Split,
+        },
     }))
 }
 

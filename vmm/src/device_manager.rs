@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::pci_acpi::PciDescription;
 use crate::bus::{Bus, BusError};
 use crate::interrupt::msi::{self, GsiRouter, MsiError, MsiVector};
-use crate::interrupt::KvmIrqLine;
+use crate::interrupt::split::IrqChip;
 use crate::memory::allocator::AddressAllocator;
 
 /// Start of the virtio-mmio windows, inside the 32-bit MMIO hole.
@@ -198,12 +198,13 @@ pub fn create_block_devices(disks: &[DiskSpec]) -> Result<Vec<Box<dyn VirtioDevi
 /// notification wakes the device's worker without an exit to user space.
 pub fn add_virtio_mmio(
     vm: &Arc<VmFd>,
+    irqchip: &IrqChip,
     mmio_bus: &Bus,
     memory: &GuestMemoryMmap,
     device: Box<dyn VirtioDevice>,
     slot: MmioSlot,
 ) -> Result<(), DeviceError> {
-    let irq = Arc::new(KvmIrqLine::new(vm.clone(), slot.gsi));
+    let irq = irqchip.line(slot.gsi);
     let transport = MmioTransport::new(device, memory.clone(), irq)?;
     let notify_addr = slot.base + QUEUE_NOTIFY_OFFSET;
     for (index, event) in transport.common().notify_events().iter().enumerate() {
@@ -306,7 +307,7 @@ pub struct PciSegment {
 impl PciSegment {
     /// Creates the root (host bridge at 00:00.0) and registers configuration
     /// mechanism 1 at 0xCF8 and the ECAM window.
-    pub fn new(vm: &Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>, max_gsi: u32) -> Result<Self, DeviceError> {
+    pub fn new(vm: &Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>, router: Arc<GsiRouter>) -> Result<Self, DeviceError> {
         let mapper = Arc::new(BarMapper {
             vm: vm.clone(),
             pio: pio.clone(),
@@ -326,7 +327,7 @@ impl PciSegment {
         Ok(PciSegment {
             root,
             mapper,
-            router: Arc::new(GsiRouter::new(vm.clone(), max_gsi)),
+            router,
             window: AddressAllocator::new(PCI_MMIO_WINDOW.0, PCI_MMIO_WINDOW.1),
             next_slot: 1,
             intx_routes: Vec::new(),
@@ -338,7 +339,7 @@ impl PciSegment {
     /// on irqfds and INTx on `gsi`.
     pub fn add_virtio(
         &mut self,
-        vm: &Arc<VmFd>,
+        irqchip: &IrqChip,
         memory: &GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
         gsi: u32,
@@ -346,7 +347,7 @@ impl PciSegment {
         let vectors =
             (0..device.queue_max_sizes().len() + 1).map(|_| self.router.allocate()).collect::<Result<Vec<_>, _>>()?;
         let msi = Arc::new(KvmMsiInterrupt { vectors });
-        let intx = Arc::new(KvmIrqLine::new(vm.clone(), gsi));
+        let intx = irqchip.line(gsi);
         let bar = self.window.allocate(BAR_SIZE, BAR_SIZE).ok_or(DeviceError::PciWindowFull(BAR_SIZE))?;
         let mut pci = VirtioPciDevice::new(device, memory.clone(), msi, intx, gsi as u8, bar)?;
         pci.config_mut().set_command(devices::pci::configuration::COMMAND_MEMORY_SPACE);

@@ -31,11 +31,15 @@ pub enum ExitKind {
     SystemEvent,
     /// KVM_EXIT_INTERNAL_ERROR.
     InternalError,
+    /// KVM_EXIT_IRQ_WINDOW_OPEN (split irqchip: the PIC's interrupt can be injected).
+    IrqWindow,
+    /// KVM_EXIT_IOAPIC_EOI (split irqchip: EOI of a level-triggered IOAPIC interrupt).
+    IoapicEoi,
     /// Anything else.
     Other,
 }
 
-const KINDS: [(ExitKind, &str); 10] = [
+const KINDS: [(ExitKind, &str); 12] = [
     (ExitKind::IoIn, "io-in"),
     (ExitKind::IoOut, "io-out"),
     (ExitKind::MmioRead, "mmio-read"),
@@ -45,6 +49,8 @@ const KINDS: [(ExitKind, &str); 10] = [
     (ExitKind::Shutdown, "shutdown"),
     (ExitKind::SystemEvent, "system-event"),
     (ExitKind::InternalError, "internal-error"),
+    (ExitKind::IrqWindow, "irq-window"),
+    (ExitKind::IoapicEoi, "ioapic-eoi"),
     (ExitKind::Other, "other"),
 ];
 

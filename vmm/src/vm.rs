@@ -25,7 +25,9 @@ use virtio::transport::mmio::MMIO_WINDOW_SIZE;
 use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciSegment, VirtioTransport};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
-use crate::interrupt::{self, InterruptError, KvmIrqLine};
+use crate::interrupt::msi::GsiRouter;
+use crate::interrupt::split::{IrqChip, UserIrqChip};
+use crate::interrupt::{self, InterruptError};
 use crate::memory::{self, MemoryError, MemoryLayout};
 use crate::stats::{self, VcpuStats};
 
@@ -64,6 +66,18 @@ pub struct VmConfig {
     pub nets: Vec<NetSpec>,
     /// Add a virtio-rng device.
     pub rng: bool,
+    /// Where the PIC, IOAPIC and PIT are emulated.
+    pub irqchip: IrqChipMode,
+}
+
+/// Where the interrupt controllers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IrqChipMode {
+    /// All in KVM (KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2).
+    #[default]
+    Kernel,
+    /// Local APICs in KVM; PIC, IOAPIC and PIT in rvmm (KVM_CAP_SPLIT_IRQCHIP).
+    Split,
 }
 
 /// Errors while building a VM.
@@ -148,6 +162,9 @@ enum Placement {
 /// A built VM, ready to run.
 pub struct Vm {
     vcpus: Vec<Vcpu>,
+    /// The user-space PIT's timer thread (split irqchip); stopped when the VM is dropped.
+    _pit_timer: Option<virtio::worker::Worker>,
+    user_irqchip: Option<Arc<UserIrqChip>>,
     vcpu_stats: Vec<Arc<VcpuStats>>,
     buses: [Arc<Bus>; 2],
     print_stats: bool,
@@ -206,7 +223,22 @@ impl Vm {
         let vm = Arc::new(kvm.create_vm().map_err(|source| VmError::Kvm { what: "KVM_CREATE_VM", source })?);
         let memory = layout.allocate()?;
         memory::register_slots(&vm, &memory)?;
-        interrupt::create_in_kernel_irqchip(&vm)?;
+        // One routing table serves the IOAPIC pins (split mode) and every MSI-X vector.
+        let max_gsi = u32::try_from(kvm.check_extension_int(Cap::IrqRouting)).unwrap_or(0);
+        let (irqchip, router) = match config.irqchip {
+            IrqChipMode::Kernel => {
+                interrupt::create_in_kernel_irqchip(&vm)?;
+                (IrqChip::Kernel(vm.clone()), Arc::new(GsiRouter::new(vm.clone(), max_gsi)))
+            }
+            IrqChipMode::Split => {
+                if !kvm.check_extension(Cap::SplitIrqchip) {
+                    return Err(VmError::MissingCapability("KVM_CAP_SPLIT_IRQCHIP"));
+                }
+                interrupt::create_split_irqchip(&vm)?;
+                let router = Arc::new(GsiRouter::new_split(vm.clone(), max_gsi));
+                (IrqChip::Split(UserIrqChip::new(vm.clone(), router.clone())), router)
+            }
+        };
 
         // Virtio devices first: opening their backends can fail on user input, and
         // the kernel command line must announce the MMIO ones.
@@ -242,15 +274,23 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
-        let console_input = add_legacy_devices(&vm, &pio_bus, &exit, &config.console, &layout)?;
+        let console_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout)?;
+        let pit_timer = match irqchip.user() {
+            Some(chip) => {
+                interrupt::register_user_irqchip(chip, &pio_bus, &mmio_bus)?;
+                Some(interrupt::split::start_pit(&irqchip, &pio_bus)?)
+            }
+            None => None,
+        };
         // The PCI host bridge is always there, with or without devices behind it.
-        let max_gsi = u32::try_from(kvm.check_extension_int(Cap::IrqRouting)).unwrap_or(0);
-        let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, max_gsi)?;
+        let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, router)?;
         for ((device, _), placement) in virtio_devices.into_iter().zip(placements) {
             match placement {
-                Placement::Mmio(slot) => device_manager::add_virtio_mmio(&vm, &mmio_bus, &memory, device, slot)?,
+                Placement::Mmio(slot) => {
+                    device_manager::add_virtio_mmio(&vm, &irqchip, &mmio_bus, &memory, device, slot)?
+                }
                 Placement::Pci(gsi) => {
-                    let bdf = pci.add_virtio(&vm, &memory, device, gsi)?;
+                    let bdf = pci.add_virtio(&irqchip, &memory, device, gsi)?;
                     log::info!("virtio-pci device at {bdf}, INTx on GSI {gsi}");
                 }
             }
@@ -281,6 +321,7 @@ impl Vm {
             mmio_bus: mmio_bus.clone(),
             memory: memory.clone(),
             exit: exit.clone(),
+            user_irqchip: irqchip.user().cloned(),
         };
         let vcpus = (0..config.cpus)
             .map(|id| Vcpu::new(&vm, id, &cpu_config, boot_info.entry, context.clone()))
@@ -289,6 +330,8 @@ impl Vm {
         let vcpu_stats = vcpus.iter().map(Vcpu::stats).collect();
         Ok(Vm {
             vcpus,
+            _pit_timer: pit_timer,
+            user_irqchip: irqchip.user().cloned(),
             vcpu_stats,
             buses: [pio_bus, mmio_bus],
             print_stats: config.stats,
@@ -326,6 +369,12 @@ impl Vm {
                 }
             }
         }
+        // A PIC interrupt raised by a device thread must wake vCPU 0 to be injected.
+        if let (Some(chip), Some(vcpu0)) = (&self.user_irqchip, handles.first()) {
+            if let Some(kick) = vcpu0.kicker() {
+                chip.set_vcpu0_kick(kick);
+            }
+        }
         let result = match start_error {
             Some(e) => Err(VmError::Cpu(e)),
             None => {
@@ -357,7 +406,7 @@ fn bus_counters(buses: &[Arc<Bus>; 2]) -> Vec<(String, u64, u64)> {
 /// Registers COM1-COM4, the i8042, the RTC, the ACPI sleep register and the debug exit port.
 /// Returns COM1 when its input comes from stdin.
 fn add_legacy_devices(
-    vm: &Arc<VmFd>,
+    irqchip: &IrqChip,
     pio: &Bus,
     exit: &Arc<ExitSignal>,
     console_config: &ConsoleConfig,
@@ -375,11 +424,11 @@ fn add_legacy_devices(
         ConsoleConfig::File(path) => VmError::ConsoleFile { path: path.clone(), source },
         _ => VmError::Console(source),
     })?;
-    let com1 = Arc::new(Mutex::new(Serial::new(Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM1.1))), output)));
+    let com1 = Arc::new(Mutex::new(Serial::new(irqchip.line(u32::from(COM1.1)), output)));
     pio.insert(com1.clone(), u64::from(COM1.0), u64::from(SERIAL_PORT_COUNT), "COM1")?;
     // COM2 has IRQ 3 to itself; COM3 and COM4 share IRQ 4 and 3 with COM1 and COM2
     // on a PC, so they stay unwired rather than fight over the line's level.
-    let com2_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(COM2.1)));
+    let com2_irq: Arc<dyn IrqLine> = irqchip.line(u32::from(COM2.1));
     for (port, irq, name) in [
         (COM2.0, com2_irq, "COM2"),
         (COM3.0, Arc::new(RecordingIrqLine::default()) as Arc<dyn IrqLine>, "COM3"),
@@ -389,8 +438,8 @@ fn add_legacy_devices(
     }
 
     // Both lines wired: Linux's i8042 driver checks that the AUX port's IRQ 12 arrives.
-    let kbd_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(I8042_KBD_IRQ)));
-    let aux_irq: Arc<dyn IrqLine> = Arc::new(KvmIrqLine::new(vm.clone(), u32::from(I8042_AUX_IRQ)));
+    let kbd_irq: Arc<dyn IrqLine> = irqchip.line(u32::from(I8042_KBD_IRQ));
+    let aux_irq: Arc<dyn IrqLine> = irqchip.line(u32::from(I8042_AUX_IRQ));
     let i8042: Arc<Mutex<dyn BusDevice>> =
         Arc::new(Mutex::new(I8042::new(sink.clone(), Some(kbd_irq)).with_aux_irq(aux_irq)));
     let base = u64::from(I8042_DATA_PORT);

@@ -27,7 +27,11 @@ use crate::boot::EntryPoint;
 use crate::bus::Bus;
 use crate::exit::{CrashReport, ExitSignal, VmExit};
 use crate::memory::pagewalk::{self, PagingMode};
+use crate::interrupt::split::UserIrqChip;
 use crate::stats::{ExitKind, VcpuStats};
+
+// KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt).
+vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -122,6 +126,8 @@ pub struct VcpuContext {
     pub memory: GuestMemoryMmap,
     /// Where the vCPU reports the end of the VM.
     pub exit: Arc<ExitSignal>,
+    /// The user-space PIC and IOAPIC, with a split irqchip.
+    pub user_irqchip: Option<Arc<UserIrqChip>>,
 }
 
 /// One configured vCPU, before its thread starts.
@@ -223,6 +229,9 @@ impl Vcpu {
         KVM_RUN_PTR.with(|p| p.set(run_ptr));
         self.set_state(VcpuState::Running);
         while !self.stop.load(Ordering::SeqCst) {
+            if self.id == 0 {
+                self.inject_pic_interrupt(run_ptr);
+            }
             if let Some(reason) = self.run_once(run_ptr) {
                 self.context.exit.request(reason);
                 break;
@@ -230,6 +239,35 @@ impl Vcpu {
         }
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
         self.set_state(VcpuState::Stopped);
+    }
+
+    /// With a split irqchip, hands the PIC's interrupt to vCPU 0 (the CPU whose
+    /// LINT0 is ExtINT) when KVM says it can take one, else asks KVM for an exit
+    /// as soon as it can (the interrupt window).
+    fn inject_pic_interrupt(&mut self, run_ptr: *mut kvm_run) {
+        let Some(chip) = &self.context.user_irqchip else { return };
+        // SAFETY: run_ptr is this thread's kvm_run mapping, alive while `fd` is;
+        // KVM only writes it during KVM_RUN, which is not running now.
+        let run = unsafe { &mut *run_ptr };
+        let mut pic = chip.pic.lock().unwrap_or_else(|e| e.into_inner());
+        if !pic.has_interrupt() {
+            run.request_interrupt_window = 0;
+            return;
+        }
+        if run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
+            if let Some(vector) = pic.acknowledge() {
+                let irq = kvm_bindings::kvm_interrupt { irq: u32::from(vector) };
+                // SAFETY: KVM_INTERRUPT reads a kvm_interrupt we own from a vCPU fd.
+                // kvm-ioctls has no wrapper for it, hence the raw ioctl.
+                let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_INTERRUPT(), &irq) };
+                if rc < 0 {
+                    log::warn!("vCPU 0: KVM_INTERRUPT({vector:#x}) failed: {}", std::io::Error::last_os_error());
+                }
+            }
+            run.request_interrupt_window = u8::from(pic.has_interrupt());
+        } else {
+            run.request_interrupt_window = 1;
+        }
     }
 
     /// One KVM_RUN and the handling of its exit; `Some` ends the VM.
@@ -270,7 +308,13 @@ impl Vcpu {
                 ctx.mmio_bus.write(addr, data);
                 None
             }
-            Ok(VcpuExit::Intr) => None,
+            Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => None,
+            Ok(VcpuExit::IoapicEoi(vector)) => {
+                if let Some(chip) = &ctx.user_irqchip {
+                    chip.end_of_interrupt(vector);
+                }
+                None
+            }
             Ok(VcpuExit::Shutdown) => Some(VmExit::GuestCrash(self.crash_report("triple fault (KVM_EXIT_SHUTDOWN)"))),
             Ok(VcpuExit::Hlt) => {
                 Some(VmExit::GuestCrash(self.crash_report("HLT exit (the vCPU halted with no irqchip to wake it)")))
@@ -345,6 +389,8 @@ fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
         VcpuExit::MmioRead(..) => ExitKind::MmioRead,
         VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
         VcpuExit::Intr => ExitKind::Interrupted,
+        VcpuExit::IrqWindowOpen => ExitKind::IrqWindow,
+        VcpuExit::IoapicEoi(_) => ExitKind::IoapicEoi,
         VcpuExit::Hlt => ExitKind::Hlt,
         VcpuExit::Shutdown => ExitKind::Shutdown,
         VcpuExit::SystemEvent(..) => ExitKind::SystemEvent,
@@ -413,6 +459,18 @@ impl VcpuHandle {
     /// The vCPU's current state.
     pub fn state(&self) -> VcpuState {
         VcpuState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// A function that kicks this vCPU out of KVM_RUN (or HLT) without stopping
+    /// it, so it looks at pending work such as a PIC interrupt to inject.
+    pub fn kicker(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        use std::os::unix::thread::JoinHandleExt;
+        let thread = self.thread.as_ref()?.as_pthread_t();
+        Some(Box::new(move || {
+            // SAFETY: pthread_kill with the kick signal, whose handler only sets
+            // immediate_exit; the thread outlives the VM's devices' use of this.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }))
     }
 
     /// Asks the vCPU to leave its run loop and kicks it out of KVM_RUN.

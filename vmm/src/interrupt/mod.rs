@@ -3,7 +3,11 @@
 //! kernel, so an interrupt from a user-space device is one KVM_IRQ_LINE ioctl
 //! and the guest's EOIs never leave the kernel. The 8254 PIT is in-kernel too.
 
+pub mod ioapic;
 pub mod msi;
+pub mod pic;
+pub mod pit;
+pub mod split;
 
 use std::sync::Arc;
 
@@ -11,6 +15,8 @@ use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
 
 use devices::IrqLine;
+
+use crate::bus::{Bus, BusError};
 
 /// Where KVM may put the three pages it needs for real-mode emulation on Intel
 /// (TSS) and the identity map page; both inside the MMIO hole, away from devices.
@@ -20,6 +26,12 @@ const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 /// Errors while creating the interrupt controllers.
 #[derive(Debug, thiserror::Error)]
 pub enum InterruptError {
+    /// The PIT's timer could not be set up.
+    #[error("PIT timer: {0}")]
+    Timer(std::io::Error),
+    /// Registering a controller on a bus failed.
+    #[error("interrupt controller registration: {0}")]
+    Bus(#[from] BusError),
     /// A KVM VM ioctl failed.
     #[error("{what} failed: {source}")]
     Kvm {
@@ -40,6 +52,27 @@ pub fn create_in_kernel_irqchip(vm: &VmFd) -> Result<(), InterruptError> {
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(err("KVM_CREATE_PIT2"))?;
     Ok(())
+}
+
+/// Switches the VM to a split irqchip: KVM keeps the local APICs, rvmm emulates
+/// the PIC, IOAPIC and PIT. Must run before any vCPU is created.
+pub fn create_split_irqchip(vm: &VmFd) -> Result<(), InterruptError> {
+    let err = |what| move |source| InterruptError::Kvm { what, source };
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.set_tss_address(KVM_TSS_ADDR).map_err(err("KVM_SET_TSS_ADDR"))?;
+    // args[0]: GSI routes 0-23 are the IOAPIC's pins (mirrored by rvmm's IOAPIC).
+    let mut cap = kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP, ..Default::default() };
+    cap.args[0] = u64::from(msi::IOAPIC_PINS);
+    vm.enable_cap(&cap).map_err(err("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+    Ok(())
+}
+
+/// Registers the user-space PIC (0x20, 0xA0, ELCR 0x4D0) and IOAPIC (0xFEC00000) on the buses.
+pub fn register_user_irqchip(chip: &split::UserIrqChip, pio: &Bus, mmio: &Bus) -> Result<(), BusError> {
+    for (start, len) in pic::PIC_PIO_RANGES {
+        pio.insert_named(chip.pic.clone(), start, len, pic::PIC_PIO_OFFSET_BASE, "8259A PIC")?;
+    }
+    mmio.insert(chip.ioapic.clone(), ioapic::IOAPIC_MMIO_BASE, ioapic::IOAPIC_MMIO_SIZE, "IOAPIC")
 }
 
 /// An ISA interrupt line (GSI) of the in-kernel irqchip, driven with KVM_IRQ_LINE.

@@ -55,13 +55,23 @@ pub struct MsiMessage {
 pub struct GsiRouter {
     vm: Arc<VmFd>,
     max_gsi: u32,
+    /// Whether the in-kernel PIC and IOAPIC exist (their pin routes are installed).
+    kernel_irqchip: bool,
     msi_routes: Mutex<BTreeMap<u32, Option<MsiMessage>>>,
 }
 
 impl GsiRouter {
-    /// A router for `vm`; `max_gsi` is KVM's KVM_CAP_IRQ_ROUTING limit.
+    /// A router for `vm` with the in-kernel irqchip; `max_gsi` is KVM's
+    /// KVM_CAP_IRQ_ROUTING limit.
     pub fn new(vm: Arc<VmFd>, max_gsi: u32) -> Self {
-        GsiRouter { vm, max_gsi, msi_routes: Mutex::new(BTreeMap::new()) }
+        GsiRouter { vm, max_gsi, kernel_irqchip: true, msi_routes: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// A router for a split irqchip: GSIs 0-23 are MSI routes mirroring the
+    /// user-space IOAPIC's entries (see [`GsiRouter::set_route`]), so KVM knows
+    /// which vectors are level-triggered and exits with KVM_EXIT_IOAPIC_EOI.
+    pub fn new_split(vm: Arc<VmFd>, max_gsi: u32) -> Self {
+        GsiRouter { vm, max_gsi, kernel_irqchip: false, msi_routes: Mutex::new(BTreeMap::new()) }
     }
 
     /// The in-kernel irqchip's own routes: GSI 0-15 to both PICs (GSI 2 is the
@@ -88,7 +98,7 @@ impl GsiRouter {
     }
 
     fn install(&self, msi: &BTreeMap<u32, Option<MsiMessage>>) -> Result<(), MsiError> {
-        let mut entries = Self::irqchip_routes();
+        let mut entries = if self.kernel_irqchip { Self::irqchip_routes() } else { Vec::new() };
         for (&gsi, message) in msi {
             // A masked vector keeps its GSI but has no route: an irqfd write is then dropped.
             let Some(m) = message else { continue };
@@ -106,7 +116,7 @@ impl GsiRouter {
     pub fn allocate(self: &Arc<Self>) -> Result<MsiVector, MsiError> {
         let gsi = {
             let mut routes = self.msi_routes.lock().unwrap_or_else(|e| e.into_inner());
-            let next = routes.keys().next_back().map_or(IOAPIC_PINS, |g| g + 1);
+            let next = routes.keys().next_back().map_or(IOAPIC_PINS, |g| (g + 1).max(IOAPIC_PINS));
             if next >= self.max_gsi {
                 return Err(MsiError::OutOfGsis(self.max_gsi));
             }
