@@ -74,6 +74,18 @@ struct RunArgs {
     /// the local APICs in KVM.
     #[arg(long, value_enum, default_value_t = IrqChipArg::Kernel)]
     irqchip: IrqChipArg,
+    /// How the guest learns about virtio-mmio devices: `virtio_mmio.device=` on the
+    /// kernel command line, or LNRO0005 devices in the ACPI DSDT.
+    #[arg(long, value_enum, default_value_t = MmioDiscoveryArg::Cmdline)]
+    mmio_discovery: MmioDiscoveryArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum MmioDiscoveryArg {
+    /// On the kernel command line.
+    Cmdline,
+    /// In the ACPI DSDT.
+    Acpi,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -314,6 +326,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         irqchip: match run.irqchip {
             IrqChipArg::Kernel => vmm::vm::IrqChipMode::Kernel,
             IrqChipArg::Split => vmm::vm::IrqChipMode::Split,
+        },
+        mmio_discovery: match run.mmio_discovery {
+            MmioDiscoveryArg::Cmdline => vmm::vm::MmioDiscovery::Cmdline,
+            MmioDiscoveryArg::Acpi => vmm::vm::MmioDiscovery::Acpi,
         },
     }))
 }

@@ -16,6 +16,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::register_signal_handler;
 
+use crate::boot::pci_acpi::MmioDeviceDescription;
 use crate::boot::{self, BootConfig, BootInfo, BootProtocol, ACPI_SLEEP_CONTROL_PORT};
 use crate::bus::{Bus, BusError};
 use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
@@ -68,6 +69,19 @@ pub struct VmConfig {
     pub rng: bool,
     /// Where the PIC, IOAPIC and PIT are emulated.
     pub irqchip: IrqChipMode,
+    /// How the guest learns about virtio-mmio devices.
+    pub mmio_discovery: MmioDiscovery,
+}
+
+/// How virtio-mmio devices are announced to the guest. Linux accepts either;
+/// announcing a device both ways would make it probe the window twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MmioDiscovery {
+    /// `virtio_mmio.device=<size>@<base>:<irq>` on the kernel command line.
+    #[default]
+    Cmdline,
+    /// `LNRO0005` devices in the ACPI DSDT.
+    Acpi,
 }
 
 /// Where the interrupt controllers live.
@@ -255,6 +269,7 @@ impl Vm {
         let mut placements = Vec::with_capacity(virtio_devices.len());
         let mut mmio_count = 0;
         let mut cmdline = config.cmdline;
+        let mut acpi_mmio_devices = Vec::new();
         for (index, (_, transport)) in virtio_devices.iter().enumerate() {
             let gsi = device_manager::device_gsi(index)?;
             match transport.unwrap_or(config.transport) {
@@ -263,10 +278,19 @@ impl Vm {
                     let base = device_manager::VIRTIO_MMIO_BASE + mmio_count * MMIO_WINDOW_SIZE;
                     let slot = MmioSlot { base, gsi };
                     mmio_count += 1;
-                    if !cmdline.is_empty() {
-                        cmdline.push(' ');
+                    match config.mmio_discovery {
+                        MmioDiscovery::Cmdline => {
+                            if !cmdline.is_empty() {
+                                cmdline.push(' ');
+                            }
+                            cmdline.push_str(&slot.cmdline_param());
+                        }
+                        MmioDiscovery::Acpi => acpi_mmio_devices.push(MmioDeviceDescription {
+                            base: slot.base,
+                            size: MMIO_WINDOW_SIZE,
+                            gsi: slot.gsi,
+                        }),
                     }
-                    cmdline.push_str(&slot.cmdline_param());
                     placements.push(Placement::Mmio(slot));
                 }
             }
@@ -305,6 +329,7 @@ impl Vm {
             protocol: config.boot_protocol,
             num_cpus: config.cpus,
             pci: Some(pci.description()),
+            acpi_mmio_devices,
         };
         let boot_info = boot::load(&memory, &layout, &boot_config)?;
         log::info!("boot: {:?}, entry {:?}", boot_info.protocol, boot_info.entry);

@@ -582,6 +582,18 @@ pub enum Resource {
         /// Length in bytes.
         len: u32,
     },
+    /// `Interrupt(ResourceConsumer, Level|Edge, ActiveHigh|ActiveLow, Exclusive|Shared) {gsi}`:
+    /// the extended interrupt descriptor, for GSIs above 15 (§6.4.3.6).
+    Interrupt {
+        /// Edge-triggered (else level).
+        edge: bool,
+        /// Active-low (else active-high).
+        active_low: bool,
+        /// Shared with other devices.
+        shared: bool,
+        /// The global system interrupt.
+        gsi: u32,
+    },
     /// `WordBusNumber`/`WordIO`/`DWordMemory`/`QWordMemory`
     /// (ResourceProducer, MinFixed, MaxFixed, PosDecode): a window a bridge
     /// forwards to its children, as a PCI host bridge `_CRS` lists
@@ -641,6 +653,13 @@ impl Resource {
                 out.extend_from_slice(&[0x86, 0x09, 0x00, u8::from(read_write)]);
                 out.extend_from_slice(&base.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
+            }
+            Resource::Interrupt { edge, active_low, shared, gsi } => {
+                // Large item 0x89, length 6: flags (bit 0 consumer, 1 edge, 2 active-low,
+                // 3 shared), one interrupt in the table, the 32-bit interrupt number.
+                let flags = 1 | u8::from(edge) << 1 | u8::from(active_low) << 2 | u8::from(shared) << 3;
+                out.extend_from_slice(&[0x89, 0x06, 0x00, flags, 0x01]);
+                out.extend_from_slice(&gsi.to_le_bytes());
             }
             Resource::AddressSpace { width, kind, min, max } => {
                 encode_address_space(width, kind, min, max, out)?;

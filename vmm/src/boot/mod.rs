@@ -125,6 +125,8 @@ pub struct BootConfig {
     pub num_cpus: u8,
     /// The PCI segment to describe in ACPI, if the VM has one.
     pub pci: Option<pci_acpi::PciDescription>,
+    /// virtio-mmio devices to describe in ACPI (empty when they are on the command line).
+    pub acpi_mmio_devices: Vec<pci_acpi::MmioDeviceDescription>,
 }
 
 /// Errors while loading a guest. Each names the file or the limit involved.
@@ -230,7 +232,7 @@ pub fn load(memory: &GuestMemoryMmap, layout: &MemoryLayout, config: &BootConfig
     if config.cmdline.as_bytes().contains(&0) {
         return Err(BootError::CmdlineNul);
     }
-    let rsdp_addr = write_firmware_tables(memory, config.num_cpus, config.pci.as_ref())?;
+    let rsdp_addr = write_firmware_tables(memory, config.num_cpus, config.pci.as_ref(), &config.acpi_mmio_devices)?;
     let mut info = match detect_format(config)? {
         ImageFormat::Elf => linux::load_elf(memory, layout, config, rsdp_addr)?,
         ImageFormat::BzImage => linux::load_bzimage(memory, layout, config, rsdp_addr)?,
@@ -261,15 +263,20 @@ fn write_firmware_tables(
     memory: &GuestMemoryMmap,
     num_cpus: u8,
     pci: Option<&pci_acpi::PciDescription>,
+    mmio_devices: &[pci_acpi::MmioDeviceDescription],
 ) -> Result<u64, BootError> {
     let mp = mptable::build_mptable(MPTABLE_ADDR, num_cpus)?;
     write_guest(memory, MPTABLE_ADDR, &mp, "MP table")?;
     let mut acpi_config = acpi::AcpiConfig::new(num_cpus, ACPI_SLEEP_CONTROL_PORT);
     acpi_config.ioapic_addr = IOAPIC_ADDR as u32;
     acpi_config.lapic_addr = LAPIC_ADDR as u32;
+    let mmio = pci_acpi::build_virtio_mmio_aml(mmio_devices)?;
     if let Some(pci) = pci {
         acpi_config.extra_tables.push(pci_acpi::build_mcfg(pci));
-        acpi_config.extra_dsdt_aml = pci_acpi::build_pci_host_bridge_aml(pci)?;
+        acpi_config.extra_dsdt_aml = pci_acpi::build_pci_host_bridge_aml(pci, mmio)?;
+    } else if !mmio.is_empty() {
+        use aml::Aml;
+        acpi_config.extra_dsdt_aml = aml::Scope::new("\\_SB", mmio).and_then(|s| s.to_aml_vec()).map_err(acpi::AcpiError::from)?;
     }
     let tables = acpi::build_acpi_tables(ACPI_ADDR, &acpi_config)?;
     write_guest(memory, ACPI_ADDR, &tables.bytes, "ACPI tables")?;

@@ -21,6 +21,43 @@ pub struct PciDescription {
     pub intx_routes: Vec<(u8, u32)>,
 }
 
+/// A virtio-mmio device as ACPI describes it to Linux (`LNRO0005`, the ID
+/// drivers/virtio/virtio_mmio.c matches): its register window and interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioDeviceDescription {
+    /// Base of the register window.
+    pub base: u64,
+    /// Its size.
+    pub size: u64,
+    /// Its interrupt (level-triggered, active-high).
+    pub gsi: u32,
+}
+
+/// `Device (VRxx)` objects for virtio-mmio devices, to put in `\_SB`.
+pub fn build_virtio_mmio_aml(devices: &[MmioDeviceDescription]) -> Result<AmlList, AcpiError> {
+    let err = |e: AmlError| AcpiError::from(e);
+    let mut list: AmlList = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let crs = ResourceTemplate::new(vec![
+            Resource::memory32_fixed(d.base as u32, d.size as u32),
+            Resource::Interrupt { edge: false, active_low: false, shared: false, gsi: d.gsi },
+        ]);
+        let name = format!("VR{i:02X}");
+        let dev = Device::new(
+            &name,
+            vec![
+                Box::new(Name::new("_HID", "LNRO0005").map_err(err)?),
+                Box::new(Name::new("_UID", i as u32).map_err(err)?),
+                Box::new(Name::new("_CCA", 1u8).map_err(err)?),
+                Box::new(Name::new("_CRS", crs).map_err(err)?),
+            ],
+        )
+        .map_err(err)?;
+        list.push(Box::new(dev));
+    }
+    Ok(list)
+}
+
 /// The MCFG table (PCI Firmware Specification 3.0, 4.1.2): one allocation for segment 0.
 pub fn build_mcfg(pci: &PciDescription) -> Sdt {
     let mut mcfg = Sdt::new(*b"MCFG", 1);
@@ -32,8 +69,8 @@ pub fn build_mcfg(pci: &PciDescription) -> Sdt {
     mcfg
 }
 
-/// `Scope (\_SB) { Device (PCI0) { ... } }` as AML bytes.
-pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiError> {
+/// `Scope (\_SB) { Device (PCI0) { ... }, MRES, extra... }` as AML bytes.
+pub fn build_pci_host_bridge_aml(pci: &PciDescription, extra: AmlList) -> Result<Vec<u8>, AcpiError> {
     let err = |e: AmlError| AcpiError::from(e);
     let memory = AddressSpaceKind::Memory { cacheable: false, read_write: true };
     let crs = ResourceTemplate::new(vec![
@@ -95,7 +132,9 @@ pub fn build_pci_host_bridge_aml(pci: &PciDescription) -> Result<Vec<u8>, AcpiEr
         ],
     )
     .map_err(err)?;
-    let scope = Scope::new("\\_SB", vec![Box::new(pci0), Box::new(res)]).map_err(err)?;
+    let mut children: AmlList = vec![Box::new(pci0), Box::new(res)];
+    children.extend(extra);
+    let scope = Scope::new("\\_SB", children).map_err(err)?;
     scope.to_aml_vec().map_err(err)
 }
 
@@ -139,7 +178,8 @@ mod tests {
         let pci = description();
         let mut config = AcpiConfig::new(2, 0x3c0);
         config.extra_tables.push(build_mcfg(&pci));
-        config.extra_dsdt_aml = build_pci_host_bridge_aml(&pci).unwrap();
+        let mmio = build_virtio_mmio_aml(&[MmioDeviceDescription { base: 0xd000_0000, size: 0x1000, gsi: 17 }]).unwrap();
+        config.extra_dsdt_aml = build_pci_host_bridge_aml(&pci, mmio).unwrap();
         let blob = build_acpi_tables(0xe0000, &config).unwrap().bytes;
         let dir = std::env::temp_dir().join(format!("rvmm-pci-acpi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -162,6 +202,11 @@ mod tests {
             "PNP0C02",
             "0xE0000000",
             "Base Address : 00000000E0000000",
+            "LNRO0005",
+            "Memory32Fixed (ReadWrite,",
+            "0xD0000000",
+            "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, )",
+            "0x00000011,",
             "Incorrect checksum",
         ] {
             let want = needle != "Incorrect checksum";
