@@ -23,6 +23,16 @@ enum CommandArgs {
     ///
     /// Without --kernel, rvmm boots its bundled hello probe guest.
     Run(RunArgs),
+    /// Send one command to a running VM's --api-socket and print the answer.
+    ///
+    /// Commands: `balloon [MIB]`, `balloon-stats`, `stats`, `quit`.
+    Ctl {
+        /// The VM's --api-socket path.
+        socket: PathBuf,
+        /// The command and its arguments.
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -42,7 +52,8 @@ struct RunArgs {
     /// Guest memory, in bytes or with a K, M or G suffix.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     memory: u64,
-    /// Where the serial console (COM1) goes: stdio, file:PATH or none.
+    /// Where the console goes: stdio (COM1 on the terminal), virtio (a virtio-console,
+    /// the guest's hvc0, on the terminal), file:PATH (COM1's output) or none.
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_console)]
     console: ConsoleConfig,
     /// Boot entry: auto picks PVH for an ELF with the PVH note, else the 64-bit entry.
@@ -78,6 +89,15 @@ struct RunArgs {
     /// kernel command line, or LNRO0005 devices in the ACPI DSDT.
     #[arg(long, value_enum, default_value_t = MmioDiscoveryArg::Cmdline)]
     mmio_discovery: MmioDiscoveryArg,
+    /// Add a virtio-balloon device; steer it with `rvmm ctl SOCKET balloon MIB`.
+    #[arg(long)]
+    balloon: bool,
+    /// Let the guest deflate the balloon when it runs out of memory (VIRTIO_BALLOON_F_DEFLATE_ON_OOM).
+    #[arg(long, requires = "balloon")]
+    balloon_deflate_on_oom: bool,
+    /// Listen for control commands (see `rvmm ctl`) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -143,6 +163,13 @@ impl From<BootArg> for BootProtocol {
 pub enum Command {
     /// Run a VM.
     Run(VmConfig),
+    /// Send a command to a running VM.
+    Ctl {
+        /// Its control socket.
+        socket: PathBuf,
+        /// The command line to send.
+        command: String,
+    },
 }
 
 /// Why parsing did not produce a command.
@@ -181,10 +208,11 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
 fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
     match s {
         "stdio" => Ok(ConsoleConfig::Stdio),
+        "virtio" => Ok(ConsoleConfig::Virtio),
         "none" => Ok(ConsoleConfig::None),
         _ => match s.strip_prefix("file:") {
             Some(path) if !path.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(path))),
-            _ => Err(format!("'{s}' is not a console: use stdio, file:PATH or none")),
+            _ => Err(format!("'{s}' is not a console: use stdio, virtio, file:PATH or none")),
         },
     }
 }
@@ -299,7 +327,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
             };
         }
     };
-    let CommandArgs::Run(run) = args.command;
+    let run = match args.command {
+        CommandArgs::Run(run) => run,
+        CommandArgs::Ctl { socket, command } => return Ok(Command::Ctl { socket, command: command.join(" ") }),
+    };
     let (kernel, kernel_name, default_cmdline) = match &run.kernel {
         Some(path) => (read_file("kernel", path)?, path.clone(), String::new()),
         None => (rvmm_probes::hello_pvh_elf().to_vec(), PathBuf::from("<bundled hello probe>"), "hello".to_string()),
@@ -331,6 +362,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
             MmioDiscoveryArg::Cmdline => vmm::vm::MmioDiscovery::Cmdline,
             MmioDiscoveryArg::Acpi => vmm::vm::MmioDiscovery::Acpi,
         },
+        balloon: run.balloon.then_some(run.balloon_deflate_on_oom),
+        api_socket: run.api_socket,
     }))
 }
 

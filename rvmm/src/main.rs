@@ -36,7 +36,31 @@ fn main() -> ExitCode {
     };
     match command {
         cli::Command::Run(config) => run(config),
+        cli::Command::Ctl { socket, command } => ctl(&socket, &command),
     }
+}
+
+/// `rvmm ctl`: one command to a running VM's control socket.
+fn ctl(socket: &std::path::Path, command: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rvmm: cannot connect to {}: {e} (is the VM running with --api-socket?)", socket.display());
+            return ExitCode::from(exit_code::BAD_INPUT);
+        }
+    };
+    let mut answer = String::new();
+    let result = stream
+        .write_all(format!("{command}\n").as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+        .and_then(|()| stream.read_to_string(&mut answer).map(|_| ()));
+    if let Err(e) = result {
+        eprintln!("rvmm: {}: {e}", socket.display());
+        return ExitCode::from(exit_code::HOST_ERROR);
+    }
+    print!("{answer}");
+    ExitCode::from(if answer.starts_with("ok") { exit_code::OK } else { 1 })
 }
 
 fn run(config: vmm::VmConfig) -> ExitCode {

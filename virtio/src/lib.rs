@@ -2,7 +2,9 @@
 //! ([`queue`]), the transport-independent device interface ([`device`]), and
 //! the devices built on them ([`block`]).
 
+pub mod balloon;
 pub mod block;
+pub mod console;
 pub mod device;
 pub mod net;
 pub mod queue;

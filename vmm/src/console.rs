@@ -19,6 +19,9 @@ pub enum ConsoleConfig {
     File(PathBuf),
     /// Discarded.
     None,
+    /// The host's standard output and input on a virtio-console (the guest's
+    /// hvc0); COM1's output is discarded.
+    Virtio,
 }
 
 /// The escape character: Ctrl-A, as in QEMU and minicom.
@@ -73,7 +76,7 @@ pub fn open_output(config: &ConsoleConfig) -> io::Result<Option<Box<dyn Write + 
     Ok(match config {
         ConsoleConfig::Stdio => Some(Box::new(io::stdout())),
         ConsoleConfig::File(path) => Some(Box::new(File::options().create(true).append(true).open(path)?)),
-        ConsoleConfig::None => None,
+        ConsoleConfig::None | ConsoleConfig::Virtio => None,
     })
 }
 

@@ -8,6 +8,7 @@
 //! - [`bus`] (chapter 1.3): port-I/O and MMIO dispatch to the devices of the `devices` crate;
 //! - [`vm`]: puts them together and runs the machine.
 
+pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod console;

@@ -23,6 +23,7 @@ use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
 use virtio::transport::mmio::MMIO_WINDOW_SIZE;
 
+use crate::api::{ApiContext, ApiServer};
 use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciSegment, VirtioTransport};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
@@ -71,6 +72,10 @@ pub struct VmConfig {
     pub irqchip: IrqChipMode,
     /// How the guest learns about virtio-mmio devices.
     pub mmio_discovery: MmioDiscovery,
+    /// A virtio-balloon device (the value: VIRTIO_BALLOON_F_DEFLATE_ON_OOM).
+    pub balloon: Option<bool>,
+    /// Where the control socket listens.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// How virtio-mmio devices are announced to the guest. Linux accepts either;
@@ -167,6 +172,9 @@ impl VmError {
     }
 }
 
+/// Where typed console input goes (COM1 or a virtio-console).
+pub type ConsoleSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Where a virtio device goes.
 enum Placement {
     Pci(u32),
@@ -183,7 +191,9 @@ pub struct Vm {
     buses: [Arc<Bus>; 2],
     print_stats: bool,
     exit: Arc<ExitSignal>,
-    console_input: Option<Arc<Mutex<Serial>>>,
+    console_input: Option<ConsoleSink>,
+    balloon: Option<virtio::balloon::BalloonControl>,
+    api_socket: Option<PathBuf>,
     boot_info: BootInfo,
     // The VM fd must outlive the vCPUs and the irq lines that refer to it.
     _vm: Arc<VmFd>,
@@ -266,6 +276,18 @@ impl Vm {
         if config.rng {
             virtio_devices.push((Box::new(virtio::rng::Rng::new()), None));
         }
+        let mut virtio_console_input = None;
+        if config.console == ConsoleConfig::Virtio {
+            let (console, input) = virtio::console::Console::new(Some(Box::new(std::io::stdout())));
+            virtio_devices.push((Box::new(console), None));
+            virtio_console_input = Some(input);
+        }
+        let mut balloon = None;
+        if let Some(deflate_on_oom) = config.balloon {
+            let (device, control) = virtio::balloon::Balloon::new(deflate_on_oom);
+            virtio_devices.push((Box::new(device), None));
+            balloon = Some(control);
+        }
         let mut placements = Vec::with_capacity(virtio_devices.len());
         let mut mmio_count = 0;
         let mut cmdline = config.cmdline;
@@ -298,7 +320,14 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
-        let console_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout)?;
+        let serial_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout)?;
+        let console_input: Option<ConsoleSink> = match (serial_input, virtio_console_input) {
+            (Some(serial), _) => Some(Arc::new(move |bytes: &[u8]| {
+                serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(bytes)
+            })),
+            (None, Some(input)) => Some(Arc::new(move |bytes: &[u8]| input.queue_input(bytes))),
+            (None, None) => None,
+        };
         let pit_timer = match irqchip.user() {
             Some(chip) => {
                 interrupt::register_user_irqchip(chip, &pio_bus, &mmio_bus)?;
@@ -362,6 +391,8 @@ impl Vm {
             print_stats: config.stats,
             exit,
             console_input,
+            balloon,
+            api_socket: config.api_socket,
             boot_info,
             _vm: vm,
             memory,
@@ -404,7 +435,25 @@ impl Vm {
             Some(e) => Err(VmError::Cpu(e)),
             None => {
                 let report = || stats::report(&self.vcpu_stats, &bus_counters(&self.buses));
-                event_loop(&self.exit, self.console_input.as_ref(), &report)
+                let api = match &self.api_socket {
+                    Some(path) => match bind_api_socket(path) {
+                        Ok(listener) => {
+                            let (stats, buses) = (self.vcpu_stats.clone(), self.buses.clone());
+                            let context = ApiContext {
+                                balloon: self.balloon.clone(),
+                                stats: Box::new(move || stats::report(&stats, &bus_counters(&buses))),
+                                exit: self.exit.clone(),
+                            };
+                            Some(ApiServer::new(listener, context))
+                        }
+                        Err(e) => {
+                            start_error_message(&e);
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                event_loop(&self.exit, self.console_input.as_ref(), api, &report)
             }
         };
         for h in &handles {
@@ -501,9 +550,23 @@ fn store_cmos_memory_size(rtc: &mut Rtc, layout: &MemoryLayout) {
     }
 }
 
-/// Console input: stdin through the escape decoder into COM1.
+/// Binds the control socket, replacing a stale socket file left by an earlier run.
+fn bind_api_socket(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn start_error_message(e: &std::io::Error) {
+    log::error!("cannot open the api socket: {e}; the VM runs without it");
+}
+
+/// Console input: stdin through the escape decoder into the console device.
 struct ConsoleInputHandler {
-    serial: Arc<Mutex<Serial>>,
+    sink: ConsoleSink,
     decoder: EscapeDecoder,
     exit: Arc<ExitSignal>,
 }
@@ -533,7 +596,7 @@ impl EventHandler for ConsoleInputHandler {
                 ConsoleInput::Nothing => {}
             }
         }
-        self.serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(&bytes);
+        (self.sink)(&bytes);
         Watch::Keep
     }
 }
@@ -541,13 +604,17 @@ impl EventHandler for ConsoleInputHandler {
 /// The main thread's loop: console input and device events until the VM ends.
 fn event_loop(
     exit: &Arc<ExitSignal>,
-    console_input: Option<&Arc<Mutex<Serial>>>,
+    console_input: Option<&ConsoleSink>,
+    api: Option<ApiServer>,
     stats_report: &dyn Fn() -> String,
 ) -> Result<VmExit, VmError> {
     let mut event_loop = EventLoop::new().map_err(|e| VmError::Console(std::io::Error::other(e)))?;
-    if let Some(serial) = console_input {
-        let handler =
-            ConsoleInputHandler { serial: serial.clone(), decoder: EscapeDecoder::default(), exit: exit.clone() };
+    if let Some(api) = api {
+        let fd = api.raw_fd();
+        event_loop.add(fd, Box::new(api)).map_err(|e| VmError::Console(std::io::Error::other(e)))?;
+    }
+    if let Some(sink) = console_input {
+        let handler = ConsoleInputHandler { sink: sink.clone(), decoder: EscapeDecoder::default(), exit: exit.clone() };
         // stdin may be /dev/null or a regular file, which epoll refuses: then there is no input.
         if event_loop.add(libc::STDIN_FILENO, Box::new(handler)).is_err() {
             log::info!("console input is not pollable; the guest gets no input");
