@@ -213,12 +213,21 @@ fn main() {
     // ---- compile ----
     let probe_o = out.join("probe.o");
     let pci_o = out.join("pci.o");
+    let virtio_o = out.join("virtio.o");
     let blk_o = out.join("virtio_blk.o");
+    let net_o = out.join("virtio_net.o");
+    let misc_o = out.join("virtio_misc.o");
     let entry_o = out.join("entry.o");
     let note_o = out.join("pvhnote.o");
     let setup_o = out.join("bzsetup.o");
     compile(&cc, &guest.join("probe.c"), &probe_o, &guest, CFLAGS, &["-m64"]);
-    for (src, obj) in [("pci.c", &pci_o), ("virtio_blk.c", &blk_o)] {
+    for (src, obj) in [
+        ("pci.c", &pci_o),
+        ("virtio.c", &virtio_o),
+        ("virtio_blk.c", &blk_o),
+        ("virtio_net.c", &net_o),
+        ("virtio_misc.c", &misc_o),
+    ] {
         compile(&cc, &guest.join(src), obj, &guest, CFLAGS, &["-m64"]);
     }
     compile(&cc, &guest.join("entry.S"), &entry_o, &guest, CFLAGS, &["-m64"]);
@@ -240,8 +249,11 @@ fn main() {
 
     let linux64 = out.join("probe-linux64.elf");
     let pvh = out.join("probe-pvh.elf");
-    link(&ld, &ld64, &[&entry_o, &probe_o, &pci_o, &blk_o], &linux64);
-    link(&ld, &ldpvh, &[&entry_o, &probe_o, &pci_o, &blk_o, &note_o], &pvh);
+    let objs: [&Path; 7] = [&entry_o, &probe_o, &pci_o, &virtio_o, &blk_o, &net_o, &misc_o];
+    link(&ld, &ld64, &objs, &linux64);
+    let mut pvh_objs = objs.to_vec();
+    pvh_objs.push(&note_o);
+    link(&ld, &ldpvh, &pvh_objs, &pvh);
 
     let syms = symbols(&nm, &linux64);
     assert_eq!(sym(&syms, "bz_entry32"), LOAD_ADDR, "bzImage 32-bit entry must be at offset 0");

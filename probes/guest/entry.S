@@ -249,8 +249,53 @@ exc_stubs:
 
 	IRQ_STUB serial_stub, serial_isr
 	IRQ_STUB timer_stub, timer_isr
-	IRQ_STUB blk_stub, blk_isr
-	IRQ_STUB blk_cfg_stub, blk_cfg_isr
+
+/* The virtio vectors VEC_VIRTIO_FIRST..VEC_VIRTIO_LAST: each stub pushes its vector and
+ * virtio_common calls virtio_irq(vector) (virtio.c). */
+	.macro VIRTIO_STUB vec
+virtio_stub_\vec:
+	pushq	$\vec
+	jmp	virtio_common
+	.endm
+	.irp v, 64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95
+	VIRTIO_STUB \v
+	.endr
+
+virtio_common:
+	pushq	%rax
+	pushq	%rcx
+	pushq	%rdx
+	pushq	%rsi
+	pushq	%rdi
+	pushq	%r8
+	pushq	%r9
+	pushq	%r10
+	pushq	%r11
+	cld
+	movq	72(%rsp), %rdi		/* the vector */
+	subq	$8, %rsp		/* keep the call 16-byte aligned */
+	call	virtio_irq
+	addq	$8, %rsp
+	popq	%r11
+	popq	%r10
+	popq	%r9
+	popq	%r8
+	popq	%rdi
+	popq	%rsi
+	popq	%rdx
+	popq	%rcx
+	popq	%rax
+	addq	$8, %rsp		/* the vector */
+	iretq
+
+	.section .rodata
+	.balign 8
+	.globl virtio_stubs
+virtio_stubs:
+	.irp v, 64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95
+	.quad virtio_stub_\v
+	.endr
+	.text
 
 	.globl spurious_stub
 spurious_stub:

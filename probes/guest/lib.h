@@ -108,6 +108,14 @@ struct probe_opts {
 	u64 pcimem;	/* 32-bit memory window for BARs the probe assigns */
 	u64 pcimem_size;
 	u64 pciio;	/* I/O window for BARs the probe assigns */
+	int net;	/* drive a virtio-net device */
+	int rng;	/* drive a virtio-rng device */
+	int vcon;	/* drive a virtio-console device (token `console`) */
+	int mq;		/* virtio-net: 2 queue pairs through the control queue */
+	u8 ip[4];	/* virtio-net: our IPv4 address (ip=), default 192.0.2.2 */
+	u8 peer[4];	/* virtio-net: the peer to ARP and ping (peer=), default 192.0.2.1 */
+	u32 net_serve;	/* net-serve=SECONDS: answer ARP and ping that long afterwards */
+	u32 vcon_rx;	/* vcon-rx=N: bytes to wait for on the console's receiveq */
 };
 extern struct probe_opts opts;
 
@@ -134,8 +142,15 @@ void timer_stop(void);
 /* A rough TSC rate for bounding waits; only ever used as an upper bound. */
 #define TSC_PER_MS 3000000UL
 
-/* ---- pci.c / virtio_blk.c ---- */
+/* The RTC's seconds register as it is (BCD or binary), or 0xff during an update: for
+ * counting seconds of wall-clock time without trusting the TSC rate. */
+u8 rtc_second(void);
+
+/* ---- pci.c, virtio_blk.c, virtio_net.c, virtio_misc.c ---- */
 void pci_report(void);
 void blk_report(void);
+void net_report(void);
+void rng_report(void);
+void vcon_report(void);
 
 #endif

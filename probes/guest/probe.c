@@ -190,7 +190,7 @@ extern u8 gdt[];
 extern const u64 exc_stubs[32];
 extern void load_gdt_and_segments(void);
 extern void serial_stub(void), timer_stub(void), spurious_stub(void);
-extern void blk_stub(void), blk_cfg_stub(void);
+extern const u64 virtio_stubs[VEC_VIRTIO_LAST - VEC_VIRTIO_FIRST + 1];
 extern const u8 tramp_start[], tramp_end[];
 extern volatile u32 ap_count;
 
@@ -230,8 +230,8 @@ static void setup_cpu(void)
 		set_gate(v, exc_stubs[v]);
 	set_gate(VEC_SERIAL, (u64)serial_stub);
 	set_gate(VEC_TIMER, (u64)timer_stub);
-	set_gate(VEC_BLK, (u64)blk_stub);
-	set_gate(VEC_BLK_CFG, (u64)blk_cfg_stub);
+	for (int v = VEC_VIRTIO_FIRST; v <= VEC_VIRTIO_LAST; v++)
+		set_gate(v, virtio_stubs[v - VEC_VIRTIO_FIRST]);
 	set_gate(VEC_SPURIOUS, (u64)spurious_stub);
 	struct {
 		u16 limit;
@@ -345,6 +345,8 @@ struct probe_opts opts = {
 	.pcimem = 0xe0000000UL,
 	.pcimem_size = 0x10000000UL,
 	.pciio = 0xc000,
+	.ip = { 192, 0, 2, 2 },
+	.peer = { 192, 0, 2, 1 },
 };
 
 static int token_is(const char *tok, u32 len, const char *word)
@@ -443,6 +445,38 @@ static int token_u64(const char *tok, u32 len, const char *prefix, u64 *out)
 	return 1;
 }
 
+/* `prefix` followed by a dotted-quad IPv4 address that fills the rest of the token. */
+static int token_ipv4(const char *tok, u32 len, const char *prefix, u8 out[4])
+{
+	u32 p = 0;
+	while (prefix[p]) {
+		if (p >= len || tok[p] != prefix[p])
+			return 0;
+		p++;
+	}
+	u8 a[4];
+	for (int i = 0; i < 4; i++) {
+		u32 v = 0, digits = 0;
+		while (p < len && tok[p] >= '0' && tok[p] <= '9' && digits < 4) {
+			v = v * 10 + (tok[p++] - '0');
+			digits++;
+		}
+		if (!digits || v > 255)
+			return 0;
+		a[i] = (u8)v;
+		if (i < 3) {
+			if (p >= len || tok[p] != '.')
+				return 0;
+			p++;
+		}
+	}
+	if (p != len)
+		return 0;
+	for (int i = 0; i < 4; i++)
+		out[i] = a[i];
+	return 1;
+}
+
 static void parse_cmdline(void)
 {
 	const char *s = cmdline;
@@ -488,10 +522,27 @@ static void parse_cmdline(void)
 			opts.pcimem_size = v;
 		else if (token_u64(t, len, "pciio=", &v))
 			opts.pciio = v;
+		else if (token_is(t, len, "net"))
+			opts.net = 1;
+		else if (token_is(t, len, "rng"))
+			opts.rng = 1;
+		else if (token_is(t, len, "console"))
+			opts.vcon = 1;
+		else if (token_is(t, len, "mq"))
+			opts.mq = 1;
+		else if (token_ipv4(t, len, "ip=", opts.ip))
+			;
+		else if (token_ipv4(t, len, "peer=", opts.peer))
+			;
+		else if (token_num(t, len, "net-serve=", &opts.net_serve))
+			;
+		else if (token_num(t, len, "vcon-rx=", &opts.vcon_rx)) {
+		}
 	}
-	if (opts.mmio)
+	/* `mmio` alone means the block device; with net, rng or console it is their transport. */
+	if (opts.mmio && !opts.net && !opts.rng && !opts.vcon)
 		opts.blk = 1;
-	if (opts.blk && !opts.mmio)
+	if ((opts.blk || opts.net || opts.rng || opts.vcon) && !opts.mmio)
 		opts.pci = 1;
 }
 
@@ -910,6 +961,13 @@ static u8 cmos(u8 reg)
 	return inb(0x71);
 }
 
+u8 rtc_second(void)
+{
+	if (cmos(0x0a) & 0x80)	/* update in progress */
+		return 0xff;
+	return cmos(0x00);
+}
+
 static u32 bcd(u32 v) { return (v & 0x0f) + (v >> 4) * 10; }
 
 static void report_rtc(void)
@@ -1210,6 +1268,12 @@ void probe_main(u32 boot_kind, u64 boot_info)
 		pci_report();
 	if (opts.blk)
 		blk_report();
+	if (opts.rng)
+		rng_report();
+	if (opts.vcon)
+		vcon_report();
+	if (opts.net)
+		net_report();
 
 	int irqs = 0;
 	if (opt_rx || opt_echo) {

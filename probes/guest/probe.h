@@ -20,8 +20,14 @@
 /* Interrupt vectors. */
 #define VEC_SERIAL   0x30
 #define VEC_TIMER    0x31
+/* 0x40-0x5f: virtio devices (virtio.c dispatches them by vector). */
+#define VEC_VIRTIO_FIRST 0x40
+#define VEC_VIRTIO_LAST  0x5f
 #define VEC_BLK      0x40 /* virtio-blk request queue (MSI-X entry 1, INTx or virtio-mmio IRQ) */
 #define VEC_BLK_CFG  0x41 /* virtio-blk configuration change (MSI-X entry 0) */
+#define VEC_NET      0x48 /* virtio-net: 0x48 + MSI-X entry (0 config, 1.. queues); INTx 0x49 */
+#define VEC_RNG      0x50 /* virtio-rng: 0x50 + MSI-X entry; INTx 0x51 */
+#define VEC_VCON     0x54 /* virtio-console: 0x54 + MSI-X entry; INTx 0x55 */
 #define VEC_SPURIOUS 0xff
 
 /* Where the AP trampoline is copied (SIPI vector 0x08). */

@@ -4,8 +4,9 @@
 //! Each probe boots, reports what it was handed (boot protocol, command line, memory
 //! map, initrd, ACPI, MP table, CPUs, RTC, serial input) as `key: value` lines on COM1,
 //! and exits through the debug exit port 0xf4 (status 0 when every self-check passed).
-//! Command-line tokens make it also enumerate PCI bus 0 (`pci`) and drive a virtio-blk
-//! device over PCI or virtio-mmio (`blk`, `mmio`, `msix`, `intx`): see the README.
+//! Command-line tokens make it also enumerate PCI bus 0 (`pci`) and drive virtio devices
+//! over PCI or virtio-mmio (`mmio`, `msix`, `intx`): block (`blk`), network (`net`, with
+//! ARP and ping), entropy (`rng`) and console (`console`): see the README.
 
 /// Path of `probe-linux64.elf`: an ELF64 image whose `e_entry` follows the Linux
 /// 64-bit boot protocol (RSI = `struct boot_params`), loaded at physical 1 MiB.

@@ -67,7 +67,11 @@ pub struct VmRunner {
     timeout: Duration,
     inputs: Vec<(String, Vec<u8>)>,
     stop_when: Option<String>,
+    actions: Vec<(String, Option<Action>)>,
 }
+
+/// Work that [`VmRunner::spawn_after`] runs on its own thread.
+type Action = Box<dyn FnOnce() + Send + 'static>;
 
 #[derive(Default)]
 struct Captured {
@@ -79,7 +83,7 @@ struct Captured {
 impl VmRunner {
     /// A runner for `cmd` with the [`DEFAULT_TIMEOUT`].
     pub fn new(cmd: Command) -> Self {
-        VmRunner { cmd, timeout: DEFAULT_TIMEOUT, inputs: Vec::new(), stop_when: None }
+        VmRunner { cmd, timeout: DEFAULT_TIMEOUT, inputs: Vec::new(), stop_when: None, actions: Vec::new() }
     }
 
     /// Sets the time limit after which the process is killed.
@@ -103,6 +107,18 @@ impl VmRunner {
         self
     }
 
+    /// Runs `action` on a new thread once stdout contains `trigger` (an empty trigger
+    /// runs it as soon as the process has been spawned), while the process goes on: for
+    /// host-side work during the run, such as pinging the guest or talking to a socket
+    /// the VMM serves. [`VmRunner::run`] joins these threads before it returns, so each
+    /// action must end by itself (bound its own waits); its results go back through a
+    /// channel or similar. An action whose trigger does not appear while the process
+    /// runs is not run.
+    pub fn spawn_after(mut self, trigger: &str, action: impl FnOnce() + Send + 'static) -> Self {
+        self.actions.push((trigger.to_string(), Some(Box::new(action))));
+        self
+    }
+
     /// Spawns the process and waits for it as described on [`VmRunner`].
     pub fn run(mut self) -> io::Result<VmOutput> {
         let start = Instant::now();
@@ -117,11 +133,17 @@ impl VmRunner {
         let mut next_input = 0;
         let mut timed_out = false;
         let mut status = None;
+        let mut action_threads = Vec::new();
         loop {
-            // Feed inputs whose trigger has appeared.
+            // Start actions and feed inputs whose trigger has appeared.
             {
                 let (lock, _) = &*shared;
                 let cap = lock.lock().unwrap();
+                for (trigger, action) in self.actions.iter_mut() {
+                    if action.is_some() && contains(&cap.stdout, trigger.as_bytes()) {
+                        action_threads.push(thread::spawn(action.take().unwrap()));
+                    }
+                }
                 while next_input < self.inputs.len() {
                     let (trigger, bytes) = &self.inputs[next_input];
                     if !contains(&cap.stdout, trigger.as_bytes()) {
@@ -172,6 +194,9 @@ impl VmRunner {
             if r.is_finished() {
                 let _ = r.join();
             }
+        }
+        for t in action_threads {
+            let _ = t.join();
         }
         let (lock, _) = &*shared;
         let cap = lock.lock().unwrap();
@@ -409,5 +434,17 @@ mod tests {
         cmd.args(["-c", "echo up; exec sleep 30"]);
         let out = VmRunner::new(cmd).stop_when("up").run().unwrap();
         assert!(!out.timed_out && out.status.is_none() && out.elapsed < Duration::from_secs(10));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; sleep 0.3; echo two; sleep 0.3"]);
+        let out = VmRunner::new(cmd)
+            .spawn_after("two", move || tx.send("after two").unwrap())
+            .spawn_after("never", move || tx2.send("never").unwrap())
+            .run()
+            .unwrap();
+        assert_eq!(out.exit_code(), Some(0), "{}", out.describe());
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["after two"]);
     }
 }
