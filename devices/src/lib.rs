@@ -11,7 +11,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod pci;
-mod ratelimit;
+pub mod ratelimit;
 pub mod rtc;
 pub mod serial;
 

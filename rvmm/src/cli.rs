@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use virtio::block::disk::EngineKind;
 use virtio::block::BlockConfig;
-use vmm::device_manager::{DiskSpec, NetBackendSpec, NetSpec, VirtioTransport};
+use vmm::device_manager::{DiskSpec, NetBackendSpec, NetSpec, VirtioTransport, VsockSpec};
 use vmm::{BootProtocol, ConsoleConfig, VmConfig, MAX_VCPUS};
 
 /// rvmm: a small virtual machine monitor for Linux/KVM.
@@ -98,6 +98,10 @@ struct RunArgs {
     /// Listen for control commands (see `rvmm ctl`) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// A virtio-vsock device: cid=N,uds=PATH[,transport=pci|mmio]. Guest connections to
+    /// port P go to the Unix socket PATH_P; host clients connect to PATH and send `CONNECT P`.
+    #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
+    vsock: Option<VsockSpec>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -262,6 +266,28 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     Ok(DiskSpec { block: disk, transport })
 }
 
+/// Parses `cid=N,uds=PATH[,transport=T]`.
+pub fn parse_vsock(s: &str) -> Result<VsockSpec, String> {
+    let (mut cid, mut uds, mut transport) = (None, None, None);
+    for option in s.split(',') {
+        match option.split_once('=') {
+            Some(("cid", v)) => {
+                cid = Some(v.parse::<u64>().ok().filter(|&c| (3..=0xffff_fffe).contains(&c)).ok_or_else(|| {
+                    format!("'{option}': the guest CID is a number from 3 to 4294967294")
+                })?)
+            }
+            Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+            Some(("transport", "pci")) => transport = Some(VirtioTransport::Pci),
+            Some(("transport", "mmio")) => transport = Some(VirtioTransport::Mmio),
+            _ => return Err(format!("'{option}' is not a vsock option (cid=, uds=, transport=)")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds)) => Ok(VsockSpec { cid, uds, transport }),
+        _ => Err(format!("'{s}': vsock needs cid=N and uds=PATH")),
+    }
+}
+
 /// Parses `52:54:00:12:34:56`.
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -364,6 +390,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         },
         balloon: run.balloon.then_some(run.balloon_deflate_on_oom),
         api_socket: run.api_socket,
+        vsock: run.vsock,
     }))
 }
 
@@ -397,6 +424,16 @@ mod tests {
         assert!(parse_disk("a,queues=0").is_err());
         assert!(parse_disk("a,engine=aio").is_err());
         assert!(parse_disk("a,rw").is_err());
+    }
+
+    #[test]
+    fn vsocks() {
+        let v = parse_vsock("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds.to_str()), (3, Some("/tmp/v.sock")));
+        assert!(parse_vsock("cid=2,uds=/x").is_err());
+        assert!(parse_vsock("cid=3").is_err());
+        assert!(parse_vsock("uds=/x").is_err());
+        assert!(parse_vsock("cid=3,uds=/x,port=1").is_err());
     }
 
     #[test]

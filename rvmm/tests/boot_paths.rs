@@ -245,21 +245,7 @@ fn guest_int3_with_no_idt_is_a_crash_on_any_kvm() {
 
 #[test]
 fn sigterm_stops_the_vm_with_128_plus_signal() {
-    use std::io::Read;
-    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 512];
-    while !String::from_utf8_lossy(&seen).contains("probe-result: ok") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "rvmm ended early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut child, _) = spawn_until(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"], "probe-result: ok");
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
@@ -287,21 +273,7 @@ fn stats_report_exits_and_devices() {
 
 #[test]
 fn sigusr1_prints_stats_while_running() {
-    use std::io::Read;
-    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 512];
-    while !String::from_utf8_lossy(&seen).contains("probe-result: ok") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "rvmm ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut child, _) = spawn_until(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "echo"], "probe-result: ok");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -44,3 +44,26 @@ pub fn assert_exit(out: &VmOutput, code: i32) {
     assert!(!out.timed_out, "rvmm timed out\n{}", out.describe());
     assert_eq!(out.exit_code(), Some(code), "unexpected exit\n{}", out.describe());
 }
+
+/// Spawns `rvmm run args...` with piped stdio and reads its console until `text`
+/// appears; returns the child (still running) and what it printed so far.
+pub fn spawn_until(args: &[&str], text: &str) -> (std::process::Child, String) {
+    use std::io::Read;
+    let mut child = rvmm_run(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rvmm");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains(text) {
+        let n = stdout.read(&mut buf).expect("read rvmm's console");
+        assert!(n > 0, "rvmm ended before printing {text:?}: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Keep the pipe open (and drained) so the guest's later output cannot block rvmm.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, String::from_utf8_lossy(&seen).into_owned())
+}

@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -170,20 +169,7 @@ fn several_disks_on_both_transports() {
 fn flushed_data_survives_sigkill() {
     let path = disk("sigkill");
     let spec = format!("{}", path.display());
-    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk echo seed=66"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 512];
-    while !String::from_utf8_lossy(&seen).contains("blk-flush: ok") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "rvmm ended early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut child, _) = spawn_until(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk echo seed=66"], "blk-flush: ok");
     child.kill().unwrap();
     child.wait().unwrap();
     let now = std::fs::read(&path).unwrap();

@@ -166,22 +166,8 @@ fn balloon_target_through_the_control_socket() {
         let out = Command::new(RVMM).arg("ctl").arg(&socket_str).args(words).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let mut child = rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--balloon", "--api-socket", socket.to_str().unwrap(), "--cmdline", "pci echo"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 512];
-    while !String::from_utf8_lossy(&seen).contains("probe-result: ok") {
-        use std::io::Read;
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "rvmm ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&seen).contains("1af4:1045"), "no balloon on the PCI bus");
+    let (mut child, seen) = spawn_until(&["--kernel", rvmm_probes::PVH_ELF, "--balloon", "--api-socket", socket.to_str().unwrap(), "--cmdline", "pci echo"], "probe-result: ok");
+    assert!(seen.contains("1af4:1045"), "no balloon on the PCI bus");
     let (code, answer) = ctl(&["balloon", "64"]);
     assert_eq!(code, Some(0), "{answer}");
     assert!(answer.starts_with("ok target=64 MiB"), "{answer}");

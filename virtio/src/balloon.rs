@@ -33,7 +33,6 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
@@ -143,31 +142,7 @@ pub struct BalloonCounters {
     pub stats_updates: u64,
 }
 
-/// At most one log line per interval for one kind of event; counts the rest.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    const INTERVAL: Duration = Duration::from_secs(1);
-
-    /// `Some(lines suppressed since the last one)` if a line may be logged now.
-    fn check(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < Self::INTERVAL => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
+use devices::ratelimit::TimedLogLimiter as LogLimiter;
 
 /// Locks `m`, ignoring poisoning (a panicked holder left plain data behind).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -10,4 +10,5 @@ pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 pub mod worker;

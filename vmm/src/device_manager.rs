@@ -97,6 +97,9 @@ pub enum DeviceError {
     /// A block device could not be created.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// The vsock device could not be set up (bad CID, socket path in use).
+    #[error("vsock: {0}")]
+    Vsock(#[from] virtio::vsock::VsockError),
     /// A tap could not be opened or configured.
     #[error("cannot use {what} for networking: {source}")]
     Tap {
@@ -144,6 +147,17 @@ pub struct NetSpec {
     pub mac: Option<[u8; 6]>,
     /// Queue pairs (one tap queue each).
     pub queues: u16,
+    /// Its transport; `None` takes the VM's default.
+    pub transport: Option<VirtioTransport>,
+}
+
+/// A virtio-vsock device with its host-side Unix sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// The host socket path: rvmm listens there; guest connections to port P go to `PATH_P`.
+    pub uds: std::path::PathBuf,
     /// Its transport; `None` takes the VM's default.
     pub transport: Option<VirtioTransport>,
 }

@@ -24,7 +24,7 @@ use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
 use virtio::transport::mmio::MMIO_WINDOW_SIZE;
 
 use crate::api::{ApiContext, ApiServer};
-use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciSegment, VirtioTransport};
+use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciSegment, VirtioTransport, VsockSpec};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::msi::GsiRouter;
@@ -76,6 +76,8 @@ pub struct VmConfig {
     pub balloon: Option<bool>,
     /// Where the control socket listens.
     pub api_socket: Option<PathBuf>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockSpec>,
 }
 
 /// How virtio-mmio devices are announced to the guest. Linux accepts either;
@@ -167,7 +169,7 @@ impl VmError {
             || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
             || matches!(
                 self,
-                VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. } | DeviceError::Tap { .. })
+                VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. } | DeviceError::Tap { .. } | DeviceError::Vsock(_))
             )
     }
 }
@@ -275,6 +277,9 @@ impl Vm {
         }
         if config.rng {
             virtio_devices.push((Box::new(virtio::rng::Rng::new()), None));
+        }
+        if let Some(v) = &config.vsock {
+            virtio_devices.push((Box::new(virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(DeviceError::Vsock)?), v.transport));
         }
         let mut virtio_console_input = None;
         if config.console == ConsoleConfig::Virtio {

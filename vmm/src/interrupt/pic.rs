@@ -111,21 +111,7 @@ const OCW3_POLL: u8 = 0x04;
 const OCW3_SMM: u8 = 0x20;
 const OCW3_ESMM: u8 = 0x40;
 
-/// Decides which occurrences of a guest-triggerable event get logged:
-/// numbers 1, 2, 4, 8, ... so a guest hammering a bad register cannot flood
-/// the host log but the log still shows that it keeps happening.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct LogLimiter {
-    count: u64,
-}
-
-impl LogLimiter {
-    /// Counts one occurrence; returns its 1-based number if it should be logged.
-    pub(crate) fn tick(&mut self) -> Option<u64> {
-        self.count = self.count.saturating_add(1);
-        self.count.is_power_of_two().then_some(self.count)
-    }
-}
+pub(crate) use devices::ratelimit::LogLimiter;
 
 /// Where a chip is in its initialization sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
