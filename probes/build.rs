@@ -217,6 +217,7 @@ fn main() {
     let blk_o = out.join("virtio_blk.o");
     let net_o = out.join("virtio_net.o");
     let misc_o = out.join("virtio_misc.o");
+    let irq_o = out.join("irq.o");
     let entry_o = out.join("entry.o");
     let note_o = out.join("pvhnote.o");
     let setup_o = out.join("bzsetup.o");
@@ -227,6 +228,7 @@ fn main() {
         ("virtio_blk.c", &blk_o),
         ("virtio_net.c", &net_o),
         ("virtio_misc.c", &misc_o),
+        ("irq.c", &irq_o),
     ] {
         compile(&cc, &guest.join(src), obj, &guest, CFLAGS, &["-m64"]);
     }
@@ -249,7 +251,7 @@ fn main() {
 
     let linux64 = out.join("probe-linux64.elf");
     let pvh = out.join("probe-pvh.elf");
-    let objs: [&Path; 7] = [&entry_o, &probe_o, &pci_o, &virtio_o, &blk_o, &net_o, &misc_o];
+    let objs: [&Path; 8] = [&entry_o, &probe_o, &pci_o, &virtio_o, &blk_o, &net_o, &misc_o, &irq_o];
     link(&ld, &ld64, &objs, &linux64);
     let mut pvh_objs = objs.to_vec();
     pvh_objs.push(&note_o);

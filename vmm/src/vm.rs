@@ -34,7 +34,7 @@ use crate::memory::{self, MemoryError, MemoryLayout};
 use crate::stats::{self, VcpuStats};
 
 /// The most vCPUs rvmm creates: APIC IDs are 8 bits in the MP table and the
-/// MADT's local APIC entries, 255 is the broadcast ID, and the IOAPIC takes one.
+/// MADT's local APIC entries, and 255 is the broadcast ID (one spare, as QEMU keeps).
 pub const MAX_VCPUS: u8 = 254;
 
 /// Everything that describes one VM.
@@ -254,7 +254,9 @@ impl Vm {
         let (irqchip, router) = match config.irqchip {
             IrqChipMode::Kernel => {
                 interrupt::create_in_kernel_irqchip(&vm)?;
-                (IrqChip::Kernel(vm.clone()), Arc::new(GsiRouter::new(vm.clone(), max_gsi)))
+                let router = Arc::new(GsiRouter::new(vm.clone(), max_gsi));
+                router.install_default().map_err(DeviceError::Msi)?;
+                (IrqChip::Kernel(vm.clone()), router)
             }
             IrqChipMode::Split => {
                 if !kvm.check_extension(Cap::SplitIrqchip) {
@@ -262,7 +264,8 @@ impl Vm {
                 }
                 interrupt::create_split_irqchip(&vm)?;
                 let router = Arc::new(GsiRouter::new_split(vm.clone(), max_gsi));
-                (IrqChip::Split(UserIrqChip::new(vm.clone(), router.clone())), router)
+                let chip = UserIrqChip::new(vm.clone(), router.clone());
+                (IrqChip::Split(chip), router)
             }
         };
 

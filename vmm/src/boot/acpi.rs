@@ -79,6 +79,8 @@ const MADT_REVISION: u8 = 5;
 const MADT_PCAT_COMPAT: u32 = 1;
 /// MADT entry type Processor Local APIC (§5.2.12, table 5.21).
 const MADT_LOCAL_APIC: u8 = 0;
+/// The I/O APIC's ID: 0, what its ID register reads after reset.
+pub const IOAPIC_ID: u8 = 0;
 /// MADT entry type I/O APIC.
 const MADT_IO_APIC: u8 = 1;
 /// MADT entry type Interrupt Source Override.
@@ -107,8 +109,8 @@ pub enum AcpiError {
     /// The MADT must list at least the bootstrap processor.
     #[error("ACPI tables need at least one CPU, got 0")]
     NoCpus,
-    /// CPU APIC IDs are 0..num_cpus, the I/O APIC takes num_cpus and 255
-    /// is broadcast, so at most 254 CPUs fit.
+    /// CPU APIC IDs are 0..num_cpus in 8-bit xAPIC entries and 255 is
+    /// broadcast, so at most 254 CPUs fit.
     #[error("ACPI tables support at most {max} CPUs, got {0}", max = MAX_CPUS)]
     TooManyCpus(u8),
     /// The SCI must be an ISA IRQ other than 0 (timer) and 2 (cascade) for
@@ -151,7 +153,7 @@ pub enum AcpiError {
 pub struct AcpiConfig {
     /// Number of CPUs; CPU `i` has APIC ID and ACPI processor UID `i`.
     pub num_cpus: u8,
-    /// Physical address of the I/O APIC (its ID is `num_cpus`).
+    /// Physical address of the I/O APIC (its ID is [`IOAPIC_ID`]).
     pub ioapic_addr: u32,
     /// Physical address of the local APICs.
     pub lapic_addr: u32,
@@ -423,8 +425,9 @@ pub fn build_madt(config: &AcpiConfig) -> Sdt {
         t.append(&LOCAL_APIC_ENABLED.to_le_bytes());
     }
 
-    // I/O APIC (§5.2.12.3): ID num_cpus, GSIs 0-23 start at 0.
-    t.append(&[MADT_IO_APIC, 12, config.num_cpus, 0]);
+    // I/O APIC (§5.2.12.3): ID 0, the reset value of its 4-bit ID register (which
+    // could not hold num_cpus above 15); GSIs 0-23 start at 0. QEMU does the same.
+    t.append(&[MADT_IO_APIC, 12, IOAPIC_ID, 0]);
     t.append(&config.ioapic_addr.to_le_bytes());
     t.append(&0u32.to_le_bytes()); // Global System Interrupt Base
 
@@ -633,7 +636,7 @@ mod tests {
                 assert_eq!(bytes, &[0, 8, i as u8, i as u8, 1, 0, 0, 0]);
             }
             let rest: Vec<Vec<u8>> = e[n as usize..].iter().map(|x| x.1.clone()).collect();
-            assert_eq!(rest[0], [1, 12, n, 0, 0x00, 0x00, 0xC0, 0xFE, 0, 0, 0, 0], "I/O APIC");
+            assert_eq!(rest[0], [1, 12, IOAPIC_ID, 0, 0x00, 0x00, 0xC0, 0xFE, 0, 0, 0, 0], "I/O APIC");
             assert_eq!(rest[1], [2, 10, 0, 0, 2, 0, 0, 0, 0, 0], "IRQ0 -> GSI2");
             assert_eq!(rest[2], [2, 10, 0, 9, 9, 0, 0, 0, 0x0D, 0], "SCI level/high");
             assert_eq!(rest[3], [4, 6, 0xFF, 0, 0, 1], "NMI on LINT1");

@@ -37,8 +37,8 @@ pub const IO_APIC_DEFAULT_PHYS_BASE: u32 = 0xFEC0_0000;
 pub const APIC_VERSION: u8 = 0x14;
 /// I/O APIC version reported: 0x11 is what KVM's in-kernel IOAPIC reports.
 pub const IO_APIC_VERSION: u8 = 0x11;
-/// Largest CPU count the table can describe: APIC ID 255 is the broadcast
-/// ID and the I/O APIC takes ID `num_cpus`, so CPU APIC IDs are 0..=253.
+/// Largest CPU count rvmm describes: APIC ID 255 is the broadcast ID, and
+/// CPU APIC IDs are 0..=253 (one spare, as QEMU keeps).
 pub const MAX_CPUS: u8 = 254;
 
 /// Signature of the floating pointer structure (MP spec §4.1).
@@ -193,7 +193,8 @@ fn write_floating_pointer(out: &mut Vec<u8>, config_addr: u32) {
 /// Appends the configuration table header and its base entries (§4.2, §4.3).
 fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
     let start = out.len();
-    let ioapic_id = num_cpus;
+    // The ID the I/O APIC's register reads after reset, as in the MADT.
+    let ioapic_id = super::acpi::IOAPIC_ID;
     // Both fit in u16: at most 44 + 254*20 + 8*18 bytes and 254+18 entries.
     let base_len = config_table_size(num_cpus) as u16;
     let entry_count = u16::from(num_cpus) + (2 + NUM_ISA_IRQ_ENTRIES + NUM_LOCAL_INT_ENTRIES) as u16;
@@ -377,13 +378,14 @@ mod tests {
         let base = 60 + 20 * n as usize;
         assert_eq!(&t[base..base + 8], &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
         let io = &t[base + 8..base + 16];
-        assert_eq!(&io[..4], &[2, n, 0x11, 1]);
+        let id = crate::boot::acpi::IOAPIC_ID;
+        assert_eq!(&io[..4], &[2, id, 0x11, 1]);
         assert_eq!(u32_at(io, 4), 0xFEC0_0000);
         let mut routes = Vec::new();
         for k in 0..15 {
             let e = &t[base + 16 + 8 * k..base + 24 + 8 * k];
             assert_eq!(&e[..6], &[3, 0, 0, 0, 0, e[5]][..], "INT, conforming, bus 0");
-            assert_eq!(e[6], n, "destination is the I/O APIC");
+            assert_eq!(e[6], id, "destination is the I/O APIC");
             routes.push((e[5], e[7]));
         }
         let mut want = vec![(0u8, 2u8), (1, 1)];

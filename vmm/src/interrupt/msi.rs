@@ -74,8 +74,10 @@ impl GsiRouter {
         GsiRouter { vm, max_gsi, kernel_irqchip: false, msi_routes: Mutex::new(BTreeMap::new()) }
     }
 
-    /// The in-kernel irqchip's own routes: GSI 0-15 to both PICs (GSI 2 is the
-    /// cascade and goes to the IOAPIC only), GSI 0-23 to the IOAPIC pins.
+    /// The in-kernel irqchip's own routes, laid out as a PC wires them: ISA IRQs
+    /// 0-15 to the PICs (IRQ 2 is the cascade), and to the IOAPIC with ISA IRQ 0
+    /// (the PIT) on pin 2 — what the MADT's interrupt source override and the MP
+    /// table announce. KVM's default table would put GSI 0 on pin 0.
     fn irqchip_routes() -> Vec<kvm_irq_routing_entry> {
         let mut routes = Vec::new();
         let irqchip = |gsi: u32, chip: u32, pin: u32| {
@@ -92,9 +94,20 @@ impl GsiRouter {
             routes.push(irqchip(gsi, chip, pin));
         }
         for gsi in 0..IOAPIC_PINS {
-            routes.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+            match gsi {
+                0 => routes.push(irqchip(0, KVM_IRQCHIP_IOAPIC, 2)),
+                // Pin 2 is fed by GSI 0; nothing raises GSI 2.
+                2 => {}
+                _ => routes.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
+            }
         }
         routes
+    }
+
+    /// Installs the table now (the irqchip routes, before any MSI vector exists).
+    pub fn install_default(&self) -> Result<(), MsiError> {
+        let routes = self.msi_routes.lock().unwrap_or_else(|e| e.into_inner());
+        self.install(&routes)
     }
 
     fn install(&self, msi: &BTreeMap<u32, Option<MsiMessage>>) -> Result<(), MsiError> {
@@ -177,9 +190,12 @@ mod tests {
     #[test]
     fn default_routes_cover_pic_and_ioapic() {
         let routes = GsiRouter::irqchip_routes();
-        // 15 PIC routes (no cascade) + 24 IOAPIC routes.
-        assert_eq!(routes.len(), 15 + 24);
-        // GSI 2 is the PIC cascade: it reaches the IOAPIC only.
-        assert_eq!(routes.iter().filter(|r| r.gsi == 2).count(), 1);
+        // 15 PIC routes (no cascade) + 23 IOAPIC routes (GSI 0 on pin 2, no GSI 2).
+        assert_eq!(routes.len(), 15 + 23);
+        assert_eq!(routes.iter().filter(|r| r.gsi == 2).count(), 0);
+        // SAFETY (test): reading the irqchip member of entries built as irqchip routes.
+        let gsi0_pins: Vec<(u32, u32)> =
+            routes.iter().filter(|r| r.gsi == 0).map(|r| unsafe { (r.u.irqchip.irqchip, r.u.irqchip.pin) }).collect();
+        assert_eq!(gsi0_pins, vec![(KVM_IRQCHIP_PIC_MASTER, 0), (KVM_IRQCHIP_IOAPIC, 2)]);
     }
 }
