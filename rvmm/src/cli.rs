@@ -23,6 +23,14 @@ enum CommandArgs {
     ///
     /// Without --kernel, rvmm boots its bundled hello probe guest.
     Run(RunArgs),
+    /// Network virtualization (book chapter 6): apply, destroy or show a node's part
+    /// of a declarative overlay network (`rvmm net --help`).
+    #[command(disable_help_flag = true)]
+    Net {
+        /// Arguments for `rvmm net` (apply, destroy, show, check, port).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Send one command to a running VM's --api-socket and print the answer.
     ///
     /// Commands: `balloon [MIB]`, `balloon-stats`, `stats`, `quit`.
@@ -74,8 +82,9 @@ struct RunArgs {
     /// latency) to stderr when the VM ends; SIGUSR1 prints them at any time.
     #[arg(long)]
     stats: bool,
-    /// A virtio-net device: tap=NAME or fd=N, then [,mac=52:54:00:12:34:56][,queues=N]
-    /// [,transport=pci|mmio]. A missing tap is created (needs CAP_NET_ADMIN).
+    /// A virtio-net device: tap=NAME, fd=N or port=NAME (a port of `rvmm net apply`), then
+    /// [,mac=52:54:00:12:34:56][,queues=N][,transport=pci|mmio]. A missing tap is created
+    /// (needs CAP_NET_ADMIN).
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetSpec>,
     /// Add a virtio-rng device fed from the host's getrandom(2).
@@ -167,6 +176,8 @@ impl From<BootArg> for BootProtocol {
 pub enum Command {
     /// Run a VM.
     Run(VmConfig),
+    /// Run `rvmm net` with these arguments.
+    Net(Vec<String>),
     /// Send a command to a running VM.
     Ctl {
         /// Its control socket.
@@ -308,10 +319,20 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 /// Parses `tap=NAME|fd=N[,mac=MAC][,queues=N][,transport=T]`.
 pub fn parse_net(s: &str) -> Result<NetSpec, String> {
     let mut backend = None;
-    let mut spec = NetSpec { backend: NetBackendSpec::Fd(-1), mac: None, queues: 1, transport: None };
+    let mut spec = NetSpec { backend: NetBackendSpec::Fd(-1), mac: None, queues: 1, mtu: None, transport: None };
     for option in s.split(',') {
         match option.split_once('=') {
             Some(("tap", name)) if !name.is_empty() => backend = Some(NetBackendSpec::Tap(name.to_string())),
+            Some(("port", name)) if !name.is_empty() => {
+                // A port of an overlay network made by `rvmm net apply`: its tap, MAC,
+                // MTU and queue count come from what apply recorded.
+                let port = vnet::port_tap(vnet::PortSource::StateDir(std::path::Path::new(vnet::DEFAULT_STATE_DIR)), name)
+                    .map_err(|e| e.to_string())?;
+                backend = Some(NetBackendSpec::Tap(port.tap_name));
+                spec.mac = Some(port.mac.0);
+                spec.mtu = u16::try_from(port.mtu).ok();
+                spec.queues = u16::try_from(port.queues).unwrap_or(1).max(1);
+            }
             Some(("fd", n)) => {
                 backend = Some(NetBackendSpec::Fd(n.parse().ok().filter(|&n: &i32| n >= 0).ok_or_else(|| {
                     format!("'{option}': fd must be an open file descriptor number")
@@ -327,10 +348,10 @@ pub fn parse_net(s: &str) -> Result<NetSpec, String> {
             }
             Some(("transport", "pci")) => spec.transport = Some(VirtioTransport::Pci),
             Some(("transport", "mmio")) => spec.transport = Some(VirtioTransport::Mmio),
-            _ => return Err(format!("'{option}' is not a network option (tap=, fd=, mac=, queues=, transport=)")),
+            _ => return Err(format!("'{option}' is not a network option (tap=, fd=, port=, mac=, queues=, transport=)")),
         }
     }
-    spec.backend = backend.ok_or_else(|| format!("'{s}': a network device needs tap=NAME or fd=N"))?;
+    spec.backend = backend.ok_or_else(|| format!("'{s}': a network device needs tap=NAME, fd=N or port=NAME"))?;
     Ok(spec)
 }
 
@@ -356,6 +377,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
     let run = match args.command {
         CommandArgs::Run(run) => run,
         CommandArgs::Ctl { socket, command } => return Ok(Command::Ctl { socket, command: command.join(" ") }),
+        CommandArgs::Net { args } => return Ok(Command::Net(args)),
     };
     let (kernel, kernel_name, default_cmdline) = match &run.kernel {
         Some(path) => (read_file("kernel", path)?, path.clone(), String::new()),

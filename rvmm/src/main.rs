@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     match command {
         cli::Command::Run(config) => run(config),
         cli::Command::Ctl { socket, command } => ctl(&socket, &command),
+        cli::Command::Net(args) => ExitCode::from(u8::try_from(vnet::run_cli(args)).unwrap_or(exit_code::HOST_ERROR)),
     }
 }
 

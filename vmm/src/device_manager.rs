@@ -147,6 +147,8 @@ pub struct NetSpec {
     pub mac: Option<[u8; 6]>,
     /// Queue pairs (one tap queue each).
     pub queues: u16,
+    /// The MTU offered to the guest (VIRTIO_NET_F_MTU), e.g. reduced for an overlay.
+    pub mtu: Option<u16>,
     /// Its transport; `None` takes the VM's default.
     pub transport: Option<VirtioTransport>,
 }
@@ -198,7 +200,7 @@ pub fn create_net_device(spec: &NetSpec) -> Result<Box<dyn VirtioDevice>, Device
             )]
         }
     };
-    let config = NetConfig { mac: spec.mac.unwrap_or_else(random_mac), mtu: None };
+    let config = NetConfig { mac: spec.mac.unwrap_or_else(random_mac), mtu: spec.mtu };
     Ok(Box::new(Net::new(backends, config).map_err(|e| DeviceError::Tap { what: "network device".into(), source: std::io::Error::other(e) })?))
 }
 
