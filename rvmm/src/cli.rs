@@ -82,7 +82,7 @@ struct RunArgs {
     /// latency) to stderr when the VM ends; SIGUSR1 prints them at any time.
     #[arg(long)]
     stats: bool,
-    /// A virtio-net device: tap=NAME, fd=N or port=NAME (a port of `rvmm net apply`), then
+    /// A virtio-net device: tap=NAME, fd=N or port=NAME[,state=DIR] (a port of `rvmm net apply`), then
     /// [,mac=52:54:00:12:34:56][,queues=N][,transport=pci|mmio]. A missing tap is created
     /// (needs CAP_NET_ADMIN).
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
@@ -320,19 +320,12 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 pub fn parse_net(s: &str) -> Result<NetSpec, String> {
     let mut backend = None;
     let mut spec = NetSpec { backend: NetBackendSpec::Fd(-1), mac: None, queues: 1, mtu: None, transport: None };
+    let (mut port, mut state_dir) = (None, None);
     for option in s.split(',') {
         match option.split_once('=') {
             Some(("tap", name)) if !name.is_empty() => backend = Some(NetBackendSpec::Tap(name.to_string())),
-            Some(("port", name)) if !name.is_empty() => {
-                // A port of an overlay network made by `rvmm net apply`: its tap, MAC,
-                // MTU and queue count come from what apply recorded.
-                let port = vnet::port_tap(vnet::PortSource::StateDir(std::path::Path::new(vnet::DEFAULT_STATE_DIR)), name)
-                    .map_err(|e| e.to_string())?;
-                backend = Some(NetBackendSpec::Tap(port.tap_name));
-                spec.mac = Some(port.mac.0);
-                spec.mtu = u16::try_from(port.mtu).ok();
-                spec.queues = u16::try_from(port.queues).unwrap_or(1).max(1);
-            }
+            Some(("port", name)) if !name.is_empty() => port = Some(name.to_string()),
+            Some(("state", dir)) if !dir.is_empty() => state_dir = Some(PathBuf::from(dir)),
             Some(("fd", n)) => {
                 backend = Some(NetBackendSpec::Fd(n.parse().ok().filter(|&n: &i32| n >= 0).ok_or_else(|| {
                     format!("'{option}': fd must be an open file descriptor number")
@@ -350,6 +343,18 @@ pub fn parse_net(s: &str) -> Result<NetSpec, String> {
             Some(("transport", "mmio")) => spec.transport = Some(VirtioTransport::Mmio),
             _ => return Err(format!("'{option}' is not a network option (tap=, fd=, port=, mac=, queues=, transport=)")),
         }
+    }
+    if let Some(name) = port {
+        // A port of an overlay network made by `rvmm net apply`: its tap, MAC, MTU and
+        // queue count come from what apply recorded (in `state=DIR`, default /run/rvmm/net).
+        let dir = state_dir.unwrap_or_else(|| PathBuf::from(vnet::DEFAULT_STATE_DIR));
+        let attachment = vnet::port_tap(vnet::PortSource::StateDir(&dir), &name).map_err(|e| e.to_string())?;
+        backend = Some(NetBackendSpec::Tap(attachment.tap_name));
+        spec.mac = spec.mac.or(Some(attachment.mac.0));
+        spec.mtu = u16::try_from(attachment.mtu).ok();
+        spec.queues = u16::try_from(attachment.queues).unwrap_or(1).max(1);
+    } else if state_dir.is_some() {
+        return Err(format!("'{s}': state= goes with port="));
     }
     spec.backend = backend.ok_or_else(|| format!("'{s}': a network device needs tap=NAME, fd=N or port=NAME"))?;
     Ok(spec)
