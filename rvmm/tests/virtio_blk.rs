@@ -213,3 +213,14 @@ fn guest_moves_the_bar_and_everything_follows() {
     assert!(!out.stderr.contains("ioeventfd"), "{}", out.describe());
     check_file(&path, 88);
 }
+
+#[test]
+fn split_irqchip_intx_and_msix() {
+    // The same device interrupts through rvmm's user-space IOAPIC (INTx, level, with
+    // KVM_EXIT_IOAPIC_EOI) and as MSI-X straight to KVM's local APICs.
+    for (tokens, seed) in [("blk intx", 91), ("blk msix", 92)] {
+        let (path, out) = run_blk(&format!("split-{seed}"), &["--irqchip", "split"], tokens, seed);
+        check_report(&out, seed);
+        check_file(&path, seed);
+    }
+}
