@@ -9,7 +9,8 @@
  * bytes and its reply. While it waits it answers ARP requests for its own address
  * (`ip=`, default 192.0.2.2) and ICMP echo requests to it, and with `net-serve=SECONDS`
  * it goes on answering for that long. With `mq` it enables a second queue pair through
- * the control queue and sends through transmit queue 3. See README.md for the report.
+ * the control queue and sends through transmit queue 3. With `gw=A.B.C.D` (see "Gateway"
+ * below) the peer may be off the subnet. See README.md for the report.
  */
 #include "virtio.h"
 
@@ -115,6 +116,52 @@ static void put_ip(const u8 *a)
 		put_dec(a[i]);
 	}
 }
+
+/* ---- Gateway (`gw=A.B.C.D`) ----
+ *
+ * Without gw= the peer is on the link: it is ARPed and pinged directly. With gw= the
+ * probe ARPs the gateway instead and sends the echo request for the peer to the
+ * gateway's MAC (the peer may be anywhere behind it). Replies to requests always go
+ * back to the requester's source MAC, so answering works through a router either way.
+ * The token is parsed here, from the command line, to keep it inside this driver. */
+static u8 gw[4];
+static int have_gw;
+
+static int parse_gw(void)
+{
+	const char *s = cmdline;
+	while (*s) {
+		while (*s == ' ' || *s == '\t' || *s == '\n')
+			s++;
+		const char *t = s;
+		while (*s && *s != ' ' && *s != '\t' && *s != '\n')
+			s++;
+		if (s - t < 3 || t[0] != 'g' || t[1] != 'w' || t[2] != '=')
+			continue;
+		const char *p = t + 3;
+		u8 a[4];
+		int ok = 1;
+		for (int i = 0; i < 4 && ok; i++) {
+			u32 v = 0, digits = 0;
+			while (p < s && *p >= '0' && *p <= '9' && digits < 4) {
+				v = v * 10 + (u32)(*p++ - '0');
+				digits++;
+			}
+			ok = digits && v <= 255;
+			a[i] = (u8)v;
+			if (ok && i < 3)
+				ok = p < s && *p++ == '.';
+		}
+		if (ok && p == s) {
+			cp(gw, a, 4);
+			have_gw = 1;
+		}
+	}
+	return have_gw;
+}
+
+/* The address whose MAC the frames for the peer go to. */
+static const u8 *next_hop(void) { return have_gw ? gw : opts.peer; }
 
 static void feature_names(u64 f)
 {
@@ -267,7 +314,7 @@ static void rx_arp(const u8 *f, u32 len)
 		return;
 	u16 oper = get16(a + 6);
 	const u8 *sha = a + 8, *spa = a + 14, *tpa = a + 24;
-	if (eq4(spa, opts.peer) && (oper == 2 || oper == 1) && eq4(tpa, opts.ip)) {
+	if (eq4(spa, next_hop()) && (oper == 2 || oper == 1) && eq4(tpa, opts.ip)) {
 		if (!have_peer_mac)
 			cp(peer_mac, sha, 6);
 		have_peer_mac = 1;
@@ -404,7 +451,7 @@ static int wait_for(int *flag, u32 ms, void (*resend)(void))
 	}
 }
 
-static void resend_arp(void) { send_arp(1, NULL, NULL, opts.peer); }
+static void resend_arp(void) { send_arp(1, NULL, NULL, next_hop()); }
 
 /* Answers ARP and ping for at least `secs` seconds of RTC time (bounded by the TSC). */
 static void serve(u32 secs)
@@ -464,7 +511,7 @@ static int mq_enable(struct vdev *v, u16 pairs)
 
 static void run(struct vdev *v)
 {
-	u64 want = F(F_ACCESS_PLATFORM) | F(NET_F_MAC) | F(NET_F_STATUS) | F(NET_F_MRG_RXBUF) | F(NET_F_CSUM);
+	u64 want = F(F_ACCESS_PLATFORM) | F(NET_F_MAC) | F(NET_F_STATUS) | F(NET_F_MRG_RXBUF) | F(NET_F_CSUM) | F(NET_F_MTU);
 	if (opts.mq)
 		want |= F(NET_F_CTRL_VQ) | F(NET_F_MQ);
 	feat = vdev_negotiate(v, want, feature_names);
@@ -490,10 +537,20 @@ static void run(struct vdev *v)
 		puts(vdev_cfg16(v, 6) & NET_S_LINK_UP ? "up\n" : "down\n");
 	else
 		puts("up (no STATUS feature)\n");
+	/* VIRTIO_NET_F_MTU: the device's MTU (config offset 10), e.g. an overlay's. */
+	if (feat & F(NET_F_MTU)) {
+		puts("net-mtu: ");
+		put_dec(vdev_cfg16(v, 10));
+		puts("\n");
+	}
 	puts("net-config: ip=");
 	put_ip(opts.ip);
 	puts(" peer=");
 	put_ip(opts.peer);
+	if (parse_gw()) {
+		puts(" gw=");
+		put_ip(gw);
+	}
 	if (feat & F(NET_F_MQ)) {
 		puts(" max_virtqueue_pairs=");
 		put_dec(max_pairs);
@@ -566,8 +623,8 @@ static void run(struct vdev *v)
 		}
 	}
 
-	/* ARP for the peer: retried every second, at most about 3 s. */
-	send_arp(1, NULL, NULL, opts.peer);
+	/* ARP for the peer (or the gateway): retried every second, at most about 3 s. */
+	send_arp(1, NULL, NULL, next_hop());
 	int got = wait_for(&have_peer_mac, 3000, resend_arp);
 	puts("net-arp: ");
 	if (got) {
