@@ -116,6 +116,15 @@ struct probe_opts {
 	u8 peer[4];	/* virtio-net: the peer to ARP and ping (peer=), default 192.0.2.1 */
 	u32 net_serve;	/* net-serve=SECONDS: answer ARP and ping that long afterwards */
 	u32 vcon_rx;	/* vcon-rx=N: bytes to wait for on the console's receiveq */
+	int vsock;	/* vsock: connect to the host (vsock-port=P, default 1234) and echo */
+	u32 vsock_port;
+	int vsock_listen_set;	/* vsock-listen=Q: accept one host connection on guest port Q */
+	u32 vsock_listen;
+	u32 vsock_bytes;	/* vsock-bytes=N: the listener shuts down after echoing N bytes */
+	u32 vsock_wait;	/* vsock-wait=SECONDS: how long the listener waits (default 10) */
+	int balloon;	/* drive a virtio-balloon device */
+	u32 balloon_pages;	/* balloon-pages=N: pages to give back (default 1024) */
+	u32 balloon_wait;	/* balloon-wait=SECONDS: each wait for the host's target (default 10) */
 };
 extern struct probe_opts opts;
 
@@ -152,5 +161,11 @@ void blk_report(void);
 void net_report(void);
 void rng_report(void);
 void vcon_report(void);
+void vsock_report(void);
+void balloon_report(void);
+
+/* probe.c: RAM for a driver's own use (see probe.c), and the e820 RAM total. */
+u64 probe_find_ram(u64 min, u64 size);
+u64 probe_ram_total(void);
 
 #endif

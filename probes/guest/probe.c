@@ -337,6 +337,47 @@ static void read_boot_info(void)
 	rsdp_hint = rd64(bp + 0x070);
 }
 
+/* For drivers that need RAM of their own (virtio_balloon.c): the first `size` bytes at or
+ * above `min` (4 KiB aligned) inside one e820 RAM entry, below 3 GiB (the cached part of
+ * the probe's identity map), clear of the probe image and of the initrd. 0 if none. */
+extern u8 _end[];
+
+u64 probe_find_ram(u64 min, u64 size)
+{
+	u64 img_end = ((u64)_end + 0xfff) & ~0xfffUL;
+	if (min < img_end)
+		min = img_end;
+	min = (min + 0xfff) & ~0xfffUL;
+	u64 best = 0;
+	for (u32 i = 0; i < e820_n; i++) {
+		if (e820[i].type != 1)
+			continue;
+		u64 start = (e820[i].addr + 0xfff) & ~0xfffUL, end = (e820[i].addr + e820[i].size) & ~0xfffUL;
+		if (end > (3UL << 30))
+			end = 3UL << 30;
+		if (start < min)
+			start = min;
+		/* Step past the initrd if it is in the way (at most once: one initrd). */
+		if (has_initrd && start < initrd_addr + initrd_size && initrd_addr < start + size)
+			start = (initrd_addr + initrd_size + 0xfff) & ~0xfffUL;
+		if (start >= end || end - start < size)
+			continue;
+		if (!best || start < best)
+			best = start;
+	}
+	return best;
+}
+
+/* The sum of the e820 RAM entries. */
+u64 probe_ram_total(void)
+{
+	u64 total = 0;
+	for (u32 i = 0; i < e820_n; i++)
+		if (e820[i].type == 1)
+			total += e820[i].size;
+	return total;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Command line tokens */
 
@@ -348,6 +389,8 @@ struct probe_opts opts = {
 	.pciio = 0xc000,
 	.ip = { 192, 0, 2, 2 },
 	.peer = { 192, 0, 2, 1 },
+	.vsock_port = 1234,
+	.balloon_pages = 1024,
 };
 
 static int token_is(const char *tok, u32 len, const char *word)
@@ -537,13 +580,30 @@ static void parse_cmdline(void)
 			;
 		else if (token_num(t, len, "net-serve=", &opts.net_serve))
 			;
-		else if (token_num(t, len, "vcon-rx=", &opts.vcon_rx)) {
+		else if (token_num(t, len, "vcon-rx=", &opts.vcon_rx))
+			;
+		else if (token_is(t, len, "vsock"))
+			opts.vsock = 1;
+		else if (token_num(t, len, "vsock-port=", &opts.vsock_port))
+			;
+		else if (token_num(t, len, "vsock-listen=", &opts.vsock_listen))
+			opts.vsock_listen_set = 1;
+		else if (token_num(t, len, "vsock-bytes=", &opts.vsock_bytes))
+			;
+		else if (token_num(t, len, "vsock-wait=", &opts.vsock_wait))
+			;
+		else if (token_is(t, len, "balloon"))
+			opts.balloon = 1;
+		else if (token_num(t, len, "balloon-pages=", &opts.balloon_pages))
+			;
+		else if (token_num(t, len, "balloon-wait=", &opts.balloon_wait)) {
 		}
 	}
-	/* `mmio` alone means the block device; with net, rng or console it is their transport. */
-	if (opts.mmio && !opts.net && !opts.rng && !opts.vcon)
+	/* `mmio` alone means the block device; with another driver it is that driver's transport. */
+	int other = opts.net || opts.rng || opts.vcon || opts.vsock || opts.vsock_listen_set || opts.balloon;
+	if (opts.mmio && !other)
 		opts.blk = 1;
-	if ((opts.blk || opts.net || opts.rng || opts.vcon) && !opts.mmio)
+	if ((opts.blk || other) && !opts.mmio)
 		opts.pci = 1;
 }
 
@@ -1284,6 +1344,10 @@ void probe_main(u32 boot_kind, u64 boot_info)
 		vcon_report();
 	if (opts.net)
 		net_report();
+	if (opts.vsock || opts.vsock_listen_set)
+		vsock_report();
+	if (opts.balloon)
+		balloon_report();
 
 	irq_report();	/* pit, pic, ioapic (irq.c): nothing without those tokens */
 	int irqs = 0;

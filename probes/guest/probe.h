@@ -28,6 +28,8 @@
 #define VEC_NET      0x48 /* virtio-net: 0x48 + MSI-X entry (0 config, 1.. queues); INTx 0x49 */
 #define VEC_RNG      0x50 /* virtio-rng: 0x50 + MSI-X entry; INTx 0x51 */
 #define VEC_VCON     0x54 /* virtio-console: 0x54 + MSI-X entry; INTx 0x55 */
+#define VEC_VSOCK    0x58 /* virtio-vsock: 0x58 + MSI-X entry (0 config, 1-3 queues); INTx 0x59 */
+#define VEC_BALLOON  0x5c /* virtio-balloon: 0x5c + MSI-X entry (0 config, 1-3 queues); INTx 0x5d */
 #define VEC_SPURIOUS 0xff
 
 /* Where the AP trampoline is copied (SIPI vector 0x08). */
