@@ -283,9 +283,12 @@ pub fn parse_vsock(s: &str) -> Result<VsockSpec, String> {
     for option in s.split(',') {
         match option.split_once('=') {
             Some(("cid", v)) => {
-                cid = Some(v.parse::<u64>().ok().filter(|&c| (3..=0xffff_fffe).contains(&c)).ok_or_else(|| {
-                    format!("'{option}': the guest CID is a number from 3 to 4294967294")
-                })?)
+                cid = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|&c| (3..=0xffff_fffe).contains(&c))
+                        .ok_or_else(|| format!("'{option}': the guest CID is a number from 3 to 4294967294"))?,
+                )
             }
             Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
             Some(("transport", "pci")) => transport = Some(VirtioTransport::Pci),
@@ -327,9 +330,12 @@ pub fn parse_net(s: &str) -> Result<NetSpec, String> {
             Some(("port", name)) if !name.is_empty() => port = Some(name.to_string()),
             Some(("state", dir)) if !dir.is_empty() => state_dir = Some(PathBuf::from(dir)),
             Some(("fd", n)) => {
-                backend = Some(NetBackendSpec::Fd(n.parse().ok().filter(|&n: &i32| n >= 0).ok_or_else(|| {
-                    format!("'{option}': fd must be an open file descriptor number")
-                })?))
+                backend = Some(NetBackendSpec::Fd(
+                    n.parse()
+                        .ok()
+                        .filter(|&n: &i32| n >= 0)
+                        .ok_or_else(|| format!("'{option}': fd must be an open file descriptor number"))?,
+                ))
             }
             Some(("mac", m)) => spec.mac = Some(parse_mac(m)?),
             Some(("queues", v)) => {
@@ -341,7 +347,9 @@ pub fn parse_net(s: &str) -> Result<NetSpec, String> {
             }
             Some(("transport", "pci")) => spec.transport = Some(VirtioTransport::Pci),
             Some(("transport", "mmio")) => spec.transport = Some(VirtioTransport::Mmio),
-            _ => return Err(format!("'{option}' is not a network option (tap=, fd=, port=, mac=, queues=, transport=)")),
+            _ => {
+                return Err(format!("'{option}' is not a network option (tap=, fd=, port=, mac=, queues=, transport=)"))
+            }
         }
     }
     if let Some(name) = port {

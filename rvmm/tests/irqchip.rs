@@ -171,7 +171,9 @@ fn check_pic_poll(run: &mut Run) {
 fn check_pic_irqs(run: &mut Run, min: u64, max: u64, vector: &str, isr: &str) {
     let line = run.line("pic-irqs").to_string();
     let n = run.count("pic-irqs").unwrap_or(0);
-    run.check((min..=max).contains(&n), || format!("want {min}..={max} interrupts through the 8259A: pic-irqs: {line}"));
+    run.check((min..=max).contains(&n), || {
+        format!("want {min}..={max} interrupts through the 8259A: pic-irqs: {line}")
+    });
     run.check(run.field("pic-irqs", "vector") == Some(vector) && run.field("pic-irqs", "isr") == Some(isr), || {
         format!("want vector={vector} isr={isr} (ISR read in the handler): pic-irqs: {line}")
     });
@@ -258,9 +260,10 @@ fn ioapic_level_triggered_serial_input() {
         let line = run.line("ioapic").to_string();
         // KVM's in-kernel IOAPIC is an 82093AA (0x11); rvmm's has the EOI register (0x20).
         let version = if run.mode == Mode::Kernel { "0x11" } else { "0x20" };
-        run.check(run.field("ioapic", "entries") == Some("24") && run.field("ioapic", "version") == Some(version), || {
-            format!("want entries=24 version={version}: ioapic: {line}")
-        });
+        run.check(
+            run.field("ioapic", "entries") == Some("24") && run.field("ioapic", "version") == Some(version),
+            || format!("want entries=24 version={version}: ioapic: {line}"),
+        );
         let level = run.line("ioapic-level").to_string();
         if level.starts_with("fail vector not in service at the LAPIC") {
             // The host's KVM (kvm_pvm) never shows a delivered vector in the LAPIC's
@@ -295,7 +298,8 @@ fn ioapic_id_register_matches_the_madt() {
     let mut runs: Vec<Run> = MODES.iter().map(|&m| boot(m, "ioapic", false)).collect();
     for run in &mut runs {
         let line = run.line("ioapic").to_string();
-        let (id, madt) = (run.field("ioapic", "id").map(str::to_string), run.field("ioapic", "madt-id").map(str::to_string));
+        let (id, madt) =
+            (run.field("ioapic", "id").map(str::to_string), run.field("ioapic", "madt-id").map(str::to_string));
         run.check(id.is_some() && id == madt, || {
             format!("the IOAPIC's ID register must be the ID the MADT (and MP table) give it: ioapic: {line}")
         });

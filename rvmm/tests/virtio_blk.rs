@@ -169,7 +169,10 @@ fn several_disks_on_both_transports() {
 fn flushed_data_survives_sigkill() {
     let path = disk("sigkill");
     let spec = format!("{}", path.display());
-    let (mut child, _) = spawn_until(&["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk echo seed=66"], "blk-flush: ok");
+    let (mut child, _) = spawn_until(
+        &["--kernel", rvmm_probes::PVH_ELF, "--disk", &spec, "--cmdline", "blk echo seed=66"],
+        "blk-flush: ok",
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let now = std::fs::read(&path).unwrap();

@@ -30,7 +30,10 @@ impl Netns {
             "ip link set lo up && ip tuntap add dev {tap} mode tap {mode} && ip addr add {addr} dev {tap} && ip link set {tap} up"
         );
         let ok = Command::new("ip").args(["netns", "add", &ns.name]).status().is_ok_and(|s| s.success())
-            && Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &script]).status().is_ok_and(|s| s.success());
+            && Command::new("ip")
+                .args(["netns", "exec", &ns.name, "sh", "-c", &script])
+                .status()
+                .is_ok_and(|s| s.success());
         if !ok {
             eprintln!("SKIPPED: cannot create a namespace with a tap (is /dev/net/tun there?)");
             return None;
@@ -54,7 +57,8 @@ impl Drop for Netns {
 
 fn net_case(tag: &str, extra: &[&str], tokens: &str) {
     let Some(ns) = Netns::with_tap(tag, "tap0", "192.0.2.1/24", false) else { return };
-    let mut args = vec!["--kernel", rvmm_probes::PVH_ELF, "--net", "tap=tap0,mac=52:54:00:12:34:56", "--cmdline", tokens];
+    let mut args =
+        vec!["--kernel", rvmm_probes::PVH_ELF, "--net", "tap=tap0,mac=52:54:00:12:34:56", "--cmdline", tokens];
     args.extend_from_slice(extra);
     let out = VmRunner::new(ns.rvmm(&args)).timeout(TIMEOUT).run().unwrap();
     let r = out.report();
@@ -114,7 +118,8 @@ fn host_pings_the_guest() {
     let result = pinged.clone();
     runner = runner.spawn_after("net-serve:", move || {
         // A raw ICMP exchange from the namespace would also do; ping is the plain tool.
-        let status = Command::new("ip").args(["netns", "exec", &ping_ns, "ping", "-c", "2", "-W", "2", "192.0.2.2"]).output();
+        let status =
+            Command::new("ip").args(["netns", "exec", &ping_ns, "ping", "-c", "2", "-W", "2", "192.0.2.2"]).output();
         *result.lock().unwrap() = Some(status.map(|o| o.status.success()).unwrap_or(false));
     });
     let out = runner.run().unwrap();
@@ -134,7 +139,12 @@ fn host_pings_the_guest() {
 
 #[test]
 fn rng_fills_buffers_in_every_interrupt_mode() {
-    for (extra, tokens) in [(&[][..], "rng"), (&[][..], "rng msix"), (&[][..], "rng intx"), (&["--transport", "mmio"][..], "mmio rng intx")] {
+    for (extra, tokens) in [
+        (&[][..], "rng"),
+        (&[][..], "rng msix"),
+        (&[][..], "rng intx"),
+        (&["--transport", "mmio"][..], "mmio rng intx"),
+    ] {
         let mut args = vec!["--kernel", rvmm_probes::PVH_ELF, "--rng", "--cmdline", tokens];
         args.extend_from_slice(extra);
         let out = run(&args);
@@ -147,12 +157,19 @@ fn rng_fills_buffers_in_every_interrupt_mode() {
 #[test]
 fn virtio_console_output_and_input() {
     // The console is the virtio-console: its output on stdout, typed bytes to the guest.
-    let out = VmRunner::new(rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--console", "virtio", "--cmdline", "console vcon-rx=4 msix"]))
-        .timeout(TIMEOUT)
-        // Ctrl-A Ctrl-A is the console escape for one literal Ctrl-A: 5 typed bytes, 4 for the guest.
-        .send_after("rvmm virtio-console hello", b"w\x01\x01zq")
-        .run()
-        .unwrap();
+    let out = VmRunner::new(rvmm_run(&[
+        "--kernel",
+        rvmm_probes::PVH_ELF,
+        "--console",
+        "virtio",
+        "--cmdline",
+        "console vcon-rx=4 msix",
+    ]))
+    .timeout(TIMEOUT)
+    // Ctrl-A Ctrl-A is the console escape for one literal Ctrl-A: 5 typed bytes, 4 for the guest.
+    .send_after("rvmm virtio-console hello", b"w\x01\x01zq")
+    .run()
+    .unwrap();
     assert!(out.stdout.contains("rvmm virtio-console hello\n"), "{}", out.describe());
     // Exit 0: the probe received exactly its 4 bytes on the receive queue.
     assert_exit(&out, 0);
@@ -166,7 +183,18 @@ fn balloon_target_through_the_control_socket() {
         let out = Command::new(RVMM).arg("ctl").arg(&socket_str).args(words).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let (mut child, seen) = spawn_until(&["--kernel", rvmm_probes::PVH_ELF, "--balloon", "--api-socket", socket.to_str().unwrap(), "--cmdline", "pci echo"], "probe-result: ok");
+    let (mut child, seen) = spawn_until(
+        &[
+            "--kernel",
+            rvmm_probes::PVH_ELF,
+            "--balloon",
+            "--api-socket",
+            socket.to_str().unwrap(),
+            "--cmdline",
+            "pci echo",
+        ],
+        "probe-result: ok",
+    );
     assert!(seen.contains("1af4:1045"), "no balloon on the PCI bus");
     let (code, answer) = ctl(&["balloon", "64"]);
     assert_eq!(code, Some(0), "{answer}");

@@ -492,10 +492,10 @@ impl VirtioDevice for Console {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
     use super::*;
     use crate::queue::test_utils::{MockDriver, RawDescriptor};
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
     use vm_memory::GuestAddress;
 
     #[derive(Default)]

@@ -77,9 +77,9 @@ impl RngWorker {
             };
             let len = (chain.writable_len() as usize).min(MAX_BYTES_PER_REQUEST);
             let mut bytes = vec![0u8; len];
-            let written = match fill_random(&mut bytes).and_then(|()| {
-                chain.write_at(&self.mem, 0, &bytes).map_err(|e| std::io::Error::other(e.to_string()))
-            }) {
+            let written = match fill_random(&mut bytes)
+                .and_then(|()| chain.write_at(&self.mem, 0, &bytes).map_err(|e| std::io::Error::other(e.to_string())))
+            {
                 Ok(()) => len as u32,
                 Err(e) => {
                     log::warn!("virtio-rng: {e}");
@@ -139,7 +139,8 @@ impl VirtioDevice for Rng {
         let queue = queues.remove(0);
         let fd = queue.notify.as_raw_fd();
         let worker = RngWorker { mem: memory, queue, interrupt, status, broken: false };
-        self.worker = Some(Worker::spawn("virtio-rng", vec![(fd, 0, EventSet::IN)], worker).map_err(ActivateError::Worker)?);
+        self.worker =
+            Some(Worker::spawn("virtio-rng", vec![(fd, 0, EventSet::IN)], worker).map_err(ActivateError::Worker)?);
         Ok(())
     }
     fn reset(&mut self) {

@@ -82,7 +82,8 @@ impl ApiServer {
                     return "error: this VM has no balloon (start it with --balloon)".into();
                 };
                 if let Some(mib) = arg {
-                    let Some(pages) = mib.parse::<u64>().ok().and_then(|m| u32::try_from(m * (1 << 20) / BALLOON_PAGE).ok())
+                    let Some(pages) =
+                        mib.parse::<u64>().ok().and_then(|m| u32::try_from(m * (1 << 20) / BALLOON_PAGE).ok())
                     else {
                         return format!("error: '{mib}' is not a size in MiB");
                     };
@@ -129,4 +130,3 @@ impl EventHandler for ApiServer {
         }
     }
 }
-

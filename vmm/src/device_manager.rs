@@ -196,12 +196,16 @@ pub fn create_net_device(spec: &NetSpec) -> Result<Box<dyn VirtioDevice>, Device
             // SAFETY: checked open above; rvmm now owns it, as the option documents.
             let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) };
             vec![Box::new(
-                Tap::from_fd(owned, VNET_HDR_LEN).map_err(|source| DeviceError::Tap { what: format!("fd {fd}"), source })?,
+                Tap::from_fd(owned, VNET_HDR_LEN)
+                    .map_err(|source| DeviceError::Tap { what: format!("fd {fd}"), source })?,
             )]
         }
     };
     let config = NetConfig { mac: spec.mac.unwrap_or_else(random_mac), mtu: spec.mtu };
-    Ok(Box::new(Net::new(backends, config).map_err(|e| DeviceError::Tap { what: "network device".into(), source: std::io::Error::other(e) })?))
+    Ok(Box::new(
+        Net::new(backends, config)
+            .map_err(|e| DeviceError::Tap { what: "network device".into(), source: std::io::Error::other(e) })?,
+    ))
 }
 
 /// Creates the block devices described by `disks`.

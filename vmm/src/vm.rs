@@ -169,7 +169,12 @@ impl VmError {
             || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
             || matches!(
                 self,
-                VmError::Device(DeviceError::Block(_) | DeviceError::TooManyDevices { .. } | DeviceError::Tap { .. } | DeviceError::Vsock(_))
+                VmError::Device(
+                    DeviceError::Block(_)
+                        | DeviceError::TooManyDevices { .. }
+                        | DeviceError::Tap { .. }
+                        | DeviceError::Vsock(_)
+                )
             )
     }
 }
@@ -282,7 +287,8 @@ impl Vm {
             virtio_devices.push((Box::new(virtio::rng::Rng::new()), None));
         }
         if let Some(v) = &config.vsock {
-            virtio_devices.push((Box::new(virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(DeviceError::Vsock)?), v.transport));
+            virtio_devices
+                .push((Box::new(virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(DeviceError::Vsock)?), v.transport));
         }
         let mut virtio_console_input = None;
         if config.console == ConsoleConfig::Virtio {
@@ -330,9 +336,9 @@ impl Vm {
         let mmio_bus = Arc::new(Bus::new("mmio"));
         let serial_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout)?;
         let console_input: Option<ConsoleSink> = match (serial_input, virtio_console_input) {
-            (Some(serial), _) => Some(Arc::new(move |bytes: &[u8]| {
-                serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(bytes)
-            })),
+            (Some(serial), _) => {
+                Some(Arc::new(move |bytes: &[u8]| serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(bytes)))
+            }
             (None, Some(input)) => Some(Arc::new(move |bytes: &[u8]| input.queue_input(bytes))),
             (None, None) => None,
         };
@@ -531,7 +537,12 @@ fn add_legacy_devices(
     let mut rtc = Rtc::new();
     store_cmos_memory_size(&mut rtc, layout);
     pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2, "RTC")?;
-    pio.insert(Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))), u64::from(ACPI_SLEEP_CONTROL_PORT), 2, "ACPI sleep")?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))),
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        2,
+        "ACPI sleep",
+    )?;
     pio.insert(Arc::new(Mutex::new(DebugExit::new(sink))), u64::from(DEBUG_EXIT_PORT), 1, "debug exit")?;
 
     Ok(matches!(console_config, ConsoleConfig::Stdio).then_some(com1))

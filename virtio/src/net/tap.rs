@@ -61,17 +61,15 @@ impl Tap {
     /// CAP_NET_ADMIN). `queues` > 1 opens a multi-queue tap, one fd per queue.
     pub fn open(name: &str, queues: usize, vnet_hdr_len: usize) -> io::Result<Vec<Tap>> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("'{name}' is not a network interface name")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{name}' is not a network interface name"),
+            ));
         }
         let mut taps = Vec::new();
         for _ in 0..queues.max(1) {
             // SAFETY: open(2) on a constant NUL-terminated path.
-            let fd = unsafe {
-                libc::open(
-                    c"/dev/net/tun".as_ptr(),
-                    libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-                )
-            };
+            let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -129,13 +127,21 @@ impl NetBackend for Tap {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: read(2) into a buffer we own, of its length.
         let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     fn send(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
         // SAFETY: the iovecs point into guest memory (see IoVecs in block::disk), which stays mapped.
         let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     fn as_raw_fd(&self) -> RawFd {
@@ -174,7 +180,11 @@ impl NetBackend for SocketBackend {
     fn send(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
         // SAFETY: as for Tap::send.
         let n = unsafe { libc::writev(self.socket.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
     fn as_raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
@@ -183,4 +193,3 @@ impl NetBackend for SocketBackend {
         Ok(())
     }
 }
-

@@ -5,7 +5,10 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_bindings::virtio_net::{VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_ERR, VIRTIO_NET_OK};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    VIRTIO_NET_ERR, VIRTIO_NET_OK,
+};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,8 +47,12 @@ struct Harness {
 /// Queues rx0 (index 0), tx0 (1) and ctrl (2), each in its own memory region.
 fn harness(mergeable: bool) -> Harness {
     let mb = 1usize << 20;
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mb), (GuestAddress(0x20_0000), mb), (GuestAddress(0x40_0000), mb)])
-        .unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), mb),
+        (GuestAddress(0x20_0000), mb),
+        (GuestAddress(0x40_0000), mb),
+    ])
+    .unwrap();
     let mut queues = Vec::new();
     let mut drivers = Vec::new();
     for (index, base) in [(0u16, 0x1000u64), (1, 0x20_1000), (2, 0x40_1000)] {
@@ -186,8 +193,14 @@ fn control_queue_commands() {
     assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, &mac)), VIRTIO_NET_OK);
     assert_eq!(h.worker.mac(), mac);
     // One backend: two pairs is more than the device has.
-    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &2u16.to_le_bytes())), VIRTIO_NET_ERR);
-    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &1u16.to_le_bytes())), VIRTIO_NET_OK);
+    assert_eq!(
+        u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &2u16.to_le_bytes())),
+        VIRTIO_NET_ERR
+    );
+    assert_eq!(
+        u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &1u16.to_le_bytes())),
+        VIRTIO_NET_OK
+    );
     assert_eq!(u32::from(ctrl(&mut h, 99, 0, &[])), VIRTIO_NET_ERR);
     assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, &[1, 2])), VIRTIO_NET_ERR);
 }

@@ -275,9 +275,11 @@ impl NetWorker {
                 Err(e) => return self.fail(&e),
             };
             let command = chain.read_all_capped(&self.mem, 4096).unwrap_or_default();
-            let ack = if command.len() >= 2 { self.command(command[0], command[1], &command[2..]) } else { VIRTIO_NET_ERR };
+            let ack =
+                if command.len() >= 2 { self.command(command[0], command[1], &command[2..]) } else { VIRTIO_NET_ERR };
             let writable = chain.writable_len();
-            let used = if writable > 0 && chain.write_at(&self.mem, writable - 1, &[ack as u8]).is_ok() { 1 } else { 0 };
+            let used =
+                if writable > 0 && chain.write_at(&self.mem, writable - 1, &[ack as u8]).is_ok() { 1 } else { 0 };
             let Some(active) = self.queues.get_mut(&q) else { return };
             if let Err(e) = active.queue.add_used(&self.mem, chain.head_index, used) {
                 return self.fail(&e);

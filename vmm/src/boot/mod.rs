@@ -276,7 +276,8 @@ fn write_firmware_tables(
         acpi_config.extra_dsdt_aml = pci_acpi::build_pci_host_bridge_aml(pci, mmio)?;
     } else if !mmio.is_empty() {
         use aml::Aml;
-        acpi_config.extra_dsdt_aml = aml::Scope::new("\\_SB", mmio).and_then(|s| s.to_aml_vec()).map_err(acpi::AcpiError::from)?;
+        acpi_config.extra_dsdt_aml =
+            aml::Scope::new("\\_SB", mmio).and_then(|s| s.to_aml_vec()).map_err(acpi::AcpiError::from)?;
     }
     let tables = acpi::build_acpi_tables(ACPI_ADDR, &acpi_config)?;
     write_guest(memory, ACPI_ADDR, &tables.bytes, "ACPI tables")?;

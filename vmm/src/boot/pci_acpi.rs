@@ -178,7 +178,8 @@ mod tests {
         let pci = description();
         let mut config = AcpiConfig::new(2, 0x3c0);
         config.extra_tables.push(build_mcfg(&pci));
-        let mmio = build_virtio_mmio_aml(&[MmioDeviceDescription { base: 0xd000_0000, size: 0x1000, gsi: 17 }]).unwrap();
+        let mmio =
+            build_virtio_mmio_aml(&[MmioDeviceDescription { base: 0xd000_0000, size: 0x1000, gsi: 17 }]).unwrap();
         config.extra_dsdt_aml = build_pci_host_bridge_aml(&pci, mmio).unwrap();
         let blob = build_acpi_tables(0xe0000, &config).unwrap().bytes;
         let dir = std::env::temp_dir().join(format!("rvmm-pci-acpi-{}", std::process::id()));

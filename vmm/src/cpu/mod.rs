@@ -26,8 +26,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::EntryPoint;
 use crate::bus::Bus;
 use crate::exit::{CrashReport, ExitSignal, VmExit};
-use crate::memory::pagewalk::{self, PagingMode};
 use crate::interrupt::split::UserIrqChip;
+use crate::memory::pagewalk::{self, PagingMode};
 use crate::stats::{ExitKind, VcpuStats};
 
 // KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt).

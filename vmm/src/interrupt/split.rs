@@ -25,11 +25,11 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::ioapic::{IoApic, IoApicDelivery, RedirectionEntry};
+use super::msi::{GsiRouter, MsiMessage};
+use super::pic::PicPair;
 use super::pit::{Clock, MonotonicClock, Pit, PIT_PIO_OFFSET_BASE, PIT_PIO_RANGES};
 use super::InterruptError;
 use crate::bus::Bus;
-use super::msi::{GsiRouter, MsiMessage};
-use super::pic::PicPair;
 
 /// Sends the user-space IOAPIC's interrupts through KVM.
 struct KvmIoApicDelivery {
@@ -39,7 +39,12 @@ struct KvmIoApicDelivery {
 
 impl IoApicDelivery for KvmIoApicDelivery {
     fn deliver(&self, msg: MsiMessage) {
-        let msi = kvm_msi { address_lo: msg.address as u32, address_hi: (msg.address >> 32) as u32, data: msg.data, ..Default::default() };
+        let msi = kvm_msi {
+            address_lo: msg.address as u32,
+            address_hi: (msg.address >> 32) as u32,
+            data: msg.data,
+            ..Default::default()
+        };
         if let Err(e) = self.vm.signal_msi(msi) {
             log::warn!("IOAPIC: KVM_SIGNAL_MSI failed: {e}");
         }

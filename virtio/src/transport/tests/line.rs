@@ -126,13 +126,7 @@ fn take_racing_with_raise_does_not_leave_the_line_stuck_high() {
     };
     assert_eq!(vcpu.join().unwrap(), INT_VRING);
     worker.join().unwrap();
-    assert_eq!(
-        line.level(),
-        intr.status() != 0,
-        "line {} with status {:#x}",
-        line.level(),
-        intr.status()
-    );
+    assert_eq!(line.level(), intr.status() != 0, "line {} with status {:#x}", line.level(), intr.status());
 }
 
 #[test]

@@ -56,12 +56,7 @@ impl Mmio {
         let mem = guest_memory(MEM_SIZE);
         let irq = Arc::new(RecordingIrqLine::default());
         let t = MmioTransport::new(dev, mem.clone(), irq.clone()).unwrap();
-        Mmio {
-            t,
-            state,
-            irq,
-            mem,
-        }
+        Mmio { t, state, irq, mem }
     }
 
     fn read(&mut self, offset: u64) -> u32 {
@@ -133,10 +128,7 @@ impl Mmio {
     /// The whole of 3.1.1 with `queues` enabled; returns their drivers.
     fn bring_up(&mut self, features: u64, queues: &[usize]) -> Vec<MockDriver> {
         assert!(self.negotiate(features));
-        let drivers: Vec<MockDriver> = queues
-            .iter()
-            .map(|&q| self.driver(q, QUEUE_SIZES[q]))
-            .collect();
+        let drivers: Vec<MockDriver> = queues.iter().map(|&q| self.driver(q, QUEUE_SIZES[q])).collect();
         for (&q, d) in queues.iter().zip(&drivers) {
             self.setup_queue(q as u32, d);
         }
@@ -243,18 +235,12 @@ fn driver_features_are_frozen_after_features_ok() {
     assert_eq!(lock(&m.state).acked, vec![F_VERSION_1]);
     let _drivers = m.bring_up_after_negotiation(&[0]);
     let s = lock(&m.state);
-    assert!(
-        !s.activations[0][0].queue.event_idx(),
-        "EVENT_IDX was written after FEATURES_OK and must not count"
-    );
+    assert!(!s.activations[0][0].queue.event_idx(), "EVENT_IDX was written after FEATURES_OK and must not count");
 }
 
 impl Mmio {
     fn bring_up_after_negotiation(&mut self, queues: &[usize]) -> Vec<MockDriver> {
-        let drivers: Vec<MockDriver> = queues
-            .iter()
-            .map(|&q| self.driver(q, QUEUE_SIZES[q]))
-            .collect();
+        let drivers: Vec<MockDriver> = queues.iter().map(|&q| self.driver(q, QUEUE_SIZES[q])).collect();
         for (&q, d) in queues.iter().zip(&drivers) {
             self.setup_queue(q as u32, d);
         }
@@ -336,10 +322,7 @@ fn driver_ok_with_every_bit_at_once() {
     m.write_driver_features(F_VERSION_1);
     let d = m.driver(1, QUEUE_SIZES[1]);
     m.setup_queue(1, &d);
-    m.write(
-        STATUS,
-        u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
-    );
+    m.write(STATUS, u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK));
     assert_eq!(m.activations(), 1);
     m.add_status(DRIVER_OK);
     assert_eq!(m.activations(), 1, "DRIVER_OK again does not re-activate");
@@ -526,10 +509,7 @@ fn config_space_reads_of_every_width() {
     m.t.write(CONFIG + 1, &[0xaa]);
     m.t.write(CONFIG + 2, &0xbbccu16.to_le_bytes());
     let s = lock(&m.state);
-    assert_eq!(
-        s.config_writes,
-        vec![(1, vec![0xaa]), (2, vec![0xcc, 0xbb])]
-    );
+    assert_eq!(s.config_writes, vec![(1, vec![0xaa]), (2, vec![0xcc, 0xbb])]);
     drop(s);
     assert_eq!(m.read(CONFIG), 0xbbcc_aa11);
 }
@@ -624,21 +604,20 @@ fn invalid_queue_at_driver_ok_sets_needs_reset() {
         ("descriptors past memory", Box::new(|m| m.write(QUEUE_DESC_LOW, MEM_SIZE as u32 - 0x80))),
         ("descriptors above 4 GiB", Box::new(|m| m.write(QUEUE_DESC_HIGH, 1))),
         ("avail ring past memory", Box::new(|m| m.write(QUEUE_DRIVER_HIGH, 0x8000_0000))),
-        ("used ring past memory", Box::new(|m| {
-            m.write(QUEUE_DEVICE_LOW, 0xffff_fff0);
-            m.write(QUEUE_DEVICE_HIGH, 0xffff_ffff);
-        })),
+        (
+            "used ring past memory",
+            Box::new(|m| {
+                m.write(QUEUE_DEVICE_LOW, 0xffff_fff0);
+                m.write(QUEUE_DEVICE_HIGH, 0xffff_ffff);
+            }),
+        ),
         ("misaligned descriptors", Box::new(|m| m.write(QUEUE_DESC_LOW, queue_base(0) as u32 + 8))),
         ("misaligned used ring", Box::new(|m| m.write(QUEUE_DEVICE_LOW, 0x2002))),
     ];
     for (what, tweak) in cases {
         let mut m = driver_ok_with_bad_queue(tweak);
         assert_eq!(m.activations(), 0, "{what}: device started");
-        assert_eq!(
-            m.status(),
-            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET,
-            "{what}"
-        );
+        assert_eq!(m.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET, "{what}");
         // DEVICE_NEEDS_RESET after DRIVER_OK comes with a configuration
         // change notification (2.1.2).
         assert_eq!(m.read(INTERRUPT_STATUS), INT_CONFIG, "{what}");
@@ -669,10 +648,7 @@ fn device_reported_error_sets_needs_reset() {
     m.bring_up(F_VERSION_1, &[0]);
     let sink = lock(&m.state).status.clone().unwrap();
     sink.needs_reset();
-    assert_eq!(
-        m.status(),
-        ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET
-    );
+    assert_eq!(m.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET);
     assert_eq!(m.read(INTERRUPT_STATUS), INT_CONFIG);
     assert!(m.irq.level());
     m.write(STATUS, 0);

@@ -15,10 +15,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::GuestMemoryMmap;
 
-use crate::device::{
-    read_config_bytes, ActivateError, ActiveQueue, DeviceStatusSink, VirtioDevice,
-    VirtioInterrupt,
-};
+use crate::device::{read_config_bytes, ActivateError, ActiveQueue, DeviceStatusSink, VirtioDevice, VirtioInterrupt};
 
 /// Device status bits (virtio 1.x 2.1).
 pub(super) const ACKNOWLEDGE: u8 = 1;
@@ -87,17 +84,8 @@ pub(super) struct FakeDevice {
 
 impl FakeDevice {
     pub fn new(device_type: u32) -> (Box<dyn VirtioDevice>, Shared) {
-        let state = Arc::new(Mutex::new(FakeState {
-            config: CONFIG.to_vec(),
-            ..Default::default()
-        }));
-        (
-            Box::new(FakeDevice {
-                device_type,
-                state: state.clone(),
-            }),
-            state,
-        )
+        let state = Arc::new(Mutex::new(FakeState { config: CONFIG.to_vec(), ..Default::default() }));
+        (Box::new(FakeDevice { device_type, state: state.clone() }), state)
     }
 }
 
@@ -121,10 +109,8 @@ impl VirtioDevice for FakeDevice {
         let mut s = lock(&self.state);
         s.config_writes.push((offset, data.to_vec()));
         for (i, b) in data.iter().enumerate() {
-            if let Some(slot) = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| s.config.get_mut(o))
+            if let Some(slot) =
+                usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| s.config.get_mut(o))
             {
                 *slot = *b;
             }
@@ -139,10 +125,7 @@ impl VirtioDevice for FakeDevice {
     ) -> Result<(), ActivateError> {
         let mut s = lock(&self.state);
         if s.fail_activation {
-            return Err(ActivateError::QueueCount {
-                expected: 99,
-                got: queues.len(),
-            });
+            return Err(ActivateError::QueueCount { expected: 99, got: queues.len() });
         }
         s.activations.push(queues);
         s.interrupt = Some(interrupt);

@@ -8,8 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::configuration::{
-    CAPABILITIES_POINTER, COMMAND, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, STATUS,
-    STATUS_CAPABILITIES_LIST,
+    CAPABILITIES_POINTER, COMMAND, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, STATUS, STATUS_CAPABILITIES_LIST,
 };
 use devices::pci::{MsiMessage, PciDevice};
 use devices::RecordingIrqLine;
@@ -49,10 +48,7 @@ const PCI_CAP_ID_MSIX: u8 = 0x11;
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
 
-const MSG: MsiMessage = MsiMessage {
-    address: 0xfee0_0000,
-    data: 0x4041,
-};
+const MSG: MsiMessage = MsiMessage { address: 0xfee0_0000, data: 0x4041 };
 
 /// One `struct virtio_pci_cap` as read from configuration space.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,14 +94,7 @@ fn new_device() -> (VirtioPciDevice, Shared, Arc<RecordingMsi>, Arc<RecordingIrq
 impl Pci {
     fn new() -> Self {
         let (dev, state, msi, intx, mem) = new_device();
-        let mut p = Pci {
-            dev,
-            state,
-            msi,
-            intx,
-            mem,
-            caps: Caps::default(),
-        };
+        let mut p = Pci { dev, state, msi, intx, mem, caps: Caps::default() };
         p.caps = p.find_caps();
         // As firmware and the driver leave it: memory decoding and bus mastering.
         p.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER));
@@ -743,11 +732,7 @@ fn invalid_queue_at_driver_ok_sets_needs_reset() {
             tweak(&mut p);
             p.add_status(DRIVER_OK);
             assert_eq!(p.activations(), 0, "{what}");
-            assert_eq!(
-                p.status(),
-                ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET,
-                "{what}"
-            );
+            assert_eq!(p.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET, "{what}");
             if msix {
                 // The configuration change goes out on config_msix_vector.
                 assert_eq!(p.msi.triggers(), vec![0], "{what}");
@@ -1103,11 +1088,5 @@ fn isr_and_intx_stay_consistent_under_a_concurrent_interrupt() {
     assert_eq!(got, ISR_QUEUE);
     let mut d = [0u8; 1];
     dev.lock().unwrap().read_bar(0, isr, &mut d);
-    assert_eq!(
-        line.level(),
-        d[0] != 0,
-        "INTx is {} with ISR {:#x}",
-        line.level(),
-        d[0]
-    );
+    assert_eq!(line.level(), d[0] != 0, "INTx is {} with ISR {:#x}", line.level(), d[0]);
 }
