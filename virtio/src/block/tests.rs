@@ -2,7 +2,7 @@
 //! memory, processed by the real worker against a real file.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
@@ -11,27 +11,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::{create_engine, DiskFile, EngineKind};
 use super::request::*;
 use super::worker::BlockWorker;
-use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
+use crate::device::ActiveQueue;
 use crate::queue::test_utils::{guest_memory, MockDriver, RawDescriptor};
 
-#[derive(Default)]
-struct Signals {
-    interrupts: AtomicU32,
-    resets: AtomicU32,
-}
-
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, _: u16) {
-        self.interrupts.fetch_add(1, Ordering::SeqCst);
-    }
-    fn notify_config(&self) {}
-}
-
-impl DeviceStatusSink for Signals {
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
+use crate::queue::test_utils::RecordingSignals as Signals;
 
 struct Harness {
     driver: MockDriver,

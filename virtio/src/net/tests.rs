@@ -2,7 +2,7 @@
 //! real worker, and a datagram socketpair standing in for the tap.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net::{
@@ -15,25 +15,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::tap::{NetBackend, SocketBackend};
 use super::worker::NetWorker;
 use super::VNET_HDR_LEN;
-use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
+use crate::device::ActiveQueue;
 use crate::queue::test_utils::{MockDriver, RawDescriptor};
 
-#[derive(Default)]
-struct Signals {
-    interrupts: AtomicU32,
-    resets: AtomicU32,
-}
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, _: u16) {
-        self.interrupts.fetch_add(1, Ordering::SeqCst);
-    }
-    fn notify_config(&self) {}
-}
-impl DeviceStatusSink for Signals {
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
+use crate::queue::test_utils::RecordingSignals as Signals;
 
 struct Harness {
     rx: MockDriver,

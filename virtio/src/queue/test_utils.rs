@@ -319,3 +319,25 @@ impl MockDriver {
         u16::from_le(self.mem.read_obj(GuestAddress(addr)).unwrap())
     }
 }
+
+/// Records what a device under test signals: queue interrupts and requests for a reset.
+#[derive(Debug, Default)]
+pub struct RecordingSignals {
+    /// Queue interrupts.
+    pub interrupts: std::sync::atomic::AtomicU32,
+    /// NEEDS_RESET requests.
+    pub resets: std::sync::atomic::AtomicU32,
+}
+
+impl crate::device::VirtioInterrupt for RecordingSignals {
+    fn notify_queue(&self, _: u16) {
+        self.interrupts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn notify_config(&self) {}
+}
+
+impl crate::device::DeviceStatusSink for RecordingSignals {
+    fn needs_reset(&self) {
+        self.resets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

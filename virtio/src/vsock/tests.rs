@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use super::connection::{CONN_BUF_ALLOC, CREDIT_UPDATE_THRESHOLD};
 use super::muxer::{port_path, VsockWorker, FIRST_HOST_PORT};
 use super::packet::*;
 use super::*;
-use crate::device::{ActiveQueue, DeviceStatusSink, VirtioDevice, VirtioInterrupt};
+use crate::device::{ActiveQueue, VirtioDevice};
 use crate::queue::test_utils::{MockDriver, RawDescriptor};
 
 const GUEST_CID: u64 = 3;
@@ -25,22 +25,7 @@ const GUEST_CID: u64 = 3;
 const RX_BUF: u32 = 4096 + PacketHeader::SIZE as u32;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
-struct Signals {
-    interrupts: AtomicU32,
-    resets: AtomicU32,
-}
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, _: u16) {
-        self.interrupts.fetch_add(1, Ordering::SeqCst);
-    }
-    fn notify_config(&self) {}
-}
-impl DeviceStatusSink for Signals {
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
+use crate::queue::test_utils::RecordingSignals as Signals;
 
 /// A directory removed with everything in it at the end of the test.
 struct TempDir(PathBuf);
