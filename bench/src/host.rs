@@ -25,13 +25,7 @@ pub struct Host {
 impl Host {
     /// Reads the host facts.
     pub fn gather() -> Host {
-        Host {
-            date: utc_now(),
-            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-            cpu: cpu(),
-            kvm: kvm(),
-            thp: thp(),
-        }
+        Host { date: utc_now(), kernel: read_trimmed("/proc/sys/kernel/osrelease"), cpu: cpu(), kvm: kvm(), thp: thp() }
     }
 }
 
@@ -63,34 +57,20 @@ fn cpu() -> String {
         Err(e) => return format!("unknown (/proc/cpuinfo: {e})"),
     };
     let model = cpuinfo_field(&info, "model name").unwrap_or("unknown model");
-    let count = info
-        .lines()
-        .filter(|l| l.split(':').next().map(str::trim) == Some("processor"))
-        .count();
+    let count = info.lines().filter(|l| l.split(':').next().map(str::trim) == Some("processor")).count();
     format!("{model}, {count} logical CPUs")
 }
 
 fn kvm() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = cpuinfo_field(&info, "flags")
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let dev = if std::path::Path::new("/dev/kvm").exists() {
-        "/dev/kvm present"
-    } else {
-        "no /dev/kvm"
-    };
+    let flags: Vec<&str> = cpuinfo_field(&info, "flags").unwrap_or("").split_whitespace().collect();
+    let dev = if std::path::Path::new("/dev/kvm").exists() { "/dev/kvm present" } else { "no /dev/kvm" };
     if flags.is_empty() {
         format!("{dev}; CPU flags unreadable")
     } else if flags.iter().any(|f| *f == "vmx" || *f == "svm") {
         format!("{dev}; host CPU has hardware virtualization (vmx/svm)")
     } else {
-        let hv = if flags.contains(&"hypervisor") {
-            "the host is itself a guest ('hypervisor' flag) and "
-        } else {
-            ""
-        };
+        let hv = if flags.contains(&"hypervisor") { "the host is itself a guest ('hypervisor' flag) and " } else { "" };
         format!(
             "{dev}; {hv}its CPU flags have no vmx/svm: nested KVM, guest code emulated \
              in software (see shared/HOST-KVM.md)"
@@ -113,11 +93,7 @@ fn utc_now() -> String {
     };
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        s / 3600,
-        s % 3600 / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", s / 3600, s % 3600 / 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's

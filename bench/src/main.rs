@@ -109,14 +109,10 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let Some(arg_str) = arg.to_str() else {
-            return Err(ArgsExit::Usage(format!(
-                "unexpected argument {}",
-                arg.to_string_lossy()
-            )));
+            return Err(ArgsExit::Usage(format!("unexpected argument {}", arg.to_string_lossy())));
         };
         let mut value = |name: &str| -> Result<OsString, ArgsExit> {
-            args.next()
-                .ok_or_else(|| ArgsExit::Usage(format!("{name} needs a value")))
+            args.next().ok_or_else(|| ArgsExit::Usage(format!("{name} needs a value")))
         };
         match arg_str {
             "-h" | "--help" => return Err(ArgsExit::Help),
@@ -132,11 +128,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
             "--no-qemu" => o.no_qemu = true,
             "--no-q35" => o.no_q35 = true,
             "--markdown" => o.markdown = true,
-            other => {
-                return Err(ArgsExit::Usage(format!(
-                    "unknown argument '{other}' (see --help)"
-                )))
-            }
+            other => return Err(ArgsExit::Usage(format!("unknown argument '{other}' (see --help)"))),
         }
     }
     Ok(o)
@@ -146,9 +138,7 @@ fn parse_count(name: &str, v: &OsString, min: usize) -> Result<usize, ArgsExit> 
     let s = v.to_string_lossy();
     match s.trim().parse::<usize>() {
         Ok(n) if n >= min && n <= 100_000 => Ok(n),
-        _ => Err(ArgsExit::Usage(format!(
-            "{name} {s}: expected a whole number from {min} to 100000"
-        ))),
+        _ => Err(ArgsExit::Usage(format!("{name} {s}: expected a whole number from {min} to 100000"))),
     }
 }
 
@@ -212,13 +202,7 @@ pub struct Target {
 
 impl Target {
     fn new(vmm: Vmm, program: PathBuf) -> Target {
-        Target {
-            vmm,
-            program,
-            accel: Accel::Kvm,
-            accel_note: None,
-            runs: Vec::new(),
-        }
+        Target { vmm, program, accel: Accel::Kvm, accel_note: None, runs: Vec::new() }
     }
 
     /// The column heading: `rvmm`, `QEMU microvm (KVM)`, ...
@@ -289,16 +273,8 @@ impl Target {
             words.push("RVMM_LOG=info".to_string());
         }
         words.push(self.program.display().to_string());
-        words.extend(
-            self.args(kernel)
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned()),
-        );
-        words
-            .iter()
-            .map(|w| shell_quote(w))
-            .collect::<Vec<_>>()
-            .join(" ")
+        words.extend(self.args(kernel).iter().map(|a| a.to_string_lossy().into_owned()));
+        words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
     }
 
     /// The exit code a successful run ends with: rvmm passes the debug-exit status 0
@@ -313,17 +289,12 @@ impl Target {
     /// Spawns one run and checks that the guest did what it should.
     pub fn run_once(&self, kernel: &Path, timeout: Duration) -> Result<Run, String> {
         let outcome = measure::run_once(&mut self.command(kernel), timeout)?;
-        self.check(&outcome)
-            .map_err(|why| format!("{}: {why}\n{}", self.label(), describe(&outcome)))
+        self.check(&outcome).map_err(|why| format!("{}: {why}\n{}", self.label(), describe(&outcome)))
     }
 
     fn check(&self, o: &Outcome) -> Result<Run, String> {
         if o.ended != Ended::Code(self.expected_exit()) {
-            return Err(format!(
-                "the run ended with {}, expected exit code {}",
-                o.ended,
-                self.expected_exit()
-            ));
+            return Err(format!("the run ended with {}, expected exit code {}", o.ended, self.expected_exit()));
         }
         if measure::find(&o.stdout, QUICK_LINE.as_bytes()).is_none() {
             return Err(format!("the console did not show '{QUICK_LINE}'"));
@@ -375,10 +346,7 @@ fn stderr_hint(error: &str) -> Option<&str> {
 }
 
 fn shell_quote(w: &str) -> String {
-    if !w.is_empty()
-        && w.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:+".contains(&b))
-    {
+    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=,:+".contains(&b)) {
         w.to_string()
     } else {
         format!("'{}'", w.replace('\'', r"'\''"))
@@ -387,47 +355,30 @@ fn shell_quote(w: &str) -> String {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn find_rvmm(given: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = given {
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(format!("--rvmm {}: not an executable file", p.display()))
-        };
+        return if is_executable(&p) { Ok(p) } else { Err(format!("--rvmm {}: not an executable file", p.display())) };
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find this program's own path: {e}; pass --rvmm PATH"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this program's own path: {e}; pass --rvmm PATH"))?;
     let p = exe.with_file_name("rvmm");
     if is_executable(&p) {
         Ok(p)
     } else {
-        Err(format!(
-            "no rvmm binary at {}: build it with `cargo build --release` (or pass --rvmm PATH)",
-            p.display()
-        ))
+        Err(format!("no rvmm binary at {}: build it with `cargo build --release` (or pass --rvmm PATH)", p.display()))
     }
 }
 
 fn find_qemu(given: Option<PathBuf>) -> Result<PathBuf, String> {
     let given = given.or_else(|| std::env::var_os("RVMM_QEMU").map(PathBuf::from));
     if let Some(p) = given {
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(format!("QEMU {}: not an executable file", p.display()))
-        };
+        return if is_executable(&p) { Ok(p) } else { Err(format!("QEMU {}: not an executable file", p.display())) };
     }
     std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("qemu-system-x86_64"))
-                .find(|p| is_executable(p))
-        })
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("qemu-system-x86_64")).find(|p| is_executable(p)))
         .ok_or_else(|| {
             "qemu-system-x86_64 not found in PATH: install it (apt-get install qemu-system-x86), \
              pass --qemu PATH, or measure rvmm alone with --no-qemu"
@@ -438,12 +389,9 @@ fn find_qemu(given: Option<PathBuf>) -> Result<PathBuf, String> {
 /// The first line a program prints for `flag` (its version), or why there is none.
 fn version_of(program: &Path, flag: &str) -> String {
     match Command::new(program).arg(flag).output() {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+        Ok(out) if out.status.success() => {
+            String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string()
+        }
         Ok(out) => format!("unknown ({flag} ended with {})", out.status),
         Err(e) => format!("unknown ({e})"),
     }
@@ -480,13 +428,7 @@ pub struct Report {
 
 fn fmt3(s: Option<Summary>, decimals: usize, prefix: &str) -> String {
     match s {
-        Some(s) => format!(
-            "{prefix}{:.d$} / {prefix}{:.d$} / {prefix}{:.d$}",
-            s.min,
-            s.median,
-            s.p90,
-            d = decimals
-        ),
+        Some(s) => format!("{prefix}{:.d$} / {prefix}{:.d$} / {prefix}{:.d$}", s.min, s.median, s.p90, d = decimals),
         None => "n/a".to_string(),
     }
 }
@@ -519,30 +461,17 @@ impl Report {
         };
         vec![
             head,
-            row("start-up latency, ms", &|t| {
-                fmt3(of(t, &|r| Some(r.startup_ms)), 2, "")
-            }),
-            row("whole-life latency, ms", &|t| {
-                fmt3(of(t, &|r| Some(r.life_ms)), 2, "")
-            }),
-            row("peak RSS, KiB", &|t| {
-                fmt3(of(t, &|r| Some(r.rss_kib as f64)), 0, "")
-            }),
+            row("start-up latency, ms", &|t| fmt3(of(t, &|r| Some(r.startup_ms)), 2, "")),
+            row("whole-life latency, ms", &|t| fmt3(of(t, &|r| Some(r.life_ms)), 2, "")),
+            row("peak RSS, KiB", &|t| fmt3(of(t, &|r| Some(r.rss_kib as f64)), 0, "")),
             row("guest RAM touched, KiB", &|t| match t.vmm {
                 Vmm::Rvmm => fmt3(of(t, &|r| r.guest_kib.map(|g| g as f64)), 0, ""),
                 Vmm::Qemu { .. } => "not measured".to_string(),
             }),
             row("peak RSS - guest RAM touched, KiB", &|t| match t.vmm {
-                Vmm::Rvmm => fmt3(
-                    of(t, &|r| r.guest_kib.map(|g| r.rss_kib as f64 - g as f64)),
-                    0,
-                    "",
-                ),
+                Vmm::Rvmm => fmt3(of(t, &|r| r.guest_kib.map(|g| r.rss_kib as f64 - g as f64)), 0, ""),
                 Vmm::Qemu { .. } => match estimate {
-                    Some(g) => format!(
-                        "{} (estimate)",
-                        fmt3(of(t, &|r| Some(r.rss_kib as f64 - g)), 0, "~")
-                    ),
+                    Some(g) => format!("{} (estimate)", fmt3(of(t, &|r| Some(r.rss_kib as f64 - g)), 0, "~")),
                     None => "n/a".to_string(),
                 },
             }),
@@ -558,18 +487,12 @@ impl Report {
             ("CPU".to_string(), h.cpu.clone()),
             ("KVM".to_string(), h.kvm.clone()),
             ("transparent huge pages".to_string(), h.thp.clone()),
-            (
-                "load average (1/5/15 min)".to_string(),
-                format!("{} before, {} after", self.load.0, self.load.1),
-            ),
+            ("load average (1/5/15 min)".to_string(), format!("{} before, {} after", self.load.0, self.load.1)),
         ];
         f.extend(self.versions.iter().cloned());
         f.push((
             "guest".to_string(),
-            format!(
-                "{} (PVH entry), command line `{CMDLINE}`, {MEMORY} RAM, 1 vCPU",
-                self.kernel.display()
-            ),
+            format!("{} (PVH entry), command line `{CMDLINE}`, {MEMORY} RAM, 1 vCPU", self.kernel.display()),
         ));
         f.push((
             "runs".to_string(),
@@ -587,8 +510,7 @@ impl Report {
             "start-up latency: from spawn to the read() that delivered the first byte of \
              `rvmm-probe:` on the VMM's stdout (the guest's COM1)."
                 .to_string(),
-            "whole-life latency: from spawn to process exit (pidfd readable; reaped with wait4)."
-                .to_string(),
+            "whole-life latency: from spawn to process exit (pidfd readable; reaped with wait4).".to_string(),
             format!(
                 "peak RSS: ru_maxrss from wait4. Linux carries the spawning process's peak RSS \
                  across exec into it, so no figure can be below this program's own peak RSS \
@@ -617,12 +539,7 @@ impl Report {
             }
         }
         for t in &self.targets {
-            n.push(format!(
-                "{}: `{}` (exit code {})",
-                t.label(),
-                t.command_line(&self.kernel),
-                t.expected_exit()
-            ));
+            n.push(format!("{}: `{}` (exit code {})", t.label(), t.command_line(&self.kernel), t.expected_exit()));
         }
         n
     }
@@ -639,26 +556,14 @@ impl Report {
         let table = self.table();
         let cols = table.first().map_or(0, Vec::len);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| {
-                table
-                    .iter()
-                    .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| table.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
             .collect();
         for (i, row) in table.iter().enumerate() {
             let cells: Vec<String> = row
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(c, (s, &w))| {
-                    if c == 0 {
-                        format!("{s:<w$}")
-                    } else {
-                        format!("{s:>w$}")
-                    }
-                })
+                .map(|(c, (s, &w))| if c == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
                 .collect();
             out.push_str(cells.join("   ").trim_end());
             out.push('\n');
@@ -686,9 +591,7 @@ impl Report {
             let cells: Vec<String> = row.iter().map(|c| md_escape(c)).collect();
             out.push_str(&format!("| {} |\n", cells.join(" | ")));
             if i == 0 {
-                let seps: Vec<&str> = (0..row.len())
-                    .map(|c| if c == 0 { "---" } else { "---:" })
-                    .collect();
+                let seps: Vec<&str> = (0..row.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
                 out.push_str(&format!("| {} |\n", seps.join(" | ")));
             }
         }
@@ -743,22 +646,13 @@ fn bench(o: &Options) -> Result<Report, String> {
     }
     let rvmm = find_rvmm(o.rvmm.clone())?;
     if rvmm.components().any(|c| c.as_os_str() == "debug") {
-        eprintln!(
-            "rvmm-bench: warning: {} looks like a debug build; benchmark the release build",
-            rvmm.display()
-        );
+        eprintln!("rvmm-bench: warning: {} looks like a debug build; benchmark the release build", rvmm.display());
     }
-    let mut versions = vec![(
-        "rvmm".to_string(),
-        format!("{} ({})", rvmm.display(), version_of(&rvmm, "--version")),
-    )];
+    let mut versions = vec![("rvmm".to_string(), format!("{} ({})", rvmm.display(), version_of(&rvmm, "--version")))];
     let mut targets = vec![Target::new(Vmm::Rvmm, rvmm)];
     if !o.no_qemu {
         let qemu = find_qemu(o.qemu.clone())?;
-        versions.push((
-            "QEMU".to_string(),
-            format!("{} ({})", qemu.display(), version_of(&qemu, "-version")),
-        ));
+        versions.push(("QEMU".to_string(), format!("{} ({})", qemu.display(), version_of(&qemu, "-version"))));
         targets.push(Target::new(Vmm::Qemu { machine: "microvm" }, qemu.clone()));
         if !o.no_q35 {
             targets.push(Target::new(Vmm::Qemu { machine: "q35" }, qemu));
@@ -820,25 +714,15 @@ mod tests {
         assert_eq!((o.runs, o.warmup, o.markdown), (20, 1, false));
         let o = parse_args(args(&["--runs", "5", "--markdown", "--no-q35"])).unwrap();
         assert!(o.runs == 5 && o.markdown && o.no_q35);
-        assert!(matches!(
-            parse_args(args(&["--runs", "0"])),
-            Err(ArgsExit::Usage(_))
-        ));
-        assert!(matches!(
-            parse_args(args(&["--runs"])),
-            Err(ArgsExit::Usage(_))
-        ));
-        assert!(matches!(
-            parse_args(args(&["--bogus"])),
-            Err(ArgsExit::Usage(_))
-        ));
+        assert!(matches!(parse_args(args(&["--runs", "0"])), Err(ArgsExit::Usage(_))));
+        assert!(matches!(parse_args(args(&["--runs"])), Err(ArgsExit::Usage(_))));
+        assert!(matches!(parse_args(args(&["--bogus"])), Err(ArgsExit::Usage(_))));
         assert!(matches!(parse_args(args(&["-h"])), Err(ArgsExit::Help)));
     }
 
     #[test]
     fn resident_line() {
-        let log =
-            b"[INFO  vmm::vm] VM ended\n[INFO  vmm::vm] guest memory resident at exit: 1234 KiB\n";
+        let log = b"[INFO  vmm::vm] VM ended\n[INFO  vmm::vm] guest memory resident at exit: 1234 KiB\n";
         assert_eq!(parse_resident_kib(log), Some(1234));
         assert_eq!(parse_resident_kib(b"nothing"), None);
     }

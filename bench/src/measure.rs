@@ -64,13 +64,9 @@ pub struct Outcome {
 /// error; so is any failure to spawn, poll, read or wait.
 pub fn run_once(cmd: &mut Command, timeout: Duration) -> Result<Outcome, String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
     // `child` is never waited for through std: the process is reaped with wait4 below.
     let pid = match libc::pid_t::try_from(child.id()) {
         Ok(pid) => pid,
@@ -84,9 +80,7 @@ pub fn run_once(cmd: &mut Command, timeout: Duration) -> Result<Outcome, String>
         Ok(fd) => fd,
         Err(e) => {
             kill_and_reap(pid);
-            return Err(format!(
-                "pidfd_open for {program}: {e} (Linux 5.3 or later is needed)"
-            ));
+            return Err(format!("pidfd_open for {program}: {e} (Linux 5.3 or later is needed)"));
         }
     };
     let mut watch = Watch {
@@ -182,11 +176,7 @@ impl Watch {
             let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
             let mut sources: Vec<Source> = Vec::with_capacity(3);
             let mut add = |fd: RawFd, source: Source| {
-                fds.push(libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
                 sources.push(source);
             };
             if let Some(s) = &self.stdout {
@@ -243,12 +233,7 @@ impl Watch {
                     if let Some(p) = find(&self.out[from..], MARKER) {
                         let pos = from + p;
                         // The read that delivered the marker's first byte.
-                        let at = self
-                            .chunks
-                            .iter()
-                            .rev()
-                            .find(|(o, _)| *o <= pos)
-                            .map_or(t, |(_, at)| *at);
+                        let at = self.chunks.iter().rev().find(|(o, _)| *o <= pos).map_or(t, |(_, at)| *at);
                         self.startup = Some(at.saturating_duration_since(self.start));
                     }
                 }
@@ -293,11 +278,7 @@ impl Watch {
             return Err(format!("wait4: {e}"));
         }
         self.pidfd = None;
-        self.exit = Some(Exit {
-            at: t,
-            ended: decode_status(status),
-            rusage,
-        });
+        self.exit = Some(Exit { at: t, ended: decode_status(status), rusage });
         Ok(())
     }
 }
@@ -306,14 +287,7 @@ impl Watch {
 fn read_some(pipe: &mut impl Read, buf: &mut [u8]) -> io::Result<Option<usize>> {
     match pipe.read(buf) {
         Ok(n) => Ok(Some(n)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            Ok(None)
-        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -354,9 +328,9 @@ fn kill_and_reap(pid: libc::pid_t) {
     unsafe {
         libc::kill(pid, libc::SIGKILL);
         let mut status = 0;
-        while libc::waitpid(pid, &mut status, 0) < 0
-            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-        {}
+        while libc::waitpid(pid, &mut status, 0) < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {
+        }
     }
 }
 
@@ -367,10 +341,7 @@ mod tests {
     #[test]
     fn measures_a_shell() {
         let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "sleep 0.05; printf 'x\\nrvmm-probe: quick\\n'; echo e >&2; exit 3",
-        ]);
+        cmd.args(["-c", "sleep 0.05; printf 'x\\nrvmm-probe: quick\\n'; echo e >&2; exit 3"]);
         let o = run_once(&mut cmd, Duration::from_secs(10)).unwrap();
         assert_eq!(o.ended, Ended::Code(3));
         let s = o.startup.unwrap();

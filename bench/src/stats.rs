@@ -20,17 +20,9 @@ impl Summary {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
         let rank = (n * 9).div_ceil(10).max(1);
-        Some(Summary {
-            min: v[0],
-            median,
-            p90: v[rank - 1],
-        })
+        Some(Summary { min: v[0], median, p90: v[rank - 1] })
     }
 }
 

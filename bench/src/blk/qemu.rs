@@ -1,0 +1,127 @@
+//! A side reference from QEMU: `qemu-img bench`, which drives QEMU's block layer —
+//! the same code and the same io_uring / thread-pool back ends that QEMU's virtio-blk
+//! hands its requests to — on the same file, with no virtio front end and no guest.
+//!
+//! It is not QEMU's virtio-blk: it leaves out the virtqueue work that rvmm's figures
+//! include, so for QEMU's virtio-blk it is an upper bound. It only does sequential
+//! offsets (each request `-S` bytes after the previous one, wrapping at the end), so
+//! only the 64 KiB sequential patterns have a QEMU row.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use virtio::block::disk::EngineKind;
+
+use crate::pattern::{Measurement, Pattern};
+
+/// `qemu-img` from `$PATH`, if there is one.
+pub fn find_qemu_img() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("qemu-img")).find(|p| p.is_file())
+}
+
+/// `qemu-img --version`'s first line.
+pub fn version(qemu_img: &Path) -> String {
+    match Command::new(qemu_img).arg("--version").output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("unknown version").to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Whether QEMU can run `pattern` the way this benchmark does (sequential only).
+pub fn supports(pattern: Pattern) -> bool {
+    matches!(pattern, Pattern::SeqRead64k | Pattern::SeqWrite64k)
+}
+
+/// The command line for `count` requests of `pattern` at `depth` on `file`.
+pub fn command(
+    qemu_img: &Path,
+    file: &Path,
+    pattern: Pattern,
+    depth: usize,
+    engine: EngineKind,
+    direct: bool,
+    count: u64,
+) -> Command {
+    let mut c = Command::new(qemu_img);
+    let bs = pattern.block_size().to_string();
+    c.args(["bench", "-f", "raw", "-c", &count.to_string(), "-d", &depth.to_string()]);
+    c.args(["-s", &bs, "-S", &bs]);
+    c.args(["-i", if engine == EngineKind::Threads { "threads" } else { "io_uring" }]);
+    c.args(["-t", if direct { "none" } else { "writeback" }]);
+    if pattern.is_write() {
+        // A non-zero byte, so that nothing can treat the writes as zeroes.
+        c.args(["-w", "--pattern=165"]);
+    }
+    c.arg(file);
+    c
+}
+
+/// The command line as text, for the report (the file is shown as FILE).
+pub fn command_text(pattern: Pattern, depth: usize, engine: EngineKind, direct: bool) -> String {
+    let c = command(Path::new("qemu-img"), Path::new("FILE"), pattern, depth, engine, direct, 0);
+    let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    format!("qemu-img {}", args.join(" ").replace("-c 0", "-c N"))
+}
+
+/// CPU time (user + system) of this process's waited-for children (`qemu-img` runs), seconds.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Runs `count` requests; returns the time `qemu-img` reports for the run and the
+/// CPU time of the whole `qemu-img` process.
+fn run_once(
+    qemu_img: &Path,
+    file: &Path,
+    pattern: Pattern,
+    depth: usize,
+    engine: EngineKind,
+    direct: bool,
+    count: u64,
+) -> Result<(f64, f64), String> {
+    let cpu_before = children_cpu_seconds();
+    let out = command(qemu_img, file, pattern, depth, engine, direct, count)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", qemu_img.display()))?;
+    let cpu = children_cpu_seconds() - cpu_before;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img bench failed ({}): {}{}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let secs = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
+        .ok_or_else(|| format!("unexpected qemu-img bench output: {}", stdout.trim()))?;
+    Ok((secs, cpu))
+}
+
+/// Runs `pattern` with QEMU's block layer for about `seconds`: a short calibration run
+/// (which also warms up) picks the request count.
+pub fn run(
+    qemu_img: &Path,
+    file: &Path,
+    pattern: Pattern,
+    depth: usize,
+    engine: EngineKind,
+    direct: bool,
+    seconds: Duration,
+) -> Result<Measurement, String> {
+    let probe = 2000;
+    let (t, _) = run_once(qemu_img, file, pattern, depth, engine, direct, probe)?;
+    let rate = probe as f64 / t.max(1e-6);
+    let count = ((rate * seconds.as_secs_f64()) as u64).clamp(1000, 50_000_000);
+    let (t, cpu) = run_once(qemu_img, file, pattern, depth, engine, direct, count)?;
+    Ok(Measurement { ops: count, seconds: t, cpu_seconds: cpu })
+}
