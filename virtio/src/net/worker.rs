@@ -51,6 +51,8 @@ pub struct NetWorker {
     returned: Sender<Vec<Box<dyn NetBackend>>>,
     /// Frame counters.
     pub counters: NetCounters,
+    /// Where frames are read from the backend before they are placed in the guest.
+    bounce: Vec<u8>,
 }
 
 impl NetWorker {
@@ -82,6 +84,7 @@ impl NetWorker {
             broken: false,
             returned,
             counters: NetCounters::default(),
+            bounce: vec![0u8; MAX_FRAME],
         }
     }
 
@@ -158,12 +161,10 @@ impl NetWorker {
             let frame = match self.pending[p].take() {
                 Some(f) => f,
                 None => {
-                    let mut buf = vec![0u8; MAX_FRAME];
-                    match self.backends[p].recv(&mut buf) {
-                        Ok(n) => {
-                            buf.truncate(n);
-                            buf
-                        }
+                    // One bounce buffer for the worker's life: a fresh 64 KiB zeroed
+                    // buffer per frame cost more than the copy itself.
+                    match self.backends[p].recv(&mut self.bounce) {
+                        Ok(n) => self.bounce[..n].to_vec(),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             log::warn!("virtio-net: backend read failed: {e}");
