@@ -45,7 +45,6 @@ pub enum BusError {
     },
 }
 
-#[derive(Clone)]
 struct Entry {
     len: u64,
     /// Offsets passed to the device are `address - offset_base`; usually the range start.
@@ -124,7 +123,9 @@ impl Bus {
             .collect()
     }
 
-    fn lookup(&self, addr: u64, width: usize) -> Option<(u64, Entry)> {
+    /// Finds the device for an access of `width` bytes at `addr` and counts the
+    /// access while the range is in hand; only the device handle leaves the lock.
+    fn lookup(&self, addr: u64, width: usize, write: bool) -> Option<(u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&start, entry) = ranges.range(..=addr).next_back()?;
         // The whole access must fall inside the range.
@@ -132,16 +133,17 @@ impl Bus {
         if last >= start + entry.len {
             return None;
         }
-        Some((addr - entry.offset_base, entry.clone()))
+        let counter = if write { &entry.counters.writes } else { &entry.counters.reads };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((addr - entry.offset_base, entry.device.clone()))
     }
 
     /// Performs a guest read; unclaimed addresses read as all ones.
     /// Returns whether a device handled it.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.lookup(addr, data.len()) {
-            Some((offset, entry)) => {
-                entry.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                entry.device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+        match self.lookup(addr, data.len(), false) {
+            Some((offset, device)) => {
+                device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
                 true
             }
             None => {
@@ -155,10 +157,9 @@ impl Bus {
     /// Performs a guest write; writes to unclaimed addresses are dropped.
     /// Returns whether a device handled it.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.lookup(addr, data.len()) {
-            Some((offset, entry)) => {
-                entry.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                entry.device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+        match self.lookup(addr, data.len(), true) {
+            Some((offset, device)) => {
+                device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
                 true
             }
             None => {
