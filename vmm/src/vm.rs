@@ -461,7 +461,7 @@ impl Vm {
                             Some(ApiServer::new(listener, context))
                         }
                         Err(e) => {
-                            start_error_message(&e);
+                            log::error!("cannot open the api socket: {e}; the VM runs without it");
                             None
                         }
                     },
@@ -577,10 +577,6 @@ fn bind_api_socket(path: &std::path::Path) -> std::io::Result<std::os::unix::net
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
-}
-
-fn start_error_message(e: &std::io::Error) {
-    log::error!("cannot open the api socket: {e}; the VM runs without it");
 }
 
 /// Console input: stdin through the escape decoder into the console device.
