@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use virtio::block::disk::EngineKind;
 use virtio::block::BlockConfig;
+use vmm::boot::firmware::FirmwareImage;
 use vmm::device_manager::{DiskSpec, NetBackendSpec, NetSpec, VirtioTransport, VsockSpec};
+use vmm::vm::{DebugconTarget, FirmwareConfig};
 use vmm::{BootProtocol, ConsoleConfig, VmConfig, MAX_VCPUS};
 
 /// rvmm: a small virtual machine monitor for Linux/KVM.
@@ -54,6 +56,15 @@ struct RunArgs {
     /// Kernel command line.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
+    /// Boot PC firmware instead of a kernel, e.g. SeaBIOS's /usr/share/seabios/bios-256k.bin:
+    /// mapped read-only below 4 GiB and started at its reset vector, on an i440FX-like machine
+    /// with QEMU's fw_cfg; it boots from the --disk devices in order.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "initrd", "cmdline", "boot"])]
+    firmware: Option<PathBuf>,
+    /// Where the firmware's debug console (port 0x402) goes: log (rvmm's log at info level,
+    /// shown with RVMM_LOG=info), file:PATH or none.
+    #[arg(long, value_name = "WHERE", default_value = "log", value_parser = parse_debugcon, requires = "firmware")]
+    debugcon: DebugconTarget,
     /// Number of vCPUs (1-254).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     cpus: u8,
@@ -218,6 +229,17 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
         return Err(format!("{n} vCPUs requested; rvmm supports 1 to {MAX_VCPUS}"));
     }
     Ok(n as u8)
+}
+
+fn parse_debugcon(s: &str) -> Result<DebugconTarget, String> {
+    match s {
+        "log" => Ok(DebugconTarget::Log),
+        "none" => Ok(DebugconTarget::None),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(DebugconTarget::File(PathBuf::from(path))),
+            _ => Err(format!("'{s}' is not a debug console target: use log, file:PATH or none")),
+        },
+    }
 }
 
 fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
@@ -392,9 +414,19 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         CommandArgs::Ctl { socket, command } => return Ok(Command::Ctl { socket, command: command.join(" ") }),
         CommandArgs::Net { args } => return Ok(Command::Net(args)),
     };
-    let (kernel, kernel_name, default_cmdline) = match &run.kernel {
-        Some(path) => (read_file("kernel", path)?, path.clone(), String::new()),
-        None => (rvmm_probes::hello_pvh_elf().to_vec(), PathBuf::from("<bundled hello probe>"), "hello".to_string()),
+    let firmware = match &run.firmware {
+        Some(path) => Some(FirmwareConfig {
+            image: FirmwareImage::load(path).map_err(|e| CliExit::Usage(e.to_string()))?,
+            debugcon: run.debugcon.clone(),
+        }),
+        None => None,
+    };
+    let (kernel, kernel_name, default_cmdline) = match (&run.kernel, &firmware) {
+        (Some(path), _) => (read_file("kernel", path)?, path.clone(), String::new()),
+        (None, Some(_)) => (Vec::new(), PathBuf::new(), String::new()),
+        (None, None) => {
+            (rvmm_probes::hello_pvh_elf().to_vec(), PathBuf::from("<bundled hello probe>"), "hello".to_string())
+        }
     };
     let initrd = match &run.initrd {
         Some(path) => Some(read_file("initrd", path)?),
@@ -426,6 +458,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliEx
         balloon: run.balloon.then_some(run.balloon_deflate_on_oom),
         api_socket: run.api_socket,
         vsock: run.vsock,
+        firmware,
     }))
 }
 

@@ -81,7 +81,13 @@ fn run(config: vmm::VmConfig) -> ExitCode {
     };
     log::info!("VM ended: {exit:?}");
     ExitCode::from(match exit {
-        VmExit::PowerOff | VmExit::Reset | VmExit::UserQuit => exit_code::OK,
+        VmExit::Reset => {
+            // rvmm does not reboot a VM: a reset (a guest's reboot, or firmware
+            // giving up on booting) ends it, and whoever started it decides.
+            eprintln!("rvmm: the guest reset the machine; the VM has stopped");
+            exit_code::OK
+        }
+        VmExit::PowerOff | VmExit::UserQuit => exit_code::OK,
         VmExit::DebugExit(status) => status,
         VmExit::Signal(sig) => exit_code::SIGNAL_BASE.saturating_add(sig as u8),
         VmExit::GuestCrash(report) => {

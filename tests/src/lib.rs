@@ -7,6 +7,8 @@
 //! - [`qemu_x86_64`] and [`qemu_probe_command`] find QEMU and build the command line
 //!   that boots a probe under QEMU TCG, the independent reference.
 //! - [`fnv1a32`] is the hash the probes report for the initrd.
+//! - [`seabios`] writes the MBR test disks for booting SeaBIOS (issue 7) and lists what
+//!   SeaBIOS prints when it boots them.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub mod seabios;
 
 /// The default time limit of a [`VmRunner`]: long enough for a probe under QEMU TCG on
 /// a busy 2-core machine, short enough that a hung guest does not stall the suite.

@@ -33,6 +33,9 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const DEVICE_GSIS: [u32; 15] = [5, 6, 7, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
 /// Window for PCI memory BARs that rvmm assigns (below the virtio-mmio area).
 pub const PCI_MMIO_WINDOW: (u64, u64) = (0xc000_0000, 0xd000_0000);
+/// Where firmware (SeaBIOS on an i440FX) places memory BARs: top-down from the
+/// IOAPIC, above rvmm's ECAM window. The host bridge's `_CRS` says so.
+pub const FIRMWARE_PCI_MMIO_WINDOW: (u64, u64) = (0xe010_0000, 0xfec0_0000);
 /// The ECAM (PCI Express enhanced configuration) window, one bus.
 pub const PCI_ECAM_BASE: u64 = 0xe000_0000;
 /// Buses the ECAM window covers.
@@ -314,29 +317,54 @@ impl BarRelocator for BarMapper {
     }
 }
 
+/// Who assigns PCI resources, and so which host bridge the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PciPlatform {
+    /// A kernel booted directly: rvmm's generic host bridge, BARs assigned
+    /// and decoding before the guest starts, as firmware would leave them.
+    Direct,
+    /// PC firmware enumerates the bus: an i440FX host bridge, BARs left
+    /// unassigned and decoding off, as at power-on.
+    Firmware,
+}
+
 /// The PCI segment of a VM: root, config access devices, BAR window, MSI routing.
 pub struct PciSegment {
     root: Arc<PciRoot>,
     mapper: Arc<BarMapper>,
     router: Arc<GsiRouter>,
     window: AddressAllocator,
+    platform: PciPlatform,
     next_slot: u8,
     intx_routes: Vec<(u8, u32)>,
 }
 
 impl PciSegment {
     /// Creates the root (host bridge at 00:00.0) and registers configuration
-    /// mechanism 1 at 0xCF8 and the ECAM window.
-    pub fn new(vm: &Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>, router: Arc<GsiRouter>) -> Result<Self, DeviceError> {
+    /// mechanism 1 at 0xCF8 (with the reset control register at 0xCF9, whose
+    /// resets go to `events`) and the ECAM window.
+    pub fn new(
+        vm: &Arc<VmFd>,
+        pio: &Arc<Bus>,
+        mmio: &Arc<Bus>,
+        router: Arc<GsiRouter>,
+        platform: PciPlatform,
+        events: devices::GuestEventSink,
+    ) -> Result<Self, DeviceError> {
         let mapper = Arc::new(BarMapper {
             vm: vm.clone(),
             pio: pio.clone(),
             mmio: mmio.clone(),
             ioevents: Mutex::new(HashMap::new()),
         });
-        let root = Arc::new(PciRoot::new(mapper.clone()));
+        let root = Arc::new(match platform {
+            PciPlatform::Direct => PciRoot::new(mapper.clone()),
+            PciPlatform::Firmware => {
+                PciRoot::with_host_bridge(mapper.clone(), Arc::new(Mutex::new(devices::pci::I440fxHostBridge::new())))
+            }
+        });
         pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+            Arc::new(Mutex::new(PciConfigIo::with_reset_control(root.clone(), events))),
             u64::from(PCI_CONFIG_IO_PORT),
             PCI_CONFIG_IO_PORT_COUNT,
             "PCI config",
@@ -349,13 +377,15 @@ impl PciSegment {
             mapper,
             router,
             window: AddressAllocator::new(PCI_MMIO_WINDOW.0, PCI_MMIO_WINDOW.1),
+            platform,
             next_slot: 1,
             intx_routes: Vec::new(),
         })
     }
 
     /// Adds `device` as a virtio-pci function in the next free slot, with its
-    /// BAR assigned and decoding (as firmware would leave it), MSI-X vectors
+    /// BAR assigned (and decoding on the direct platform, as firmware would
+    /// leave it), MSI-X vectors
     /// on irqfds and INTx on `gsi`.
     pub fn add_virtio(
         &mut self,
@@ -370,7 +400,9 @@ impl PciSegment {
         let intx = irqchip.line(gsi);
         let bar = self.window.allocate(BAR_SIZE, BAR_SIZE).ok_or(DeviceError::PciWindowFull(BAR_SIZE))?;
         let mut pci = VirtioPciDevice::new(device, memory.clone(), msi, intx, gsi as u8, bar)?;
-        pci.config_mut().set_command(devices::pci::configuration::COMMAND_MEMORY_SPACE);
+        if self.platform == PciPlatform::Direct {
+            pci.config_mut().set_command(devices::pci::configuration::COMMAND_MEMORY_SPACE);
+        }
         let bdf = Bdf::new(0, self.next_slot, 0)?;
         let events = pci
             .common()
@@ -398,7 +430,10 @@ impl PciSegment {
         PciDescription {
             ecam_base: PCI_ECAM_BASE,
             ecam_buses: PCI_ECAM_BUSES,
-            mmio_window: PCI_MMIO_WINDOW,
+            mmio_window: match self.platform {
+                PciPlatform::Direct => PCI_MMIO_WINDOW,
+                PciPlatform::Firmware => FIRMWARE_PCI_MMIO_WINDOW,
+            },
             intx_routes: self.intx_routes.clone(),
         }
     }

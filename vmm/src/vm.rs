@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::acpi_pm::AcpiSleepControl;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
+use devices::debugcon::{DebugCon, DebugconOutput, DEBUGCON_PORT};
 use devices::i8042::{I8042, I8042_AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ};
 use devices::rtc::Rtc;
 use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
@@ -16,15 +17,18 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::register_signal_handler;
 
+use crate::boot::firmware::{FirmwareError, FirmwareImage, FirmwareMachine};
 use crate::boot::pci_acpi::MmioDeviceDescription;
-use crate::boot::{self, BootConfig, BootInfo, BootProtocol, ACPI_SLEEP_CONTROL_PORT};
+use crate::boot::{self, BootConfig, BootInfo, BootProtocol, EntryPoint, ACPI_SLEEP_CONTROL_PORT};
 use crate::bus::{Bus, BusError};
 use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
 use virtio::transport::mmio::MMIO_WINDOW_SIZE;
 
 use crate::api::{ApiContext, ApiServer};
-use crate::device_manager::{self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciSegment, VirtioTransport, VsockSpec};
+use crate::device_manager::{
+    self, DeviceError, DiskSpec, MmioSlot, NetSpec, PciPlatform, PciSegment, VirtioTransport, VsockSpec,
+};
 use crate::event_loop::{EventHandler, EventLoop, Watch};
 use crate::exit::{ExitSignal, VmExit};
 use crate::interrupt::msi::GsiRouter;
@@ -78,6 +82,29 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockSpec>,
+    /// Boot this firmware from the reset vector instead of loading `kernel`.
+    pub firmware: Option<FirmwareConfig>,
+}
+
+/// A firmware boot (`--firmware`): the image and where its debug log goes.
+#[derive(Debug, Clone)]
+pub struct FirmwareConfig {
+    /// The checked image.
+    pub image: FirmwareImage,
+    /// Where bytes written to the debug console port 0x402 go.
+    pub debugcon: DebugconTarget,
+}
+
+/// Where the firmware's debug console (port 0x402) goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DebugconTarget {
+    /// Line by line into rvmm's log (info level, target `firmware`; `RVMM_LOG=info` shows it).
+    #[default]
+    Log,
+    /// Raw into a file.
+    File(PathBuf),
+    /// Nowhere.
+    None,
 }
 
 /// How virtio-mmio devices are announced to the guest. Linux accepts either;
@@ -149,6 +176,14 @@ pub enum VmError {
     /// Creating or wiring a device.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The debug console file could not be created.
+    #[error("cannot create debug console file {path}: {source}")]
+    DebugconFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The console file could not be opened.
     #[error("cannot open console file {path}: {source}")]
     ConsoleFile {
@@ -165,8 +200,26 @@ pub enum VmError {
 impl VmError {
     /// Whether the error is the user's input (bad image, sizes, counts) rather than the host's.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, VmError::VcpuCount { .. } | VmError::Boot(_) | VmError::ConsoleFile { .. })
-            || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+        matches!(
+            self,
+            VmError::VcpuCount { .. }
+                | VmError::ConsoleFile { .. }
+                | VmError::DebugconFile { .. }
+                | VmError::Boot(
+                    boot::BootError::UnknownFormat(_)
+                        | boot::BootError::WrongElf { .. }
+                        | boot::BootError::Elf { .. }
+                        | boot::BootError::BzImage { .. }
+                        | boot::BootError::ProtocolMismatch { .. }
+                        | boot::BootError::KernelDoesNotFit { .. }
+                        | boot::BootError::InitrdDoesNotFit { .. }
+                        | boot::BootError::CmdlineTooLong { .. }
+                        | boot::BootError::CmdlineNul
+                        | boot::BootError::Firmware(
+                            FirmwareError::Read { .. } | FirmwareError::Size { .. } | FirmwareError::TooLarge { .. }
+                        )
+                )
+        ) || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
             || matches!(
                 self,
                 VmError::Device(
@@ -202,6 +255,8 @@ pub struct Vm {
     balloon: Option<virtio::balloon::BalloonControl>,
     api_socket: Option<PathBuf>,
     boot_info: BootInfo,
+    /// The firmware image's read-only slot, if any (must live as long as the VM).
+    _rom: Option<GuestMemoryMmap>,
     // The VM fd must outlive the vCPUs and the irq lines that refer to it.
     _vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
@@ -250,10 +305,26 @@ impl Vm {
         if config.cpus == 0 || u64::from(config.cpus) > max {
             return Err(VmError::VcpuCount { requested: u64::from(config.cpus), max });
         }
-        let layout = MemoryLayout::new(config.memory_bytes)?;
+        let layout = match &config.firmware {
+            Some(_) => MemoryLayout::for_firmware(config.memory_bytes)?,
+            None => MemoryLayout::new(config.memory_bytes)?,
+        };
         let vm = Arc::new(kvm.create_vm().map_err(|source| VmError::Kvm { what: "KVM_CREATE_VM", source })?);
         let memory = layout.allocate()?;
         memory::register_slots(&vm, &memory)?;
+        let rom = match &config.firmware {
+            Some(fw) => {
+                if !kvm.check_extension(Cap::ReadonlyMem) {
+                    return Err(VmError::MissingCapability("KVM_CAP_READONLY_MEM"));
+                }
+                let slot = u32::try_from(layout.regions().len()).unwrap_or(u32::MAX);
+                let rom = memory::map_read_only(&vm, slot, fw.image.base(), fw.image.bytes())?;
+                boot::firmware::copy_low_alias(&memory, &fw.image)?;
+                log::info!("firmware {} at {:#x}", fw.image.path().display(), fw.image.base());
+                Some(rom)
+            }
+            None => None,
+        };
         // One routing table serves the IOAPIC pins (split mode) and every MSI-X vector.
         let max_gsi = u32::try_from(kvm.check_extension_int(Cap::IrqRouting)).unwrap_or(0);
         let (irqchip, router) = match config.irqchip {
@@ -334,7 +405,8 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
-        let serial_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout)?;
+        let firmware_cpus = config.firmware.as_ref().map(|_| config.cpus);
+        let serial_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout, firmware_cpus)?;
         let console_input: Option<ConsoleSink> = match (serial_input, virtio_console_input) {
             (Some(serial), _) => {
                 Some(Arc::new(move |bytes: &[u8]| serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(bytes)))
@@ -350,8 +422,14 @@ impl Vm {
             None => None,
         };
         // The PCI host bridge is always there, with or without devices behind it.
-        let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, router)?;
-        for ((device, _), placement) in virtio_devices.into_iter().zip(placements) {
+        let platform = match config.firmware {
+            Some(_) => PciPlatform::Firmware,
+            None => PciPlatform::Direct,
+        };
+        let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, router, platform, guest_event_sink(&exit))?;
+        // Disks come first in `virtio_devices`: their PCI slots make the firmware's boot order.
+        let mut boot_slots = Vec::new();
+        for (index, ((device, _), placement)) in virtio_devices.into_iter().zip(placements).enumerate() {
             match placement {
                 Placement::Mmio(slot) => {
                     device_manager::add_virtio_mmio(&vm, &irqchip, &mmio_bus, &memory, device, slot)?
@@ -359,22 +437,50 @@ impl Vm {
                 Placement::Pci(gsi) => {
                     let bdf = pci.add_virtio(&irqchip, &memory, device, gsi)?;
                     log::info!("virtio-pci device at {bdf}, INTx on GSI {gsi}");
+                    if index < config.disks.len() {
+                        boot_slots.push(bdf.device());
+                    }
                 }
             }
         }
 
         // The firmware tables describe the devices just placed.
-        let boot_config = BootConfig {
-            kernel: config.kernel,
-            kernel_name: config.kernel_name,
-            initrd: config.initrd,
-            cmdline,
-            protocol: config.boot_protocol,
-            num_cpus: config.cpus,
-            pci: Some(pci.description()),
-            acpi_mmio_devices,
+        let boot_info = match &config.firmware {
+            Some(fw) => {
+                let tables = boot::build_acpi(config.cpus, Some(&pci.description()), &acpi_mmio_devices)?;
+                let acpi = devices::fw_cfg::FirmwareAcpi::from_blob(&tables.bytes, boot::ACPI_ADDR)
+                    .map_err(|e| boot::BootError::Firmware(FirmwareError::FwCfg(e)))?;
+                let machine = FirmwareMachine { layout: &layout, cpus: config.cpus, acpi, boot_slots };
+                let fw_cfg = boot::firmware::build_fw_cfg(&memory, machine).map_err(boot::BootError::Firmware)?;
+                pio_bus.insert(
+                    Arc::new(Mutex::new(fw_cfg)),
+                    u64::from(devices::fw_cfg::FW_CFG_IO_BASE),
+                    devices::fw_cfg::FW_CFG_IO_SIZE,
+                    "fw_cfg",
+                )?;
+                add_debugcon(&pio_bus, &fw.debugcon)?;
+                BootInfo {
+                    entry: EntryPoint::ResetVector,
+                    protocol: BootProtocol::Firmware,
+                    kernel_range: (fw.image.base(), boot::firmware::FIRMWARE_END),
+                    initrd: None,
+                    rsdp_addr: 0,
+                }
+            }
+            None => {
+                let boot_config = BootConfig {
+                    kernel: config.kernel,
+                    kernel_name: config.kernel_name,
+                    initrd: config.initrd,
+                    cmdline,
+                    protocol: config.boot_protocol,
+                    num_cpus: config.cpus,
+                    pci: Some(pci.description()),
+                    acpi_mmio_devices,
+                };
+                boot::load(&memory, &layout, &boot_config)?
+            }
         };
-        let boot_info = boot::load(&memory, &layout, &boot_config)?;
         log::info!("boot: {:?}, entry {:?}", boot_info.protocol, boot_info.entry);
 
         let supported_cpuid = kvm
@@ -408,6 +514,7 @@ impl Vm {
             balloon,
             api_socket: config.api_socket,
             boot_info,
+            _rom: rom,
             _vm: vm,
             memory,
         })
@@ -491,7 +598,33 @@ fn bus_counters(buses: &[Arc<Bus>; 2]) -> Vec<(String, u64, u64)> {
     buses.iter().flat_map(|b| b.counters()).filter(|(_, r, w)| r + w > 0).collect()
 }
 
+/// Where devices report that the guest asked to reset, power off or exit.
+fn guest_event_sink(exit: &Arc<ExitSignal>) -> GuestEventSink {
+    let sink_exit = exit.clone();
+    Arc::new(move |event| {
+        sink_exit.request(match event {
+            GuestEvent::Reset => VmExit::Reset,
+            GuestEvent::PowerOff => VmExit::PowerOff,
+            GuestEvent::DebugExit(status) => VmExit::DebugExit(status),
+        })
+    })
+}
+
+/// The firmware's debug console at port 0x402.
+fn add_debugcon(pio: &Bus, target: &DebugconTarget) -> Result<(), VmError> {
+    let output = match target {
+        DebugconTarget::Log => DebugconOutput::Log,
+        DebugconTarget::None => DebugconOutput::Discard,
+        DebugconTarget::File(path) => DebugconOutput::Writer(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| VmError::DebugconFile { path: path.clone(), source })?,
+        ))),
+    };
+    pio.insert(Arc::new(Mutex::new(DebugCon::new(output))), u64::from(DEBUGCON_PORT), 1, "debugcon")?;
+    Ok(())
+}
+
 /// Registers COM1-COM4, the i8042, the RTC, the ACPI sleep register and the debug exit port.
+/// With `firmware_cpus`, the CMOS also gets the bytes PC firmware reads.
 /// Returns COM1 when its input comes from stdin.
 fn add_legacy_devices(
     irqchip: &IrqChip,
@@ -499,15 +632,9 @@ fn add_legacy_devices(
     exit: &Arc<ExitSignal>,
     console_config: &ConsoleConfig,
     layout: &MemoryLayout,
+    firmware_cpus: Option<u8>,
 ) -> Result<Option<Arc<Mutex<Serial>>>, VmError> {
-    let sink_exit = exit.clone();
-    let sink: GuestEventSink = Arc::new(move |event| {
-        sink_exit.request(match event {
-            GuestEvent::Reset => VmExit::Reset,
-            GuestEvent::PowerOff => VmExit::PowerOff,
-            GuestEvent::DebugExit(status) => VmExit::DebugExit(status),
-        })
-    });
+    let sink = guest_event_sink(exit);
     let output = console::open_output(console_config).map_err(|source| match console_config {
         ConsoleConfig::File(path) => VmError::ConsoleFile { path: path.clone(), source },
         _ => VmError::Console(source),
@@ -536,6 +663,9 @@ fn add_legacy_devices(
 
     let mut rtc = Rtc::new();
     store_cmos_memory_size(&mut rtc, layout);
+    if let Some(cpus) = firmware_cpus {
+        boot::firmware::set_firmware_cmos(&mut rtc, cpus);
+    }
     pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2, "RTC")?;
     pio.insert(
         Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))),

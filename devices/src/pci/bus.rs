@@ -196,7 +196,12 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl PciRoot {
     /// Bus 0 with only the host bridge; BAR moves go to `relocator`.
     pub fn new(relocator: Arc<dyn BarRelocator>) -> Self {
-        let host: SharedPciDevice = Arc::new(Mutex::new(PciHostBridge::new()));
+        Self::with_host_bridge(relocator, Arc::new(Mutex::new(PciHostBridge::new())))
+    }
+
+    /// Bus 0 with `host` as the host bridge at 00:00.0 (e.g. the chipset model a
+    /// firmware expects) instead of [`PciHostBridge`].
+    pub fn with_host_bridge(relocator: Arc<dyn BarRelocator>, host: SharedPciDevice) -> Self {
         let mut functions = BTreeMap::new();
         functions.insert(0, host);
         PciRoot { functions: RwLock::new(functions), relocator, write_lock: Mutex::new(()) }

@@ -386,6 +386,22 @@ impl PciConfiguration {
         Ok(())
     }
 
+    /// Makes the bits set in `mask` guest-writable at `offset` (one byte of
+    /// mask per register byte), for device-specific registers above the
+    /// standard header such as a chipset's PAM registers. The standard header
+    /// (below 0x40) and BAR, command and capability registers are refused: their
+    /// masks are the configuration space's own business.
+    pub fn set_write_mask(&mut self, offset: u16, mask: &[u8]) -> Result<(), PciError> {
+        let start = offset as usize;
+        let end = start.saturating_add(mask.len());
+        let in_capabilities = self.last_capability.is_some() && start < self.next_capability as usize;
+        if start < CAPABILITIES_START as usize || end > CONFIG_SPACE_SIZE || in_capabilities {
+            return Err(PciError::RawWriteRejected { offset, len: mask.len() });
+        }
+        self.wmask[start..end].copy_from_slice(mask);
+        Ok(())
+    }
+
     /// The vendor ID.
     pub fn vendor_id(&self) -> u16 {
         self.get_u16(VENDOR_ID)

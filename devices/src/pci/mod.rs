@@ -15,6 +15,8 @@
 //!   \#1 at I/O ports 0xCF8-0xCFF ([`PciConfigIo`]) and PCI Express ECAM
 //!   ([`PciConfigMmio`]); plus [`PciBarRegion`], which the VMM puts on its buses
 //!   wherever the guest placed a BAR.
+//! - [`i440fx`]: the 440FX host bridge QEMU's `pc` machine has, for firmware that
+//!   expects it (SeaBIOS); direct kernel boots get [`PciHostBridge`] instead.
 //! - [`msix`]: the MSI-X capability, vector table and pending bit array
 //!   ([`MsixConfig`]), delivering through an [`MsiInterrupt`].
 //!
@@ -25,6 +27,7 @@
 pub mod bus;
 pub mod configuration;
 pub mod device;
+pub mod i440fx;
 pub mod msix;
 
 use std::fmt;
@@ -32,6 +35,7 @@ use std::fmt;
 pub use bus::{BarRelocator, Bdf, PciBarRegion, PciConfigIo, PciConfigMmio, PciHostBridge, PciRoot, SharedPciDevice};
 pub use configuration::{BarReprogram, PciBar, PciBarKind, PciConfiguration, PciIds};
 pub use device::PciDevice;
+pub use i440fx::I440fxHostBridge;
 pub use msix::{MsiInterrupt, MsiMessage, MsixConfig, MsixNotify};
 
 /// Errors from building PCI devices and attaching them to the bus.

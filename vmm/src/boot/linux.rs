@@ -170,6 +170,7 @@ pub fn load_elf(
                 reason: "only a bzImage has 32-bit and real-mode entries",
             })
         }
+        (BootProtocol::Firmware, _) => return Err(firmware_is_not_a_kernel(path)),
     };
     write_cmdline(memory, CMDLINE_ADDR, &config.cmdline, CMDLINE_MAX)?;
     let initrd = match &config.initrd {
@@ -326,6 +327,7 @@ pub fn load_bzimage(
                 reason: "a bzImage carries no PVH note; boot the ELF vmlinux instead",
             })
         }
+        BootProtocol::Firmware => return Err(firmware_is_not_a_kernel(path)),
         p => p,
     };
     // A relocatable kernel may sit at 1 MiB and moves itself; one that is not
@@ -365,6 +367,15 @@ pub fn load_bzimage(
         _ => EntryPoint::Protected32 { eip: load_addr as u32, esi: ZERO_PAGE_ADDR as u32, ebx: 0 },
     };
     Ok(BootInfo { entry, protocol, kernel_range: (load_addr, kernel_end), initrd, rsdp_addr })
+}
+
+/// The error for loading a kernel with the firmware "protocol".
+fn firmware_is_not_a_kernel(path: &std::path::Path) -> BootError {
+    BootError::ProtocolMismatch {
+        path: path.to_owned(),
+        protocol: BootProtocol::Firmware,
+        reason: "firmware is not loaded as a kernel: boot it with --firmware",
+    }
 }
 
 #[cfg(test)]

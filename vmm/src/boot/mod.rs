@@ -18,6 +18,7 @@
 pub mod acpi;
 pub mod aml;
 pub mod bios;
+pub mod firmware;
 pub mod linux;
 pub mod mptable;
 pub mod pci_acpi;
@@ -59,6 +60,8 @@ pub enum BootProtocol {
     Pvh,
     /// The 16-bit real-mode setup code of a bzImage, run under rvmm's minimal BIOS.
     Legacy,
+    /// No kernel: a firmware image runs from the reset vector (`--firmware`).
+    Firmware,
 }
 
 /// The state the boot vCPU starts in.
@@ -80,6 +83,10 @@ pub enum EntryPoint {
         /// Value for EBX (PVH: hvm_start_info).
         ebx: u32,
     },
+    /// The architectural reset state KVM gives a new vCPU: real mode at
+    /// F000:FFF0 with CS base 0xFFFF0000, i.e. the firmware's reset vector at
+    /// 0xFFFFFFF0. The VMM sets no registers.
+    ResetVector,
     /// Real mode: CS:IP with DS = ES = SS = `data_segment` and SP = `sp`.
     Real {
         /// Code segment.
@@ -214,6 +221,9 @@ pub enum BootError {
     /// Building the ACPI tables failed.
     #[error("ACPI tables: {0}")]
     Acpi(#[from] acpi::AcpiError),
+    /// The firmware image or its configuration.
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
 }
 
 /// Writes `bytes` at `addr`, naming `what` on failure.
@@ -267,6 +277,19 @@ fn write_firmware_tables(
 ) -> Result<u64, BootError> {
     let mp = mptable::build_mptable(MPTABLE_ADDR, num_cpus)?;
     write_guest(memory, MPTABLE_ADDR, &mp, "MP table")?;
+    let tables = build_acpi(num_cpus, pci, mmio_devices)?;
+    write_guest(memory, ACPI_ADDR, &tables.bytes, "ACPI tables")?;
+    Ok(tables.rsdp_addr)
+}
+
+/// rvmm's ACPI tables for this machine, laid out for guest address [`ACPI_ADDR`]
+/// (RSDP first). Direct boots copy them there; firmware boots hand them over
+/// through fw_cfg's table loader, which relocates them.
+pub fn build_acpi(
+    num_cpus: u8,
+    pci: Option<&pci_acpi::PciDescription>,
+    mmio_devices: &[pci_acpi::MmioDeviceDescription],
+) -> Result<acpi::AcpiTables, BootError> {
     let mut acpi_config = acpi::AcpiConfig::new(num_cpus, ACPI_SLEEP_CONTROL_PORT);
     acpi_config.ioapic_addr = IOAPIC_ADDR as u32;
     acpi_config.lapic_addr = LAPIC_ADDR as u32;
@@ -279,9 +302,7 @@ fn write_firmware_tables(
         acpi_config.extra_dsdt_aml =
             aml::Scope::new("\\_SB", mmio).and_then(|s| s.to_aml_vec()).map_err(acpi::AcpiError::from)?;
     }
-    let tables = acpi::build_acpi_tables(ACPI_ADDR, &acpi_config)?;
-    write_guest(memory, ACPI_ADDR, &tables.bytes, "ACPI tables")?;
-    Ok(tables.rsdp_addr)
+    Ok(acpi::build_acpi_tables(ACPI_ADDR, &acpi_config)?)
 }
 
 /// Places the initrd as high as allowed: page-aligned, below `limit` (exclusive),

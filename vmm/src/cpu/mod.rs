@@ -181,11 +181,14 @@ impl Vcpu {
         fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
 
         if id == 0 {
-            let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
-            let (r, s) = regs::entry_state(&context.memory, entry, sregs)
-                .map_err(|source| CpuError::Regs { vcpu: id, source })?;
-            fd.set_sregs(&s).map_err(err("KVM_SET_SREGS"))?;
-            fd.set_regs(&r).map_err(err("KVM_SET_REGS"))?;
+            // Firmware starts from KVM's reset state untouched (RDX keeps the CPU signature).
+            if entry != EntryPoint::ResetVector {
+                let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+                let (r, s) = regs::entry_state(&context.memory, entry, sregs)
+                    .map_err(|source| CpuError::Regs { vcpu: id, source })?;
+                fd.set_sregs(&s).map_err(err("KVM_SET_SREGS"))?;
+                fd.set_regs(&r).map_err(err("KVM_SET_REGS"))?;
+            }
             fd.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE }).map_err(err("KVM_SET_MP_STATE"))?;
         } else {
             // Application processors sleep until the guest sends INIT-SIPI-SIPI (chapter 1.4.2).

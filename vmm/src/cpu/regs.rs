@@ -118,6 +118,11 @@ pub fn entry_state(
 ) -> Result<(kvm_regs, kvm_sregs), RegsError> {
     let mut regs = kvm_regs { rflags: 0x2, ..Default::default() };
     match entry {
+        EntryPoint::ResetVector => {
+            // KVM's reset state already is the architectural one: `sregs` as read
+            // from a new vCPU has CS = F000 with base 0xFFFF0000; IP is 0xFFF0.
+            regs.rip = 0xfff0;
+        }
         EntryPoint::Real { cs, ip, data_segment, sp } => {
             let seg = |selector: u16, code: bool| kvm_segment {
                 base: u64::from(selector) << 4,

@@ -18,10 +18,14 @@ use devices::IrqLine;
 
 use crate::bus::{Bus, BusError};
 
-/// Where KVM may put the three pages it needs for real-mode emulation on Intel
-/// (TSS) and the identity map page; both inside the MMIO hole, away from devices.
-const KVM_TSS_ADDR: usize = 0xfffb_d000;
-const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+/// Where KVM may put the identity-map page and the three TSS pages it needs to
+/// run real mode on Intel CPUs without unrestricted guest: 0xFEFFC000-0xFF000000,
+/// inside the MMIO hole, right below the 16 MiB that firmware images may occupy
+/// (the same place QEMU uses), and reported as reserved to firmware.
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfeff_c000;
+const KVM_TSS_ADDR: usize = 0xfeff_d000;
+/// Bytes KVM's identity map and TSS occupy from [`KVM_IDENTITY_MAP_ADDR`].
+pub const KVM_PRIVATE_PAGES_SIZE: u64 = 0x4000;
 
 /// Errors while creating the interrupt controllers.
 #[derive(Debug, thiserror::Error)]

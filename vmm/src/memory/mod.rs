@@ -40,6 +40,9 @@ pub const GIB: u64 = 1 << 30;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// End of the low RAM slot (start of the VGA window).
 pub const LOW_RAM_END: u64 = 0xa_0000;
+/// Start of the option-ROM and BIOS area that firmware shadows into RAM
+/// ([`MemoryLayout::for_firmware`]).
+pub const SHADOW_RAM_START: u64 = 0xc_0000;
 /// Start of the BIOS area (ACPI tables, MP table, BIOS code).
 pub const BIOS_AREA_START: u64 = 0xe_0000;
 /// Size of the BIOS area; it ends at 1 MiB.
@@ -150,6 +153,26 @@ impl MemoryLayout {
         Ok(MemoryLayout { regions, ram_bytes })
     }
 
+    /// The layout for booting PC firmware (SeaBIOS): as [`new`](Self::new), but
+    /// the BIOS area is 0xC0000-0xFFFFF, all RAM. This is the "shadow RAM" of a PC
+    /// chipset with every PAM segment set to read/write: firmware keeps its
+    /// runtime code (a copy of its ROM's top 128 KiB), option ROMs, its low heap
+    /// and the tables it builds there. Only the VGA window 0xA0000-0xBFFFF stays
+    /// unbacked.
+    pub fn for_firmware(ram_bytes: u64) -> Result<Self, MemoryError> {
+        let mut layout = Self::new(ram_bytes)?;
+        for region in &mut layout.regions {
+            if region.kind == RegionKind::Firmware {
+                *region = MemoryRegion {
+                    start: SHADOW_RAM_START,
+                    size: HIGH_RAM_START - SHADOW_RAM_START,
+                    kind: RegionKind::Firmware,
+                };
+            }
+        }
+        Ok(layout)
+    }
+
     /// The backed regions in ascending address order (one KVM slot each).
     pub fn regions(&self) -> &[MemoryRegion] {
         &self.regions
@@ -196,29 +219,49 @@ impl MemoryLayout {
 /// Registers every region of `memory` with KVM, one slot per region, in order.
 pub fn register_slots(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for (slot, region) in memory.iter().enumerate() {
-        let slot = slot as u32;
-        let guest_addr = region.start_addr().0;
-        let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|_| MemoryError::SetSlot {
-            slot,
-            guest_addr,
-            source: kvm_ioctls::Error::new(libc::EFAULT),
-        })?;
-        let descriptor = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: guest_addr,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the host range [host, host + len) is a live mmap owned by `memory`,
-        // which the VM keeps alive for as long as the VM fd exists.
-        unsafe { vm.set_user_memory_region(descriptor) }.map_err(|source| MemoryError::SetSlot {
-            slot,
-            guest_addr,
-            source,
-        })?;
+        register_region(vm, slot as u32, region, 0)?;
     }
     Ok(())
+}
+
+/// Maps `image` read-only at guest physical `addr` as KVM slot `slot`
+/// (KVM_MEM_READONLY): the guest reads it like memory, and its writes exit to
+/// the MMIO bus, where nothing claims them, as writes to a flash chip or ROM
+/// would be lost. Returns the host memory behind the slot, which must live as
+/// long as the VM. Kept out of the guest's RAM map so that no device can DMA
+/// into it.
+pub fn map_read_only(vm: &VmFd, slot: u32, addr: u64, image: &[u8]) -> Result<GuestMemoryMmap, MemoryError> {
+    let size = image.len() as u64;
+    let rom = GuestMemoryMmap::from_ranges(&[(GuestAddress(addr), image.len())])
+        .map_err(|source| MemoryError::Allocate { size, source })?;
+    let region = rom.iter().next().ok_or(MemoryError::SetSlot {
+        slot,
+        guest_addr: addr,
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    let fault = || MemoryError::SetSlot { slot, guest_addr: addr, source: kvm_ioctls::Error::new(libc::EFAULT) };
+    vm_memory::Bytes::write_slice(region, image, vm_memory::MemoryRegionAddress(0)).map_err(|_| fault())?;
+    register_region(vm, slot, region, kvm_bindings::KVM_MEM_READONLY)?;
+    Ok(rom)
+}
+
+fn register_region(vm: &VmFd, slot: u32, region: &vm_memory::GuestRegionMmap, flags: u32) -> Result<(), MemoryError> {
+    let guest_addr = region.start_addr().0;
+    let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|_| MemoryError::SetSlot {
+        slot,
+        guest_addr,
+        source: kvm_ioctls::Error::new(libc::EFAULT),
+    })?;
+    let descriptor = kvm_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: guest_addr,
+        memory_size: region.len(),
+        userspace_addr: host as u64,
+    };
+    // SAFETY: the host range [host, host + len) is a live mmap owned by the caller's
+    // GuestMemoryMmap, which the VM keeps alive for as long as the VM fd exists.
+    unsafe { vm.set_user_memory_region(descriptor) }.map_err(|source| MemoryError::SetSlot { slot, guest_addr, source })
 }
 
 /// How many bytes of guest memory are resident in host RAM (pages the guest or
@@ -291,6 +334,17 @@ mod tests {
                 assert!(pair[0].addr + pair[0].size <= pair[1].addr);
             }
         }
+    }
+
+    #[test]
+    fn firmware_layout_backs_the_whole_shadow_area() {
+        let layout = MemoryLayout::for_firmware(256 * MIB).unwrap();
+        let starts: Vec<(u64, u64)> = layout.regions().iter().map(|r| (r.start, r.end())).collect();
+        assert_eq!(starts, [(0, LOW_RAM_END), (SHADOW_RAM_START, HIGH_RAM_START), (HIGH_RAM_START, 256 * MIB)]);
+        assert_eq!(layout.ram_bytes(), 256 * MIB);
+        let big = MemoryLayout::for_firmware(5 * GIB).unwrap();
+        assert_eq!(big.regions().len(), 4);
+        assert_eq!(big.regions()[1].start, SHADOW_RAM_START);
     }
 
     #[test]
