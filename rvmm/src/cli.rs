@@ -106,7 +106,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = IrqChipArg::Kernel)]
     irqchip: IrqChipArg,
     /// How the guest learns about virtio-mmio devices: `virtio_mmio.device=` on the
-    /// kernel command line, or LNRO0005 devices in the ACPI DSDT.
+    /// kernel command line, or LNRO0005 devices in the ACPI DSDT (always ACPI with --firmware).
     #[arg(long, value_enum, default_value_t = MmioDiscoveryArg::Cmdline)]
     mmio_discovery: MmioDiscoveryArg,
     /// Add a virtio-balloon device; steer it with `rvmm ctl SOCKET balloon MIB`.

@@ -377,6 +377,8 @@ impl Vm {
         let mut mmio_count = 0;
         let mut cmdline = config.cmdline;
         let mut acpi_mmio_devices = Vec::new();
+        // Firmware leaves no kernel command line to announce devices on: only ACPI remains.
+        let mmio_discovery = if config.firmware.is_some() { MmioDiscovery::Acpi } else { config.mmio_discovery };
         for (index, (_, transport)) in virtio_devices.iter().enumerate() {
             let gsi = device_manager::device_gsi(index)?;
             match transport.unwrap_or(config.transport) {
@@ -385,7 +387,7 @@ impl Vm {
                     let base = device_manager::VIRTIO_MMIO_BASE + mmio_count * MMIO_WINDOW_SIZE;
                     let slot = MmioSlot { base, gsi };
                     mmio_count += 1;
-                    match config.mmio_discovery {
+                    match mmio_discovery {
                         MmioDiscovery::Cmdline => {
                             if !cmdline.is_empty() {
                                 cmdline.push(' ');
