@@ -429,18 +429,21 @@ impl Vm {
             None => PciPlatform::Direct,
         };
         let mut pci = PciSegment::new(&vm, &pio_bus, &mmio_bus, router, platform, guest_event_sink(&exit))?;
-        // Disks come first in `virtio_devices`: their PCI slots make the firmware's boot order.
-        let mut boot_slots = Vec::new();
+        // Disks come first in `virtio_devices`: their places make the firmware's boot order.
+        let mut boot_paths = Vec::new();
         for (index, ((device, _), placement)) in virtio_devices.into_iter().zip(placements).enumerate() {
             match placement {
                 Placement::Mmio(slot) => {
-                    device_manager::add_virtio_mmio(&vm, &irqchip, &mmio_bus, &memory, device, slot)?
+                    device_manager::add_virtio_mmio(&vm, &irqchip, &mmio_bus, &memory, device, slot)?;
+                    if index < config.disks.len() {
+                        boot_paths.push(boot::firmware::virtio_blk_mmio_boot_path(slot.base));
+                    }
                 }
                 Placement::Pci(gsi) => {
                     let bdf = pci.add_virtio(&irqchip, &memory, device, gsi)?;
                     log::info!("virtio-pci device at {bdf}, INTx on GSI {gsi}");
                     if index < config.disks.len() {
-                        boot_slots.push(bdf.device());
+                        boot_paths.push(boot::firmware::virtio_blk_pci_boot_path(bdf.device()));
                     }
                 }
             }
@@ -452,7 +455,7 @@ impl Vm {
                 let tables = boot::build_acpi(config.cpus, Some(&pci.description()), &acpi_mmio_devices)?;
                 let acpi = devices::fw_cfg::FirmwareAcpi::from_blob(&tables.bytes, boot::ACPI_ADDR)
                     .map_err(|e| boot::BootError::Firmware(FirmwareError::FwCfg(e)))?;
-                let machine = FirmwareMachine { layout: &layout, cpus: config.cpus, acpi, boot_slots };
+                let machine = FirmwareMachine { layout: &layout, cpus: config.cpus, acpi, boot_paths };
                 let fw_cfg = boot::firmware::build_fw_cfg(&memory, machine).map_err(boot::BootError::Firmware)?;
                 pio_bus.insert(
                     Arc::new(Mutex::new(fw_cfg)),

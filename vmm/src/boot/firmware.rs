@@ -32,7 +32,7 @@
 //! | `FW_CFG_BOOT_MENU` | 0 |
 //! | `FW_CFG_IRQ0_OVERRIDE` | 1 (the PIT's IRQ 0 arrives on IOAPIC pin 2, as the MADT says) |
 //! | `etc/e820` | RAM from 0 to the hole, RAM above 4 GiB, KVM's private pages reserved |
-//! | `bootorder` | the virtio-blk disks in the order given, as `/pci@i0cf8/scsi@S/disk@0,0` |
+//! | `bootorder` | the virtio-blk disks in the order given, as `/pci@i0cf8/scsi@S/disk@0,0` or `/virtio-mmio@BASE/disk@0,0` |
 //! | `etc/boot-fail-wait` | [`BOOT_FAIL_WAIT_MS`]: how long SeaBIOS waits before resetting when nothing boots |
 //! | `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader` | rvmm's own ACPI tables, relocated by the firmware |
 //!
@@ -178,9 +178,16 @@ pub fn firmware_e820(layout: &MemoryLayout) -> Vec<E820Entry> {
 }
 
 /// The OpenFirmware device path QEMU gives a virtio-blk disk in PCI slot
-/// `slot` of the i440FX root bus, which SeaBIOS matches in `bootorder`.
-pub fn virtio_blk_boot_path(slot: u8) -> String {
+/// `slot` of the i440FX root bus, which SeaBIOS matches in `bootorder`
+/// (as `/pci@i0cf8/*@S`).
+pub fn virtio_blk_pci_boot_path(slot: u8) -> String {
     format!("/pci@i0cf8/scsi@{slot:x}/disk@0,0")
+}
+
+/// The device path of a virtio-blk disk behind the virtio-mmio window at
+/// `base`, which SeaBIOS matches as `/virtio-mmio@<base, 16 hex digits>/*`.
+pub fn virtio_blk_mmio_boot_path(base: u64) -> String {
+    format!("/virtio-mmio@{base:016x}/disk@0,0")
 }
 
 /// What the firmware is told about the machine.
@@ -192,8 +199,8 @@ pub struct FirmwareMachine<'a> {
     pub cpus: u8,
     /// rvmm's ACPI tables for the firmware to install.
     pub acpi: FirmwareAcpi,
-    /// PCI slots of the bootable disks, in boot order.
-    pub boot_slots: Vec<u8>,
+    /// Device paths of the bootable disks, in boot order (`bootorder`).
+    pub boot_paths: Vec<String>,
 }
 
 /// Builds the fw_cfg device (with DMA into `memory`) holding everything the
@@ -206,9 +213,8 @@ pub fn build_fw_cfg(memory: &GuestMemoryMmap, machine: FirmwareMachine<'_>) -> R
     fw.set_boot_menu(false)?;
     fw.set_u32(fw_cfg::FW_CFG_IRQ0_OVERRIDE, 1)?;
     fw.add_file(fw_cfg::E820_FILE, fw_cfg::e820_file(&firmware_e820(machine.layout)))?;
-    if !machine.boot_slots.is_empty() {
-        let paths: Vec<String> = machine.boot_slots.iter().map(|&s| virtio_blk_boot_path(s)).collect();
-        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    if !machine.boot_paths.is_empty() {
+        let refs: Vec<&str> = machine.boot_paths.iter().map(String::as_str).collect();
         fw.add_file(fw_cfg::BOOTORDER_FILE, fw_cfg::bootorder_file(&refs))?;
     }
     fw.add_file("etc/boot-fail-wait", BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec())?;
@@ -295,7 +301,8 @@ mod tests {
         let memory = layout.allocate().unwrap();
         let tables = super::super::build_acpi(2, None, &[]).unwrap();
         let acpi = FirmwareAcpi::from_blob(&tables.bytes, super::super::ACPI_ADDR).unwrap();
-        let machine = FirmwareMachine { layout: &layout, cpus: 2, acpi, boot_slots: vec![1, 2] };
+        let boot_paths = vec![virtio_blk_pci_boot_path(1), virtio_blk_mmio_boot_path(0xd000_0000)];
+        let machine = FirmwareMachine { layout: &layout, cpus: 2, acpi, boot_paths };
         let mut fw = build_fw_cfg(&memory, machine).unwrap();
         use devices::BusDevice;
         let mut read_item = |key: u16, len: usize| {
@@ -317,7 +324,7 @@ mod tests {
         }
         let key = fw.file_key("bootorder").unwrap();
         let order = read_item_text(&mut fw, key);
-        assert_eq!(order, "/pci@i0cf8/scsi@1/disk@0,0\n/pci@i0cf8/scsi@2/disk@0,0");
+        assert_eq!(order, "/pci@i0cf8/scsi@1/disk@0,0\n/virtio-mmio@00000000d0000000/disk@0,0");
     }
 
     fn read_item_text(fw: &mut FwCfg, key: u16) -> String {
