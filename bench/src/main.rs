@@ -1,11 +1,16 @@
 //! `rvmm-bench`: start-up and whole-life latency and peak memory of `rvmm run`, side by
-//! side with QEMU, on a probe guest that powers off at once.
+//! side with QEMU, on a guest that powers off at once.
 //!
-//! Every VMM boots the PVH probe (`rvmm_probes::PVH_ELF`) with the command line
-//! `quick`: the probe prints `rvmm-probe: quick` on COM1 and exits through the debug
-//! exit port 0xf4 at once. For each run the program measures (see [`measure`]):
+//! By default every VMM boots the PVH probe (`rvmm_probes::PVH_ELF`) with the command
+//! line `quick`: the probe prints `rvmm-probe: quick` on COM1 and exits through the
+//! debug exit port 0xf4 at once. With `--firmware [PATH]` the guest is PC firmware
+//! (SeaBIOS) booting the MBR disk of `rvmm_tests::seabios::write_boot_disk`, whose boot
+//! sector prints `rvmm-mbr: hello` on COM1 and writes 42 to port 0xf4; it runs under
+//! rvmm and QEMU's `pc` machine ([`Guest`]). For each run the program measures (see
+//! [`measure`]):
 //!
-//! - **start-up latency**: spawn to the first byte of `rvmm-probe:` on stdout;
+//! - **start-up latency**: spawn to the first byte of the guest's line
+//!   (`rvmm-probe:` or `rvmm-mbr:`) on stdout;
 //! - **whole-life latency**: spawn to process exit;
 //! - **peak RSS**: `ru_maxrss` from `wait4`;
 //! - for rvmm, the guest RAM resident at exit (its `RVMM_LOG=info` line
@@ -28,6 +33,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use measure::{Ended, Outcome};
+use rvmm_tests::seabios::{MBR_EXIT_STATUS, MBR_MARKER};
 use stats::Summary;
 
 /// Guest RAM given to every VMM.
@@ -36,6 +42,8 @@ const MEMORY: &str = "256M";
 const CMDLINE: &str = "quick";
 /// The line the probe prints for `quick`.
 const QUICK_LINE: &str = "rvmm-probe: quick";
+/// QEMU's debug exit device at the port the guests write to.
+const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 /// The rvmm log line (at `RVMM_LOG=info`) that gives the guest RAM resident at exit.
 const RESIDENT_PREFIX: &str = "guest memory resident at exit: ";
 
@@ -43,22 +51,30 @@ const USAGE: &str = "\
 usage: rvmm-bench [OPTIONS]
 
 Boots the PVH probe guest with the command line `quick` (it prints one line and
-powers off at once) under rvmm and under QEMU, N times each, interleaved, and prints
-start-up latency, whole-life latency and peak RSS (min / median / p90).
+powers off at once) under rvmm and under QEMU (microvm and q35), N times each,
+interleaved, and prints start-up latency, whole-life latency and peak RSS
+(min / median / p90).
+
+With --firmware, boots PC firmware (SeaBIOS) from a 1 MiB disk whose MBR prints
+`rvmm-mbr: hello` and powers off, under rvmm and under QEMU's pc machine; start-up
+is then the time to the MBR's line (firmware and boot included).
 
 Build first: cargo build --release   (then: target/release/rvmm-bench --runs 20)
 
 options:
-  --runs N        measured runs per VMM (default 20)
-  --warmup N      discarded warm-up runs per VMM before measuring (default 1)
-  --rvmm PATH     the rvmm binary (default: `rvmm` next to this program)
-  --qemu PATH     qemu-system-x86_64 (default: $RVMM_QEMU, else from PATH)
-  --kernel PATH   the probe image (default: the PVH probe built by rvmm-probes)
-  --no-qemu       measure rvmm only
-  --no-q35        skip QEMU's q35 machine (SeaBIOS makes it slow)
-  --timeout SECS  kill a run that takes longer (default 60)
-  --markdown      print the report as Markdown
-  -h, --help      print this help
+  --runs N           measured runs per VMM (default 20)
+  --warmup N         discarded warm-up runs per VMM before measuring (default 1)
+  --rvmm PATH        the rvmm binary (default: `rvmm` next to this program)
+  --qemu PATH        qemu-system-x86_64 (default: $RVMM_QEMU, else from PATH)
+  --kernel PATH      the probe image (default: the PVH probe built by rvmm-probes)
+  --firmware [PATH]  boot firmware from the MBR disk instead of the probe; PATH is
+                     the firmware image (default: $RVMM_SEABIOS, else
+                     /usr/share/seabios/bios-256k.bin)
+  --no-qemu          measure rvmm only
+  --no-q35           skip QEMU's q35 machine (SeaBIOS makes it slow; probe only)
+  --timeout SECS     kill a run that takes longer (default 60)
+  --markdown         print the report as Markdown
+  -h, --help         print this help
 ";
 
 /// The command-line options.
@@ -72,8 +88,11 @@ pub struct Options {
     pub rvmm: Option<PathBuf>,
     /// The QEMU binary, if given.
     pub qemu: Option<PathBuf>,
-    /// The guest image.
-    pub kernel: PathBuf,
+    /// The probe image, if given (default: the PVH probe).
+    pub kernel: Option<PathBuf>,
+    /// `--firmware [PATH]`: boot firmware from the MBR disk instead of the probe. The
+    /// inner `None` stands for the default SeaBIOS image.
+    pub firmware: Option<Option<PathBuf>>,
     /// Skip QEMU altogether.
     pub no_qemu: bool,
     /// Skip QEMU's q35 machine.
@@ -100,13 +119,14 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
         warmup: 1,
         rvmm: None,
         qemu: None,
-        kernel: PathBuf::from(rvmm_probes::PVH_ELF),
+        kernel: None,
+        firmware: None,
         no_qemu: false,
         no_q35: false,
         timeout: Duration::from_secs(60),
         markdown: false,
     };
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
     while let Some(arg) = args.next() {
         let Some(arg_str) = arg.to_str() else {
             return Err(ArgsExit::Usage(format!("unexpected argument {}", arg.to_string_lossy())));
@@ -120,7 +140,15 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
             "--warmup" => o.warmup = parse_count("--warmup", &value("--warmup")?, 0)?,
             "--rvmm" => o.rvmm = Some(PathBuf::from(value("--rvmm")?)),
             "--qemu" => o.qemu = Some(PathBuf::from(value("--qemu")?)),
-            "--kernel" => o.kernel = PathBuf::from(value("--kernel")?),
+            "--kernel" => o.kernel = Some(PathBuf::from(value("--kernel")?)),
+            "--firmware" => {
+                // The path is optional: take the next argument unless it is an option.
+                let path = match args.peek() {
+                    Some(v) if !v.to_string_lossy().starts_with('-') => args.next().map(PathBuf::from),
+                    _ => None,
+                };
+                o.firmware = Some(path);
+            }
             "--timeout" => {
                 let secs = parse_count("--timeout", &value("--timeout")?, 1)?;
                 o.timeout = Duration::from_secs(secs as u64);
@@ -131,6 +159,9 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
             other => return Err(ArgsExit::Usage(format!("unknown argument '{other}' (see --help)"))),
         }
     }
+    if o.firmware.is_some() && o.kernel.is_some() {
+        return Err(ArgsExit::Usage("--kernel and --firmware exclude each other".to_string()));
+    }
     Ok(o)
 }
 
@@ -139,6 +170,51 @@ fn parse_count(name: &str, v: &OsString, min: usize) -> Result<usize, ArgsExit> 
     match s.trim().parse::<usize>() {
         Ok(n) if n >= min && n <= 100_000 => Ok(n),
         _ => Err(ArgsExit::Usage(format!("{name} {s}: expected a whole number from {min} to 100000"))),
+    }
+}
+
+/// What the VMMs boot.
+#[derive(Debug, Clone)]
+pub enum Guest {
+    /// The PVH probe with the command line [`CMDLINE`]: it prints [`QUICK_LINE`] and
+    /// writes 0 to the debug exit port.
+    Probe {
+        /// The probe image.
+        kernel: PathBuf,
+    },
+    /// PC firmware booting the disk of `rvmm_tests::seabios::write_boot_disk`: its MBR
+    /// prints [`MBR_MARKER`] and writes [`MBR_EXIT_STATUS`] to the debug exit port.
+    Firmware {
+        /// The firmware image (SeaBIOS).
+        bios: PathBuf,
+        /// The raw MBR disk.
+        disk: PathBuf,
+    },
+}
+
+impl Guest {
+    /// The console text whose first byte ends start-up.
+    pub fn startup_marker(&self) -> &'static [u8] {
+        match self {
+            Guest::Probe { .. } => measure::PROBE_MARKER,
+            Guest::Firmware { .. } => MBR_MARKER.as_bytes(),
+        }
+    }
+
+    /// The console text a successful run shows.
+    pub fn line(&self) -> &'static str {
+        match self {
+            Guest::Probe { .. } => QUICK_LINE,
+            Guest::Firmware { .. } => MBR_MARKER,
+        }
+    }
+
+    /// The status the guest writes to the debug exit port 0xf4.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Guest::Probe { .. } => 0,
+            Guest::Firmware { .. } => MBR_EXIT_STATUS,
+        }
     }
 }
 
@@ -220,8 +296,12 @@ impl Target {
     }
 
     /// The arguments after the program name.
-    pub fn args(&self, kernel: &Path) -> Vec<OsString> {
+    pub fn args(&self, guest: &Guest) -> Vec<OsString> {
         let s = |x: &str| OsString::from(x);
+        let kernel = match guest {
+            Guest::Probe { kernel } => kernel,
+            Guest::Firmware { bios, disk } => return self.firmware_args(bios, disk),
+        };
         match self.vmm {
             Vmm::Rvmm => vec![
                 s("run"),
@@ -251,15 +331,62 @@ impl Target {
                 s("-append"),
                 s(CMDLINE),
                 s("-device"),
-                s("isa-debug-exit,iobase=0xf4,iosize=0x04"),
+                s(DEBUG_EXIT_DEVICE),
             ],
         }
     }
 
+    /// The arguments for [`Guest::Firmware`]: the firmware boots the disk, given to
+    /// QEMU as virtio-blk-pci (rvmm's `--disk` is virtio-blk on PCI too).
+    fn firmware_args(&self, bios: &Path, disk: &Path) -> Vec<OsString> {
+        let s = |x: &str| OsString::from(x);
+        match self.vmm {
+            Vmm::Rvmm => vec![
+                s("run"),
+                s("--firmware"),
+                bios.as_os_str().to_owned(),
+                s("--disk"),
+                disk.as_os_str().to_owned(),
+                s("--memory"),
+                s(MEMORY),
+                s("--console"),
+                s("stdio"),
+                s("--debugcon"),
+                s("none"),
+            ],
+            Vmm::Qemu { machine } => {
+                let mut drive = OsString::from("file=");
+                drive.push(disk.as_os_str());
+                drive.push(",format=raw,if=none,id=d0");
+                vec![
+                    s("-M"),
+                    s(machine),
+                    s("-accel"),
+                    s(self.accel.arg()),
+                    s("-bios"),
+                    bios.as_os_str().to_owned(),
+                    s("-nodefaults"),
+                    s("-no-user-config"),
+                    s("-nographic"),
+                    s("-serial"),
+                    s("stdio"),
+                    s("-m"),
+                    s(MEMORY),
+                    s("-drive"),
+                    drive,
+                    s("-device"),
+                    s("virtio-blk-pci,drive=d0"),
+                    s("-device"),
+                    s(DEBUG_EXIT_DEVICE),
+                ]
+            }
+        }
+    }
+
     /// The process to spawn for one run.
-    pub fn command(&self, kernel: &Path) -> Command {
+    pub fn command(&self, guest: &Guest) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(self.args(kernel));
+        cmd.args(self.args(guest));
         if self.vmm == Vmm::Rvmm {
             cmd.env("RVMM_LOG", "info").env("RVMM_LOG_STYLE", "never");
         }
@@ -267,37 +394,41 @@ impl Target {
     }
 
     /// The command line as a shell would take it, for the report.
-    pub fn command_line(&self, kernel: &Path) -> String {
+    pub fn command_line(&self, guest: &Guest) -> String {
         let mut words = Vec::new();
         if self.vmm == Vmm::Rvmm {
             words.push("RVMM_LOG=info".to_string());
         }
         words.push(self.program.display().to_string());
-        words.extend(self.args(kernel).iter().map(|a| a.to_string_lossy().into_owned()));
+        words.extend(self.args(guest).iter().map(|a| a.to_string_lossy().into_owned()));
         words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
     }
 
-    /// The exit code a successful run ends with: rvmm passes the debug-exit status 0
-    /// through; QEMU's isa-debug-exit exits with `(0 << 1) | 1`.
-    pub fn expected_exit(&self) -> i32 {
+    /// The exit code a successful run ends with: rvmm passes the guest's debug-exit
+    /// status S through (0 for the probe, 42 for the MBR); QEMU's isa-debug-exit exits
+    /// with `(S << 1) | 1`.
+    pub fn expected_exit(&self, guest: &Guest) -> i32 {
+        let status = i32::from(guest.exit_status());
         match self.vmm {
-            Vmm::Rvmm => 0,
-            Vmm::Qemu { .. } => 1,
+            Vmm::Rvmm => status,
+            Vmm::Qemu { .. } => (status << 1) | 1,
         }
     }
 
     /// Spawns one run and checks that the guest did what it should.
-    pub fn run_once(&self, kernel: &Path, timeout: Duration) -> Result<Run, String> {
-        let outcome = measure::run_once(&mut self.command(kernel), timeout)?;
-        self.check(&outcome).map_err(|why| format!("{}: {why}\n{}", self.label(), describe(&outcome)))
+    pub fn run_once(&self, guest: &Guest, timeout: Duration) -> Result<Run, String> {
+        let outcome = measure::run_once(&mut self.command(guest), guest.startup_marker(), timeout)?;
+        self.check(&outcome, guest).map_err(|why| format!("{}: {why}\n{}", self.label(), describe(&outcome)))
     }
 
-    fn check(&self, o: &Outcome) -> Result<Run, String> {
-        if o.ended != Ended::Code(self.expected_exit()) {
-            return Err(format!("the run ended with {}, expected exit code {}", o.ended, self.expected_exit()));
+    fn check(&self, o: &Outcome, guest: &Guest) -> Result<Run, String> {
+        let expected = self.expected_exit(guest);
+        if o.ended != Ended::Code(expected) {
+            return Err(format!("the run ended with {}, expected exit code {expected}", o.ended));
         }
-        if measure::find(&o.stdout, QUICK_LINE.as_bytes()).is_none() {
-            return Err(format!("the console did not show '{QUICK_LINE}'"));
+        let line = guest.line();
+        if measure::find(&o.stdout, line.as_bytes()).is_none() {
+            return Err(format!("the console did not show '{}'", line.trim_end()));
         }
         let Some(startup) = o.startup else {
             return Err("no start-up time was recorded".to_string());
@@ -416,8 +547,8 @@ pub struct Report {
     pub load: (String, String),
     /// Measured runs per VMM and warm-up runs per VMM.
     pub runs: (usize, usize),
-    /// The guest image.
-    pub kernel: PathBuf,
+    /// What the VMMs booted.
+    pub guest: Guest,
     /// rvmm's and QEMU's versions.
     pub versions: Vec<(String, String)>,
     /// The measured VMMs.
@@ -490,10 +621,19 @@ impl Report {
             ("load average (1/5/15 min)".to_string(), format!("{} before, {} after", self.load.0, self.load.1)),
         ];
         f.extend(self.versions.iter().cloned());
-        f.push((
-            "guest".to_string(),
-            format!("{} (PVH entry), command line `{CMDLINE}`, {MEMORY} RAM, 1 vCPU", self.kernel.display()),
-        ));
+        let guest = match &self.guest {
+            Guest::Probe { kernel } => {
+                format!("{} (PVH entry), command line `{CMDLINE}`, {MEMORY} RAM, 1 vCPU", kernel.display())
+            }
+            Guest::Firmware { bios, .. } => format!(
+                "firmware {} booting a {} KiB raw disk on virtio-blk (PCI) whose MBR prints `{}` on COM1 \
+                 and writes {MBR_EXIT_STATUS} to port 0xf4; {MEMORY} RAM, 1 vCPU",
+                bios.display(),
+                rvmm_tests::seabios::BOOT_DISK_SIZE / 1024,
+                MBR_MARKER.trim_end(),
+            ),
+        };
+        f.push(("guest".to_string(), guest));
         f.push((
             "runs".to_string(),
             format!(
@@ -506,10 +646,19 @@ impl Report {
 
     /// The notes printed below the table: definitions, caveats and the exact commands.
     pub fn notes(&self) -> Vec<String> {
-        let mut n = vec![
-            "start-up latency: from spawn to the read() that delivered the first byte of \
-             `rvmm-probe:` on the VMM's stdout (the guest's COM1)."
+        let startup = match &self.guest {
+            Guest::Probe { .. } => "start-up latency: from spawn to the read() that delivered the first byte of \
+                                    `rvmm-probe:` on the VMM's stdout (the guest's COM1)."
                 .to_string(),
+            Guest::Firmware { .. } => format!(
+                "start-up latency: from spawn to the read() that delivered the first byte of \
+                 `{}` on the VMM's stdout (the guest's COM1): the firmware's whole run, its boot \
+                 from the disk, and the MBR's first characters.",
+                MBR_MARKER.trim_end()
+            ),
+        };
+        let mut n = vec![
+            startup,
             "whole-life latency: from spawn to process exit (pidfd readable; reaped with wait4).".to_string(),
             format!(
                 "peak RSS: ru_maxrss from wait4. Linux carries the spawning process's peak RSS \
@@ -524,11 +673,19 @@ impl Report {
         ];
         if let Some(g) = self.guest_estimate_kib() {
             if self.targets.iter().any(|t| t.vmm != Vmm::Rvmm) {
+                let why = match self.guest {
+                    Guest::Probe { .. } => {
+                        "QEMU's firmware (qboot on microvm, SeaBIOS on q35) and its transparent huge \
+                         pages for guest RAM make it touch more guest RAM than rvmm"
+                    }
+                    Guest::Firmware { .. } => {
+                        "Both run the same firmware, but QEMU asks for transparent huge pages for \
+                         guest RAM, which can make it touch more guest RAM than rvmm"
+                    }
+                };
                 n.push(format!(
                     "estimate (QEMU columns): QEMU does not report the guest RAM it touched; its column \
-                     subtracts rvmm's median ({g:.0} KiB). QEMU's firmware (qboot on microvm, \
-                     SeaBIOS on q35) and its transparent huge pages for guest RAM make it \
-                     touch more guest RAM than rvmm, so its real figure is lower by the \
+                     subtracts rvmm's median ({g:.0} KiB). {why}, so its real figure is lower by the \
                      difference."
                 ));
             }
@@ -539,14 +696,22 @@ impl Report {
             }
         }
         for t in &self.targets {
-            n.push(format!("{}: `{}` (exit code {})", t.label(), t.command_line(&self.kernel), t.expected_exit()));
+            n.push(format!(
+                "{}: `{}` (exit code {})",
+                t.label(),
+                t.command_line(&self.guest),
+                t.expected_exit(&self.guest)
+            ));
         }
         n
     }
 
     /// The report as plain text.
     pub fn plain(&self) -> String {
-        let mut out = String::from("rvmm-bench: `rvmm run` vs QEMU on the quick probe guest\n\n");
+        let mut out = String::from(match self.guest {
+            Guest::Probe { .. } => "rvmm-bench: `rvmm run` vs QEMU on the quick probe guest\n\n",
+            Guest::Firmware { .. } => "rvmm-bench: `rvmm run --firmware` vs QEMU: firmware booting an MBR disk\n\n",
+        });
         let facts = self.facts();
         let w = facts.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
         for (k, v) in &facts {
@@ -635,15 +800,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// A file deleted when this is dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The guest the options ask for; for firmware, also the MBR disk written for it
+/// (deleted when the returned [`TempFile`] is dropped).
+fn guest_of(o: &Options) -> Result<(Guest, Option<TempFile>), String> {
+    let Some(firmware) = &o.firmware else {
+        let kernel = o.kernel.clone().unwrap_or_else(|| PathBuf::from(rvmm_probes::PVH_ELF));
+        if !kernel.is_file() {
+            return Err(format!(
+                "probe image {} not found: build the workspace (`cargo build --release`) or pass \
+                 --kernel PATH",
+                kernel.display()
+            ));
+        }
+        return Ok((Guest::Probe { kernel }, None));
+    };
+    let bios = match firmware {
+        Some(p) if p.is_file() => p.clone(),
+        Some(p) => return Err(format!("--firmware {}: no such file", p.display())),
+        None => rvmm_tests::seabios::seabios_bios().ok_or_else(|| {
+            format!(
+                "no SeaBIOS image at {} (or $RVMM_SEABIOS): install it (apt-get install seabios) \
+                 or pass --firmware PATH",
+                rvmm_tests::seabios::SEABIOS_BIOS_256K
+            )
+        })?,
+    };
+    let disk = std::env::temp_dir().join(format!("rvmm-bench-mbr-{}.img", std::process::id()));
+    if disk.to_string_lossy().contains(',') {
+        // rvmm's --disk and QEMU's -drive both split their value at commas.
+        return Err(format!("temporary disk path {} has a comma: set TMPDIR elsewhere", disk.display()));
+    }
+    rvmm_tests::seabios::write_boot_disk(&disk).map_err(|e| format!("writing {}: {e}", disk.display()))?;
+    let file = TempFile(disk.clone());
+    Ok((Guest::Firmware { bios, disk }, Some(file)))
+}
+
 /// Finds the programs, runs everything and returns the report.
 fn bench(o: &Options) -> Result<Report, String> {
-    if !o.kernel.is_file() {
-        return Err(format!(
-            "probe image {} not found: build the workspace (`cargo build --release`) or pass \
-             --kernel PATH",
-            o.kernel.display()
-        ));
-    }
+    let (guest, _disk) = guest_of(o)?;
     let rvmm = find_rvmm(o.rvmm.clone())?;
     if rvmm.components().any(|c| c.as_os_str() == "debug") {
         eprintln!("rvmm-bench: warning: {} looks like a debug build; benchmark the release build", rvmm.display());
@@ -653,9 +856,15 @@ fn bench(o: &Options) -> Result<Report, String> {
     if !o.no_qemu {
         let qemu = find_qemu(o.qemu.clone())?;
         versions.push(("QEMU".to_string(), format!("{} ({})", qemu.display(), version_of(&qemu, "-version"))));
-        targets.push(Target::new(Vmm::Qemu { machine: "microvm" }, qemu.clone()));
-        if !o.no_q35 {
-            targets.push(Target::new(Vmm::Qemu { machine: "q35" }, qemu));
+        match &guest {
+            Guest::Probe { .. } => {
+                targets.push(Target::new(Vmm::Qemu { machine: "microvm" }, qemu.clone()));
+                if !o.no_q35 {
+                    targets.push(Target::new(Vmm::Qemu { machine: "q35" }, qemu));
+                }
+            }
+            // The i440FX machine, like rvmm's under --firmware.
+            Guest::Firmware { .. } => targets.push(Target::new(Vmm::Qemu { machine: "pc" }, qemu)),
         }
     }
     let host = host::Host::gather();
@@ -665,7 +874,7 @@ fn bench(o: &Options) -> Result<Report, String> {
     for t in &mut targets {
         for i in 0..o.warmup.max(usize::from(t.vmm != Vmm::Rvmm)) {
             eprintln!("rvmm-bench: warm-up {} {}", t.label(), i + 1);
-            match t.run_once(&o.kernel, o.timeout) {
+            match t.run_once(&guest, o.timeout) {
                 Ok(_) => {}
                 Err(e) if i == 0 && t.vmm != Vmm::Rvmm && t.accel == Accel::Kvm => {
                     let first = match stderr_hint(&e) {
@@ -674,7 +883,7 @@ fn bench(o: &Options) -> Result<Report, String> {
                     };
                     t.accel = Accel::Tcg;
                     eprintln!("rvmm-bench: {first}\nrvmm-bench: retrying with -accel tcg");
-                    t.run_once(&o.kernel, o.timeout)
+                    t.run_once(&guest, o.timeout)
                         .map_err(|e2| format!("with -accel kvm: {e}\nwith -accel tcg: {e2}"))?;
                     t.accel_note = Some(format!("-accel kvm failed ({first}); measured with TCG"));
                 }
@@ -685,7 +894,7 @@ fn bench(o: &Options) -> Result<Report, String> {
     for round in 0..o.runs {
         eprintln!("rvmm-bench: run {}/{}", round + 1, o.runs);
         for t in &mut targets {
-            let run = t.run_once(&o.kernel, o.timeout)?;
+            let run = t.run_once(&guest, o.timeout)?;
             t.runs.push(run);
         }
     }
@@ -693,7 +902,7 @@ fn bench(o: &Options) -> Result<Report, String> {
         host,
         load: (load_before, host::loadavg()),
         runs: (o.runs, o.warmup),
-        kernel: o.kernel.clone(),
+        guest,
         versions,
         targets,
         bench_rss_kib: own_max_rss_kib(),
@@ -718,6 +927,82 @@ mod tests {
         assert!(matches!(parse_args(args(&["--runs"])), Err(ArgsExit::Usage(_))));
         assert!(matches!(parse_args(args(&["--bogus"])), Err(ArgsExit::Usage(_))));
         assert!(matches!(parse_args(args(&["-h"])), Err(ArgsExit::Help)));
+    }
+
+    #[test]
+    fn firmware_option() {
+        let o = parse_args(args(&["--firmware"])).unwrap();
+        assert_eq!(o.firmware, Some(None));
+        assert_eq!(o.kernel, None);
+        let o = parse_args(args(&["--firmware", "/x/bios.bin", "--runs", "3"])).unwrap();
+        assert_eq!(o.firmware, Some(Some(PathBuf::from("/x/bios.bin"))));
+        assert_eq!(o.runs, 3);
+        // An option right after --firmware is not its path.
+        let o = parse_args(args(&["--firmware", "--markdown"])).unwrap();
+        assert!(o.firmware == Some(None) && o.markdown);
+        assert_eq!(parse_args(args(&[])).unwrap().firmware, None);
+        assert!(matches!(parse_args(args(&["--firmware", "--kernel", "k"])), Err(ArgsExit::Usage(_))));
+        assert!(matches!(parse_args(args(&["--kernel", "k", "--firmware"])), Err(ArgsExit::Usage(_))));
+    }
+
+    fn words(t: &Target, g: &Guest) -> Vec<String> {
+        t.args(g).iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn probe_targets() {
+        let g = Guest::Probe { kernel: PathBuf::from("/p.elf") };
+        let rvmm = Target::new(Vmm::Rvmm, PathBuf::from("rvmm"));
+        let qemu = Target::new(Vmm::Qemu { machine: "microvm" }, PathBuf::from("qemu"));
+        assert_eq!(words(&rvmm, &g).join(" "), "run --kernel /p.elf --cmdline quick --memory 256M --console stdio");
+        assert_eq!(
+            words(&qemu, &g).join(" "),
+            "-M microvm -accel kvm -m 256M -nodefaults -no-user-config -nographic -serial stdio \
+             -kernel /p.elf -append quick -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+        );
+        assert_eq!((rvmm.expected_exit(&g), qemu.expected_exit(&g)), (0, 1));
+        assert_eq!(g.startup_marker(), b"rvmm-probe:");
+    }
+
+    #[test]
+    fn firmware_targets() {
+        let g = Guest::Firmware { bios: PathBuf::from("/b.bin"), disk: PathBuf::from("/tmp/d.img") };
+        let rvmm = Target::new(Vmm::Rvmm, PathBuf::from("rvmm"));
+        let mut qemu = Target::new(Vmm::Qemu { machine: "pc" }, PathBuf::from("qemu"));
+        assert_eq!(
+            words(&rvmm, &g).join(" "),
+            "run --firmware /b.bin --disk /tmp/d.img --memory 256M --console stdio --debugcon none"
+        );
+        assert_eq!(
+            words(&qemu, &g).join(" "),
+            "-M pc -accel kvm -bios /b.bin -nodefaults -no-user-config -nographic -serial stdio -m 256M \
+             -drive file=/tmp/d.img,format=raw,if=none,id=d0 -device virtio-blk-pci,drive=d0 \
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+        );
+        qemu.accel = Accel::Tcg;
+        assert!(words(&qemu, &g).windows(2).any(|w| w == ["-accel", "tcg"]));
+        assert_eq!((rvmm.expected_exit(&g), qemu.expected_exit(&g)), (42, 85));
+        assert!(rvmm.command_line(&g).starts_with("RVMM_LOG=info rvmm run --firmware"));
+        assert_eq!(g.startup_marker(), b"rvmm-mbr: hello\r\n");
+    }
+
+    #[test]
+    fn firmware_check() {
+        let g = Guest::Firmware { bios: PathBuf::from("/b.bin"), disk: PathBuf::from("/d.img") };
+        let rvmm = Target::new(Vmm::Rvmm, PathBuf::from("rvmm"));
+        let outcome = |code: i32, stdout: &[u8]| Outcome {
+            startup: Some(Duration::from_millis(2800)),
+            whole_life: Duration::from_millis(2850),
+            max_rss_kib: 5000,
+            ended: Ended::Code(code),
+            stdout: stdout.to_vec(),
+            stderr: b"[INFO  vmm::vm] guest memory resident at exit: 640 KiB\n".to_vec(),
+        };
+        let ok = b"SeaBIOS (version x)\r\nBooting from Hard Disk..rvmm-mbr: hello\r\n";
+        let run = rvmm.check(&outcome(42, ok), &g).unwrap();
+        assert_eq!((run.startup_ms, run.life_ms, run.guest_kib), (2800.0, 2850.0, Some(640)));
+        assert!(rvmm.check(&outcome(0, ok), &g).unwrap_err().contains("expected exit code 42"));
+        assert!(rvmm.check(&outcome(42, b"SeaBIOS"), &g).unwrap_err().contains("rvmm-mbr: hello'"));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! One thread polls the two pipes and a pidfd of the process, so every event is
 //! timestamped as soon as `poll` returns:
 //!
-//! - start-up latency: spawn to the `read` that delivered the first byte of
-//!   [`MARKER`] on stdout;
+//! - start-up latency: spawn to the `read` that delivered the first byte of the
+//!   caller's marker (the guest's first console line, e.g. [`PROBE_MARKER`]) on stdout;
 //! - whole-life latency: spawn to the moment the pidfd reported the exit (the process
 //!   is then reaped with `wait4`, which also gives its `rusage`);
 //! - peak RSS: `ru_maxrss` from that `rusage`.
@@ -15,8 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The text whose first byte ends start-up: the probe's first console line.
-pub const MARKER: &[u8] = b"rvmm-probe:";
+/// The text whose first byte ends start-up for the probe guest: its first console line.
+pub const PROBE_MARKER: &[u8] = b"rvmm-probe:";
 
 /// How long to keep reading the pipes after the process has exited (a grandchild
 /// could keep them open; none of the measured programs forks, but do not hang on one).
@@ -43,7 +43,7 @@ impl std::fmt::Display for Ended {
 /// What one run of a process measured and printed.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Spawn to the arrival of the first byte of [`MARKER`] on stdout, if it appeared.
+    /// Spawn to the arrival of the first byte of the marker on stdout, if it appeared.
     pub startup: Option<Duration>,
     /// Spawn to process exit.
     pub whole_life: Duration,
@@ -58,11 +58,12 @@ pub struct Outcome {
 }
 
 /// Spawns `cmd` (its stdio is replaced as described in the module documentation),
-/// waits for it to exit and returns what was measured.
+/// waits for it to exit and returns what was measured; start-up ends with the first
+/// byte of `marker` on stdout.
 ///
 /// A process still running after `timeout` is killed with SIGKILL and reported as an
 /// error; so is any failure to spawn, poll, read or wait.
-pub fn run_once(cmd: &mut Command, timeout: Duration) -> Result<Outcome, String> {
+pub fn run_once(cmd: &mut Command, marker: &[u8], timeout: Duration) -> Result<Outcome, String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -84,6 +85,7 @@ pub fn run_once(cmd: &mut Command, timeout: Duration) -> Result<Outcome, String>
         }
     };
     let mut watch = Watch {
+        marker: marker.to_vec(),
         start,
         pid,
         stdout: Some(stdout),
@@ -130,6 +132,8 @@ struct Exit {
 
 /// The state of one poll loop.
 struct Watch {
+    /// The text whose first byte ends start-up.
+    marker: Vec<u8>,
     start: Instant,
     pid: libc::pid_t,
     stdout: Option<ChildStdout>,
@@ -229,8 +233,8 @@ impl Watch {
                 self.chunks.push((offset, t));
                 self.out.extend_from_slice(&buf[..n]);
                 if self.startup.is_none() {
-                    let from = offset.saturating_sub(MARKER.len() - 1);
-                    if let Some(p) = find(&self.out[from..], MARKER) {
+                    let from = offset.saturating_sub(self.marker.len().saturating_sub(1));
+                    if let Some(p) = find(&self.out[from..], &self.marker) {
                         let pos = from + p;
                         // The read that delivered the marker's first byte.
                         let at = self.chunks.iter().rev().find(|(o, _)| *o <= pos).map_or(t, |(_, at)| *at);
@@ -342,20 +346,33 @@ mod tests {
     fn measures_a_shell() {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "sleep 0.05; printf 'x\\nrvmm-probe: quick\\n'; echo e >&2; exit 3"]);
-        let o = run_once(&mut cmd, Duration::from_secs(10)).unwrap();
+        let o = run_once(&mut cmd, PROBE_MARKER, Duration::from_secs(10)).unwrap();
         assert_eq!(o.ended, Ended::Code(3));
         let s = o.startup.unwrap();
         assert!(s >= Duration::from_millis(50) && s <= o.whole_life);
         assert!(o.max_rss_kib > 0);
         assert_eq!(o.stderr, b"e\n");
-        assert!(find(&o.stdout, MARKER).is_some());
+        assert!(find(&o.stdout, PROBE_MARKER).is_some());
+    }
+
+    #[test]
+    fn marker_is_a_parameter() {
+        // The firmware guest's marker, after other console output and split over two writes.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "printf 'SeaBIOS\\r\\nrvmm-m'; sleep 0.2; printf 'br: hello\\r\\n'; exit 42"]);
+        let o = run_once(&mut cmd, b"rvmm-mbr: hello\r\n", Duration::from_secs(10)).unwrap();
+        assert_eq!(o.ended, Ended::Code(42));
+        // Start-up ends with the read that delivered the marker's first byte, before the sleep.
+        let s = o.startup.unwrap();
+        assert!(s + Duration::from_millis(100) <= o.whole_life, "{s:?} {:?}", o.whole_life);
+        assert!(find(&o.stdout, PROBE_MARKER).is_none());
     }
 
     #[test]
     fn times_out() {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
-        let e = run_once(&mut cmd, Duration::from_millis(100)).unwrap_err();
+        let e = run_once(&mut cmd, PROBE_MARKER, Duration::from_millis(100)).unwrap_err();
         assert!(e.contains("killed"), "{e}");
     }
 }

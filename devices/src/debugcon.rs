@@ -25,7 +25,9 @@ pub enum DebugconOutput {
     Log,
     /// Raw bytes to a writer (a file), flushed at each newline.
     Writer(Box<dyn Write + Send>),
-    /// Nowhere (the port still answers, so firmware behaves the same).
+    /// Nowhere. The port then reads as all ones, like an empty ISA port, so
+    /// firmware sees no debug console and does not spend an exit on every byte
+    /// of its log.
     Discard,
 }
 
@@ -84,9 +86,11 @@ impl Drop for DebugCon {
 }
 
 impl BusDevice for DebugCon {
-    /// Every width reads [`DEBUGCON_READBACK`] in each byte, as QEMU's device does.
+    /// Every width reads [`DEBUGCON_READBACK`] in each byte, as QEMU's device does
+    /// (all ones with [`DebugconOutput::Discard`]).
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(DEBUGCON_READBACK);
+        let value = if matches!(self.output, DebugconOutput::Discard) { 0xff } else { DEBUGCON_READBACK };
+        data.fill(value);
     }
 
     /// `outb` writes one byte; wider writes are taken byte by byte, low first.
@@ -115,8 +119,16 @@ mod tests {
     }
 
     #[test]
-    fn reads_say_a_debug_console_is_present() {
+    fn a_discarding_console_reads_as_absent() {
         let mut dev = DebugCon::new(DebugconOutput::Discard);
+        let mut b = [0u8; 1];
+        dev.read(0, &mut b);
+        assert_eq!(b, [0xff]);
+    }
+
+    #[test]
+    fn reads_say_a_debug_console_is_present() {
+        let mut dev = DebugCon::new(DebugconOutput::Log);
         let mut b = [0u8; 1];
         dev.read(0, &mut b);
         assert_eq!(b, [0xe9]);

@@ -103,7 +103,7 @@ pub enum DebugconTarget {
     Log,
     /// Raw into a file.
     File(PathBuf),
-    /// Nowhere.
+    /// Nowhere: the port reads as absent, so firmware does not log at all.
     None,
 }
 
