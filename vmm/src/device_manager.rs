@@ -341,8 +341,8 @@ pub struct PciSegment {
 
 impl PciSegment {
     /// Creates the root (host bridge at 00:00.0) and registers configuration
-    /// mechanism 1 at 0xCF8 (with the reset control register at 0xCF9, whose
-    /// resets go to `events`) and the ECAM window.
+    /// mechanism 1 at 0xCF8 (on the firmware platform with the reset control
+    /// register at 0xCF9, whose resets go to `events`) and the ECAM window.
     pub fn new(
         vm: &Arc<VmFd>,
         pio: &Arc<Bus>,
@@ -364,7 +364,11 @@ impl PciSegment {
             }
         });
         pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::with_reset_control(root.clone(), events))),
+            Arc::new(Mutex::new(match platform {
+                // The PIIX/ICH reset control register is a chipset piece: only the firmware machine has it.
+                PciPlatform::Firmware => PciConfigIo::with_reset_control(root.clone(), events),
+                PciPlatform::Direct => PciConfigIo::new(root.clone()),
+            })),
             u64::from(PCI_CONFIG_IO_PORT),
             PCI_CONFIG_IO_PORT_COUNT,
             "PCI config",
