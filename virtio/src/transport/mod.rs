@@ -280,49 +280,73 @@ impl DeviceStatusSink for NeedsResetSink {
 /// with no bit set (a stuck INTx) or deasserted with a bit set (a lost
 /// interrupt).
 pub struct LineInterrupt {
-    status: Mutex<u32>,
+    state: Mutex<LineState>,
     line: Arc<dyn IrqLine>,
+}
+
+/// The interrupt status bits and whether the line may be asserted.
+struct LineState {
+    status: u32,
+    /// PCI Command register bit 10 (Interrupt Disable): the status is kept but
+    /// the line stays deasserted.
+    masked: bool,
 }
 
 impl LineInterrupt {
     /// An interrupt driving `line`.
     pub fn new(line: Arc<dyn IrqLine>) -> Self {
-        LineInterrupt { status: Mutex::new(0), line }
+        LineInterrupt { state: Mutex::new(LineState { status: 0, masked: false }), line }
     }
 
-    fn lock(&self) -> MutexGuard<'_, u32> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, LineState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The interrupt status bits.
     pub fn status(&self) -> u32 {
-        *self.lock()
+        self.lock().status
     }
 
     /// Clears `bits` (MMIO InterruptACK); the line drops when none are left.
     pub fn acknowledge(&self, bits: u32) {
-        let mut status = self.lock();
-        *status &= !bits;
-        if *status == 0 {
+        let mut state = self.lock();
+        state.status &= !bits;
+        if state.status == 0 {
             self.line.set_level(false);
         }
     }
 
     /// Reads and clears every bit (PCI ISR read-to-clear).
     pub fn take(&self) -> u32 {
-        let mut status = self.lock();
-        let bits = std::mem::take(&mut *status);
+        let mut state = self.lock();
+        let bits = std::mem::take(&mut state.status);
         if bits != 0 {
             self.line.set_level(false);
         }
         bits
     }
 
-    /// Sets `bit` and asserts the line.
+    /// Sets `bit` and asserts the line (unless it is masked).
     pub fn raise(&self, bit: u32) {
-        let mut status = self.lock();
-        *status |= bit;
-        self.line.set_level(true);
+        let mut state = self.lock();
+        state.status |= bit;
+        if !state.masked {
+            self.line.set_level(true);
+        }
+    }
+
+    /// Masks or unmasks the line (PCI Interrupt Disable). A pending status
+    /// deasserts the line when masked and asserts it again when unmasked, as
+    /// PCI 3.0 section 6.2.2 asks of INTx#.
+    pub fn set_masked(&self, masked: bool) {
+        let mut state = self.lock();
+        if state.masked == masked {
+            return;
+        }
+        state.masked = masked;
+        if state.status != 0 {
+            self.line.set_level(!masked);
+        }
     }
 }
 

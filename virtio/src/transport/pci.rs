@@ -61,6 +61,9 @@ const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
 const CAP_PCI_CFG: u8 = 5;
+/// The low byte of the PCI Status register, and its Interrupt Status bit.
+const STATUS_LOW_BYTE: u16 = 0x06;
+const STATUS_INTERRUPT: u8 = 1 << 3;
 /// PCI capability ID of vendor-specific capabilities.
 const PCI_CAP_ID_VNDR: u8 = 0x09;
 
@@ -375,6 +378,13 @@ impl PciDevice for VirtioPciDevice {
             return;
         }
         self.config.read_config(offset, data);
+        // Status bit 3 (Interrupt Status) shows a pending INTx whether or not
+        // Interrupt Disable keeps it off the line (PCI 3.0 section 6.2.3).
+        if let Some(i) = STATUS_LOW_BYTE.checked_sub(offset).map(usize::from).filter(|&i| i < data.len()) {
+            if self.interrupt.intx.status() != 0 {
+                data[i] |= STATUS_INTERRUPT;
+            }
+        }
     }
 
     fn write_config(&mut self, offset: u16, data: &[u8]) -> Vec<BarReprogram> {
@@ -388,6 +398,7 @@ impl PciDevice for VirtioPciDevice {
         }
         let changes = self.config.write_config(offset, data);
         self.msix.lock().unwrap_or_else(|e| e.into_inner()).config_written(&self.config, offset, data.len());
+        self.interrupt.intx.set_masked(self.config.intx_disabled());
         changes
     }
 

@@ -777,6 +777,30 @@ fn isr_is_read_to_clear_and_lowers_intx() {
 }
 
 #[test]
+fn interrupt_disable_keeps_intx_off_the_line_but_in_the_status_register() {
+    const COMMAND_INTX_DISABLE: u32 = 1 << 10;
+    const STATUS_INTERRUPT: u8 = 1 << 3;
+    let mut p = Pci::new();
+    p.bring_up(F_VERSION_1, &[0], false);
+    let intr = p.interrupt();
+    assert_eq!(p.cfg8(0x06) & STATUS_INTERRUPT, 0);
+    let command = u32::from(p.cfg16(0x04));
+    p.cfg_write(0x04, 2, command | COMMAND_INTX_DISABLE);
+    intr.notify_queue(0);
+    assert!(!p.intx.level(), "Interrupt Disable holds the line low");
+    assert_ne!(p.cfg8(0x06) & STATUS_INTERRUPT, 0, "Interrupt Status shows it pending");
+    assert_ne!((p.cfg32(0x04) >> 16) as u8 & STATUS_INTERRUPT, 0, "also through a dword read");
+    p.cfg_write(0x04, 2, command);
+    assert!(p.intx.level(), "clearing Interrupt Disable asserts the pending interrupt");
+    p.cfg_write(0x04, 2, command | COMMAND_INTX_DISABLE);
+    assert!(!p.intx.level(), "setting it again deasserts the line");
+    assert_eq!(p.isr(), ISR_QUEUE);
+    assert_eq!(p.cfg8(0x06) & STATUS_INTERRUPT, 0, "reading the ISR clears the status");
+    p.cfg_write(0x04, 2, command);
+    assert!(!p.intx.level());
+}
+
+#[test]
 fn notifications_reach_the_queue_eventfd() {
     let mut p = Pci::new();
     let mut drivers = p.bring_up(F_VERSION_1, &[0, 1, 2], true);
