@@ -116,7 +116,14 @@ impl FirmwareImage {
         if meta.is_file() && meta.len() > FIRMWARE_MAX_SIZE {
             return Err(FirmwareError::TooLarge { path: path.to_owned(), size: meta.len() });
         }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        // Read at most one byte more than fits, so that a device or FIFO that never
+        // ends (`/dev/zero`) is refused as too large instead of filling memory.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(path).map_err(read_err)?, FIRMWARE_MAX_SIZE + 1),
+            &mut bytes,
+        )
+        .map_err(read_err)?;
         Self::from_bytes(path.to_owned(), bytes)
     }
 
@@ -262,6 +269,14 @@ mod tests {
     fn missing_and_directory_images_are_read_errors() {
         assert!(matches!(FirmwareImage::load(Path::new("/nonexistent/bios.bin")), Err(FirmwareError::Read { .. })));
         assert!(matches!(FirmwareImage::load(Path::new("/")), Err(FirmwareError::Read { .. })));
+    }
+
+    #[test]
+    fn an_endless_device_is_too_large_not_read_forever() {
+        let size = (FIRMWARE_MAX_SIZE + 1) as u64;
+        assert!(
+            matches!(FirmwareImage::load(Path::new("/dev/zero")), Err(FirmwareError::TooLarge { size: s, .. }) if s == size)
+        );
     }
 
     #[test]
