@@ -5,9 +5,12 @@
 //! - `probe-linux64.elf`: ELF64, e_entry = Linux 64-bit boot protocol entry.
 //! - `probe-pvh.elf`: the same plus a Xen PHYS32_ENTRY note (PVH).
 //! - `probe.bzImage`: real-mode setup (guest/bzsetup.S) + the payload as a flat binary.
+//! - `mbr-bios-services.bin`: a 512-byte boot sector (guest/mbr.S) that calls the
+//!   firmware's int 0x13 and int 0x15 services, linked at 0x7c00.
 //!
 //! Every image is disassembled and the build fails if it contains an instruction that
-//! the software KVM on the project's machines cannot emulate (SSE, x87, `int n`, ...).
+//! the software KVM on the project's machines cannot emulate (SSE, x87, `int n`, ...);
+//! the boot sector may use `int n` (see below).
 
 use std::collections::HashMap;
 use std::env;
@@ -312,4 +315,31 @@ fn main() {
         .arg(&setup_bin)))
     .into_owned();
     assert!(!setup_dis.contains("xmm"), "bzImage setup uses SSE registers");
+
+    // ---- the BIOS-services boot sector ----
+    let mbr_o = out.join("mbr.o");
+    let mbr_elf = out.join("mbr.elf");
+    let mbr_bin = out.join("mbr-bios-services.bin");
+    compile(&cc, &guest.join("mbr.S"), &mbr_o, &guest, &[], &["-m32"]);
+    run(Command::new(&ld)
+        .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none", "-Ttext=0x7c00", "-e", "_start"])
+        .arg(&mbr_o)
+        .arg("-o")
+        .arg(&mbr_elf));
+    run(Command::new(&objcopy).args(["-O", "binary", "-j", ".text"]).arg(&mbr_elf).arg(&mbr_bin));
+    let mbr = fs::read(&mbr_bin).unwrap();
+    assert_eq!(mbr.len(), 512, "mbr-bios-services.bin must be exactly one sector");
+    assert_eq!(&mbr[510..], &[0x55, 0xaa], "mbr-bios-services.bin lacks the boot signature");
+    // Check the code only (up to `code_end`): the strings after it would disassemble
+    // into nonsense. The boot sector runs in real mode under a BIOS and calls its
+    // services with `int 0x13` and `int 0x15`, which this host's KVM does run in real
+    // mode (only `int n` in protected and long mode kills the guest), so `int` is
+    // allowed here; SSE and x87 are still refused, as everywhere.
+    let code_end = sym(&symbols(&nm, &mbr_elf), "code_end") - 0x7c00;
+    let mbr_dis = String::from_utf8_lossy(&run(Command::new(&objdump)
+        .args(["-D", "-b", "binary", "-m", "i8086"])
+        .arg(format!("--stop-address={code_end:#x}"))
+        .arg(&mbr_bin)))
+    .into_owned();
+    check_disassembly(&mbr_dis, "mbr-bios-services.bin", true);
 }

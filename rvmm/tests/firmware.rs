@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{rvmm_run, scratch};
 use rvmm_tests::seabios::{
-    seabios_bios, write_boot_disk, write_unbootable_disk, BOOT_DEBUG, BOOT_SERIAL, MBR_EXIT_STATUS, MBR_MARKER,
-    NO_BOOT_SERIAL,
+    check_bios_services_disk, check_bios_services_serial, seabios_bios, write_bios_services_disk, write_boot_disk,
+    write_unbootable_disk, BOOT_DEBUG, BOOT_SERIAL, MBR_EXIT_STATUS, MBR_MARKER, NO_BOOT_SERIAL,
 };
 use rvmm_tests::{VmOutput, VmRunner};
 
@@ -83,6 +83,73 @@ fn seabios_boots_the_mbr_from_virtio_blk() {
     assert!(log.contains("(via xsdt)"), "{}", d());
     let _ = std::fs::remove_file(&disk);
     let _ = std::fs::remove_file(&debug_log);
+}
+
+/// The BIOS-services boot sector (`rvmm_probes::MBR_BIOS_SERVICES`, checked under QEMU
+/// by `tests/tests/qemu_seabios.rs`): SeaBIOS's int 0x13 drives rvmm's virtio-blk for
+/// the EDD check, the drive parameters (2048 sectors), an extended read of LBA 1-16
+/// (the MBR's FNV-1a must match the host's) and an extended write of LBA 17, which must
+/// reach the host file; int 0x15 E820 must list 250-256 MiB of RAM for the default
+/// `--memory 256M`. The MBR exits with 42.
+#[test]
+fn seabios_bios_services_over_rvmm_virtio_blk() {
+    let Some(bios) = bios_or_skip("seabios_bios_services_over_rvmm_virtio_blk") else { return };
+    let disk = scratch("seabios-services.img");
+    let mbr = std::fs::read(rvmm_probes::MBR_BIOS_SERVICES).unwrap();
+    let fnv = write_bios_services_disk(&disk, &mbr).unwrap();
+    let out = run_firmware(
+        &bios,
+        &["--cpus", "2", "--disk", disk.to_str().unwrap(), "--console", "stdio", "--debugcon", "none"],
+        &[],
+    );
+    eprintln!("SeaBIOS and the BIOS-services MBR under rvmm: {:?}", out.elapsed);
+    assert!(!out.timed_out, "rvmm timed out\n{}", out.describe());
+    let e820 = check_bios_services_serial(&out.stdout, fnv).unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
+    assert_eq!(out.exit_code(), Some(i32::from(MBR_EXIT_STATUS)), "{}", out.describe());
+    assert!(
+        (250 * 1024..=256 * 1024).contains(&e820.ram_kib),
+        "E820 RAM of {} KiB is not 250-256 MiB\n{}",
+        e820.ram_kib,
+        out.describe()
+    );
+    assert!(e820.entries >= 3, "{e820:?}\n{}", out.describe());
+    check_bios_services_disk(&disk, &mbr).unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
+    let _ = std::fs::remove_file(&disk);
+}
+
+/// A virtio-mmio disk and a virtio-pci disk: SeaBIOS finds the MMIO one in rvmm's DSDT
+/// (LNRO0005) and boots whichever `--disk` comes first, in both orders, so the
+/// `bootorder` file decides and not the firmware's own scan order.
+#[test]
+fn seabios_follows_the_boot_order_across_transports() {
+    let Some(bios) = bios_or_skip("seabios_follows_the_boot_order_across_transports") else { return };
+    let bootable = scratch("seabios-order-boot.img");
+    let unbootable = scratch("seabios-order-noboot.img");
+    write_boot_disk(&bootable).unwrap();
+    write_unbootable_disk(&unbootable).unwrap();
+    let debug_log = scratch("seabios-order.debug.log");
+    let debugcon = format!("file:{}", debug_log.display());
+    let (b, u) = (bootable.to_str().unwrap(), unbootable.to_str().unwrap());
+    for (first, second) in
+        [(format!("{b},transport=mmio"), u.to_string()), (b.to_string(), format!("{u},transport=mmio"))]
+    {
+        let out = run_firmware(&bios, &["--disk", &first, "--disk", &second, "--debugcon", &debugcon], &[]);
+        let log = read_lossy(&debug_log);
+        let d = || format!("--disk {first} --disk {second}\n{}", describe(&out, &log));
+        assert_eq!(out.exit_code(), Some(i32::from(MBR_EXIT_STATUS)), "{}", d());
+        assert!(out.stdout.contains(MBR_MARKER), "{}", d());
+        assert!(log.contains("found virtio-blk-mmio at 0xd0000000"), "{}", d());
+        assert!(log.contains("found virtio-blk at 00:01.0"), "{}", d());
+        let order = if first.contains("mmio") {
+            "1: /virtio-mmio@00000000d0000000/disk@0,0\n2: /pci@i0cf8/scsi@1/disk@0,0"
+        } else {
+            "1: /pci@i0cf8/scsi@1/disk@0,0\n2: /virtio-mmio@00000000d0000000/disk@0,0"
+        };
+        assert!(log.contains(order), "{}", d());
+    }
+    for f in [bootable, unbootable, debug_log] {
+        let _ = std::fs::remove_file(f);
+    }
 }
 
 /// Three CPUs with the user-space PIC, IOAPIC and PIT (SeaBIOS's timer ticks

@@ -13,6 +13,14 @@
 //! The strings in [`BOOT_SERIAL`], [`BOOT_DEBUG`] and [`NO_BOOT_SERIAL`] are what
 //! Debian's SeaBIOS 1.16.2 (`bios-256k.bin`) prints under QEMU 7.2 `-M pc` with these
 //! disks on virtio-blk-pci.
+//!
+//! [`write_bios_services_disk`] writes the disk for a stronger boot sector, the probe
+//! crate's `MBR_BIOS_SERVICES` (`probes/guest/mbr.S`), which is passed in as bytes (this
+//! library does not depend on `rvmm-probes`): that MBR calls SeaBIOS's int 0x13 (EDD
+//! check, drive parameters, extended read of LBA 1-16, extended write of LBA 17) and
+//! int 0x15 E820, so SeaBIOS's own virtio-blk driver reads and writes the disk through
+//! the VMM's device. [`check_bios_services_serial`] and [`check_bios_services_disk`]
+//! check its report and the sector it wrote.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -103,6 +111,131 @@ pub fn boot_sector(signed: bool) -> [u8; 512] {
     s
 }
 
+/// The first sector `MBR_BIOS_SERVICES` reads (LBA 1 to 16, 8192 bytes).
+pub const BIOS_SERVICES_READ_LBA: usize = 1;
+
+/// How many sectors `MBR_BIOS_SERVICES` reads and hashes.
+pub const BIOS_SERVICES_READ_SECTORS: usize = 16;
+
+/// The sector `MBR_BIOS_SERVICES` writes: [`BIOS_SERVICES_WRITE_PATTERN`] 32 times.
+pub const BIOS_SERVICES_WRITE_LBA: usize = 17;
+
+/// The 16 bytes `MBR_BIOS_SERVICES` repeats over the sector it writes.
+pub const BIOS_SERVICES_WRITE_PATTERN: &[u8; 16] = b"rvmm-mbr-wrote!!";
+
+/// Byte `i` of the 8192 bytes at LBA 1-16 of [`write_bios_services_disk`]'s disk: no
+/// two sectors alike, no sector a repeat of a short pattern, so a wrong LBA, a short
+/// read or a shifted buffer all change the hash.
+pub fn bios_services_read_byte(i: usize) -> u8 {
+    (i.wrapping_mul(131) ^ (i >> 9).wrapping_mul(29) ^ (i >> 3)) as u8
+}
+
+/// Writes the disk for `MBR_BIOS_SERVICES`: [`BOOT_DISK_SIZE`] bytes (2048 sectors) at
+/// `path`, replacing any file. LBA 0 is `mbr` (512 bytes, signed), LBA 1-16 hold
+/// [`bios_services_read_byte`], the rest is zero. Returns the FNV-1a 32 of LBA 1-16,
+/// which the MBR must print as `read=ok fnv=0x%08x`.
+pub fn write_bios_services_disk(path: &Path, mbr: &[u8]) -> io::Result<u32> {
+    if mbr.len() != 512 || mbr[510..] != [0x55, 0xaa] {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the MBR must be 512 bytes ending in 0x55 0xAA"));
+    }
+    let disk = bios_services_disk_before(mbr);
+    std::fs::write(path, &disk)?;
+    Ok(crate::fnv1a32(&disk[BIOS_SERVICES_READ_LBA * 512..(BIOS_SERVICES_READ_LBA + BIOS_SERVICES_READ_SECTORS) * 512]))
+}
+
+/// The image [`write_bios_services_disk`] writes.
+fn bios_services_disk_before(mbr: &[u8]) -> Vec<u8> {
+    let mut disk = vec![0u8; BOOT_DISK_SIZE];
+    disk[..512].copy_from_slice(mbr);
+    let read = BIOS_SERVICES_READ_LBA * 512..(BIOS_SERVICES_READ_LBA + BIOS_SERVICES_READ_SECTORS) * 512;
+    for (i, b) in disk[read].iter_mut().enumerate() {
+        *b = bios_services_read_byte(i);
+    }
+    disk
+}
+
+/// Checks the disk at `path` after `mbr` ran on [`write_bios_services_disk`]'s image:
+/// LBA [`BIOS_SERVICES_WRITE_LBA`] holds [`BIOS_SERVICES_WRITE_PATTERN`] 32 times and
+/// every other byte is as written (nothing else was written, the image kept its size).
+/// The error names the first difference.
+pub fn check_bios_services_disk(path: &Path, mbr: &[u8]) -> Result<(), String> {
+    let disk = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut expected = bios_services_disk_before(mbr);
+    let wrote = BIOS_SERVICES_WRITE_LBA * 512..(BIOS_SERVICES_WRITE_LBA + 1) * 512;
+    for (i, b) in expected[wrote.clone()].iter_mut().enumerate() {
+        *b = BIOS_SERVICES_WRITE_PATTERN[i % 16];
+    }
+    if disk.len() != expected.len() {
+        return Err(format!("the disk is {} bytes, not {}", disk.len(), expected.len()));
+    }
+    match disk.iter().zip(&expected).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(at) => {
+            let sector = at / 512;
+            let what = if wrote.contains(&at) { "the written sector" } else { "a sector the MBR must not write" };
+            Err(format!(
+                "byte {at:#x} (LBA {sector}, {what}) is {:#04x}, expected {:#04x}; LBA {sector}: {:?}",
+                disk[at],
+                expected[at],
+                String::from_utf8_lossy(&disk[sector * 512..(sector + 1) * 512])
+            ))
+        }
+    }
+}
+
+/// What `MBR_BIOS_SERVICES` reported in its `e820=` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Summary {
+    /// The number of entries int 0x15 E820 returned.
+    pub entries: u32,
+    /// The sum of the type-1 (RAM) lengths, in KiB.
+    pub ram_kib: u32,
+}
+
+/// Checks the COM1 output of `MBR_BIOS_SERVICES` on [`write_bios_services_disk`]'s disk
+/// (whose LBA 1-16 hash to `fnv`): these lines, in this order, each whole:
+///
+/// ```text
+/// rvmm-mbr: edd=ok
+/// rvmm-mbr: sectors=0x800
+/// rvmm-mbr: read=ok fnv=0x<fnv>
+/// rvmm-mbr: write=ok
+/// rvmm-mbr: e820=<N> ram_kib=0x<KiB>
+/// rvmm-mbr: done
+/// ```
+///
+/// and no `rvmm-mbr: fail=` line. Returns the `e820=` line's values for the caller to
+/// judge against the guest's memory size; the error says what is missing.
+pub fn check_bios_services_serial(serial: &str, fnv: u32) -> Result<E820Summary, String> {
+    if let Some(at) = serial.find("rvmm-mbr: fail=") {
+        let line = serial[at..].lines().next().unwrap_or_default();
+        return Err(format!("the MBR reported a failure: {line:?}"));
+    }
+    let sectors = BOOT_DISK_SIZE / 512;
+    let fixed = [
+        "rvmm-mbr: edd=ok\r\n".to_string(),
+        format!("rvmm-mbr: sectors={sectors:#x}\r\n"),
+        format!("rvmm-mbr: read=ok fnv={fnv:#010x}\r\n"),
+        "rvmm-mbr: write=ok\r\n".to_string(),
+    ];
+    let mut rest = serial;
+    for line in &fixed {
+        let at = rest.find(line.as_str()).ok_or_else(|| format!("no {line:?} (in this order)"))?;
+        rest = &rest[at + line.len()..];
+    }
+    let e820_at = rest.find("rvmm-mbr: e820=").ok_or("no \"rvmm-mbr: e820=\" line after write=ok")?;
+    rest = &rest[e820_at + "rvmm-mbr: e820=".len()..];
+    let (e820, after) = rest.split_once("\r\n").ok_or("the e820= line does not end")?;
+    let parsed = e820.split_once(" ram_kib=0x").and_then(|(n, kib)| {
+        Some(E820Summary { entries: n.parse().ok()?, ram_kib: u32::from_str_radix(kib, 16).ok()? })
+    });
+    let summary = parsed.ok_or_else(|| format!("cannot parse the e820= line {e820:?}"))?;
+    if !after.contains("rvmm-mbr: done\r\n") {
+        return Err("no \"rvmm-mbr: done\" after the e820= line".into());
+    }
+    Ok(summary)
+}
+
 /// Writes a raw disk image of [`BOOT_DISK_SIZE`] bytes at `path` (replacing any file)
 /// whose LBA 0 is [`boot_sector`]`(true)`, with zeroes after it.
 pub fn write_boot_disk(path: &Path) -> io::Result<()> {
@@ -155,6 +288,51 @@ mod tests {
         assert_eq!(&s[0x22..0x26], &[0xb0, MBR_EXIT_STATUS, 0xe6, 0xf4]);
         // No `int` (0xcd) in the code.
         assert!(!CODE.contains(&0xcd));
+    }
+
+    #[test]
+    fn bios_services_disk_and_checks() {
+        let path = std::env::temp_dir().join(format!("rvmm-seabios-unit-bs-{}.img", std::process::id()));
+        let mut mbr = [0x90u8; 512];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert!(write_bios_services_disk(&path, &mbr[..511]).is_err());
+        let fnv = write_bios_services_disk(&path, &mbr).unwrap();
+        let d = std::fs::read(&path).unwrap();
+        assert_eq!(d.len(), BOOT_DISK_SIZE);
+        assert_eq!(&d[..512], &mbr);
+        assert_eq!(fnv, crate::fnv1a32(&d[512..17 * 512]));
+        // The read area: sectors differ from each other, and the rest is zero.
+        let sectors: Vec<&[u8]> = d[512..17 * 512].chunks(512).collect();
+        for (i, a) in sectors.iter().enumerate() {
+            assert!(sectors[i + 1..].iter().all(|b| a != b), "sector {} repeats", i + 1);
+        }
+        assert!(d[17 * 512..].iter().all(|&b| b == 0));
+        // Not written yet: LBA 17 is zero.
+        let err = check_bios_services_disk(&path, &mbr).unwrap_err();
+        assert!(err.contains("LBA 17, the written sector"), "{err}");
+        // As the MBR leaves it.
+        let mut after = d.clone();
+        for i in 0..512 {
+            after[17 * 512 + i] = BIOS_SERVICES_WRITE_PATTERN[i % 16];
+        }
+        std::fs::write(&path, &after).unwrap();
+        check_bios_services_disk(&path, &mbr).unwrap();
+        after[18 * 512] = 1;
+        std::fs::write(&path, &after).unwrap();
+        let err = check_bios_services_disk(&path, &mbr).unwrap_err();
+        assert!(err.contains("LBA 18, a sector the MBR must not write"), "{err}");
+        let _ = std::fs::remove_file(&path);
+
+        // The serial check, on what QEMU printed.
+        let good = "Booting from Hard Disk..\r\nrvmm-mbr: edd=ok\r\nrvmm-mbr: sectors=0x800\r\n\
+                    rvmm-mbr: read=ok fnv=0x0812abcd\r\nrvmm-mbr: write=ok\r\n\
+                    rvmm-mbr: e820=7 ram_kib=0x3fdf3\r\nrvmm-mbr: done\r\n";
+        assert_eq!(check_bios_services_serial(good, 0x0812abcd), Ok(E820Summary { entries: 7, ram_kib: 0x3fdf3 }));
+        assert!(check_bios_services_serial(good, 0x812abcd0).unwrap_err().contains("fnv=0x812abcd0"));
+        let failed = "rvmm-mbr: edd=ok\r\nrvmm-mbr: fail=sectors ah=0x01\r\n";
+        assert!(check_bios_services_serial(failed, 0).unwrap_err().contains("fail=sectors ah=0x01"));
+        assert!(check_bios_services_serial(&good.replace("done", "dome"), 0x0812abcd).is_err());
     }
 
     #[test]
