@@ -348,7 +348,8 @@ fn run_inline(s: Setup, window: Window) -> Result<(Measurement, u64), String> {
             check_reset()?;
             published = false;
         }
-        if wait_readable(engine_fd, Duration::from_secs(1))? {
+        // Requests the engine finished at once were completed inside process_queue.
+        if worker.in_flight() > 0 && wait_readable(engine_fd, Duration::from_secs(1))? {
             worker.reap();
         }
         driver.collect(&mut slots)?;
@@ -450,7 +451,7 @@ pub fn read_through_device(path: &Path, direct: bool, engine: EngineKind, offset
             return Err("the check read did not complete".into());
         }
         s.worker.process_queue(0);
-        if wait_readable(s.engine_fd, Duration::from_millis(100))? {
+        if s.worker.in_flight() > 0 && wait_readable(s.engine_fd, Duration::from_millis(100))? {
             s.worker.reap();
         }
         s.driver.collect(&mut slots)?;

@@ -772,12 +772,13 @@ fn print_report(o: &Options, facts: &Facts, rows: &[Row]) {
          from one thread. Above, three ways with QD requests in flight: QD threads each doing \
          pread/pwrite; one io_uring whose completed requests are replaced and submitted in a \
          batch by the io_uring_enter that waits (batched submit); the same with one \
-         io_uring_enter per request (1 submit/req, as rvmm's engine does). ratio = IOPS / the \
+         io_uring_enter per request (1 submit/req, as rvmm's engine does for O_DIRECT). ratio = IOPS / the \
          best raw IOPS of the same cache mode, pattern and QD (1.00 is the limit; a raw row \
          below 1.00 is a slower raw way)."
             .to_string(),
         "virtio-blk: rvmm's BlockWorker with the named disk engine (io_uring: one ring, one \
-         submit per request; threads: a pool of 4 threads doing preadv/pwritev), fed from a \
+         io_uring_enter per request with O_DIRECT and per batch otherwise, completions finished \
+         inside it taken at once; threads: a pool of 4 threads doing preadv/pwritev), fed from a \
          256-entry split virtqueue in guest memory by an in-process driver that keeps QD \
          three-descriptor requests (header, data, status) available. inline: the driver calls \
          process_queue, polls the engine's eventfd and calls reap on one thread. thread: the \

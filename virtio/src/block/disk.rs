@@ -38,6 +38,7 @@ pub struct DiskFile {
     file: Arc<File>,
     path: PathBuf,
     read_only: bool,
+    direct: bool,
     capacity_sectors: u64,
 }
 
@@ -55,7 +56,18 @@ impl DiskFile {
             use std::io::{Seek, SeekFrom};
             (&file).seek(SeekFrom::End(0))?
         };
-        Ok(DiskFile { file: Arc::new(file), path: path.to_path_buf(), read_only, capacity_sectors: size / SECTOR_SIZE })
+        Ok(DiskFile {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            read_only,
+            direct,
+            capacity_sectors: size / SECTOR_SIZE,
+        })
+    }
+
+    /// Whether the file was opened with O_DIRECT.
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
@@ -140,13 +152,29 @@ pub enum DiskOp {
 pub type Completion = (u64, io::Result<u32>);
 
 /// An engine performing [`DiskOp`]s asynchronously.
+///
+/// The worker hands over a batch of operations with [`submit`](Self::submit),
+/// then calls [`commit`](Self::commit) once, so that an engine may start the
+/// whole batch with one system call; [`poll`](Self::poll) then collects what
+/// finished at once (page-cache hits often do), and the rest is collected with
+/// [`drain`](Self::drain) when [`completion_fd`](Self::completion_fd) is readable.
 pub trait DiskEngine: Send {
-    /// Starts `op`; its completion carries `tag`.
+    /// Queues `op`; its completion carries `tag`. The engine may wait for
+    /// [`commit`](Self::commit) to start it.
     fn submit(&mut self, op: DiskOp, tag: u64) -> io::Result<()>;
-    /// Readable when completions are waiting.
+    /// Starts every queued operation. An error leaves them queued: the engine
+    /// makes its completion fd readable so that a later [`drain`](Self::drain) retries.
+    fn commit(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Readable when completions are waiting that [`poll`](Self::poll) has not taken.
     fn completion_fd(&self) -> RawFd;
-    /// Moves finished operations into `out`.
+    /// Starts what is still queued and moves finished operations into `out`,
+    /// consuming the completion fd's readiness.
     fn drain(&mut self, out: &mut Vec<Completion>);
+    /// Moves operations that have already finished into `out` without a system
+    /// call and without touching the completion fd (engines that cannot, do nothing).
+    fn poll(&mut self, _out: &mut Vec<Completion>) {}
     /// The engine's name, for logs and benchmarks.
     fn name(&self) -> &'static str;
 }
@@ -155,8 +183,8 @@ pub trait DiskEngine: Send {
 pub fn create_engine(kind: EngineKind, disk: &DiskFile) -> io::Result<Box<dyn DiskEngine>> {
     match kind {
         EngineKind::Threads => Ok(Box::new(ThreadPoolEngine::new(disk.file().clone(), 4)?)),
-        EngineKind::IoUring => Ok(Box::new(IoUringEngine::new(disk.file().clone(), 256)?)),
-        EngineKind::Auto => match IoUringEngine::new(disk.file().clone(), 256) {
+        EngineKind::IoUring => Ok(Box::new(IoUringEngine::new(disk.file().clone(), 256, submission_for(disk))?)),
+        EngineKind::Auto => match IoUringEngine::new(disk.file().clone(), 256, submission_for(disk)) {
             Ok(e) => Ok(Box::new(e)),
             Err(e) => {
                 log::info!("{}: io_uring unavailable ({e}); using the thread pool", disk.path().display());
@@ -322,8 +350,31 @@ impl Drop for ThreadPoolEngine {
     }
 }
 
+/// When an [`IoUringEngine`] hands its operations to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submission {
+    /// One io_uring_enter per operation, at once: the device starts on the first
+    /// request while the worker parses the next. Best where requests wait for
+    /// a device (O_DIRECT): measured here, 1.00 of raw at QD 32 against 0.73 batched.
+    EachOperation,
+    /// One io_uring_enter per batch, at [`DiskEngine::commit`]: best where the
+    /// kernel does the work inside the call (page-cache hits), so that system
+    /// calls are the cost: 0.34 of raw at QD 32 against 0.28 one by one.
+    Batch,
+}
+
+/// The submission policy for `disk`: see [`Submission`].
+pub fn submission_for(disk: &DiskFile) -> Submission {
+    if disk.direct() {
+        Submission::EachOperation
+    } else {
+        Submission::Batch
+    }
+}
+
 /// An io_uring with its eventfd; operations in flight keep their buffers here.
 pub struct IoUringEngine {
+    submission: Submission,
     ring: io_uring::IoUring,
     file: Arc<File>,
     event: EventFd,
@@ -333,60 +384,21 @@ pub struct IoUringEngine {
 }
 
 impl IoUringEngine {
-    /// Creates a ring of `entries` for `file`.
-    pub fn new(file: Arc<File>, entries: u32) -> io::Result<Self> {
+    /// Creates a ring of `entries` for `file`, submitting as `submission` says.
+    pub fn new(file: Arc<File>, entries: u32, submission: Submission) -> io::Result<Self> {
         let ring = io_uring::IoUring::new(entries)?;
         let event = EventFd::new(libc::EFD_NONBLOCK)?;
+        // Every completion signals the eventfd. (IORING_REGISTER_EVENTFD_ASYNC,
+        // which skips completions made in the submitting thread, would save the
+        // stale wake-up after `poll` took them, but it also skips completions the
+        // kernel runs as task work in that thread while it sleeps in epoll_wait:
+        // those would never wake the worker.)
         ring.submitter().register_eventfd(event.as_raw_fd())?;
-        Ok(IoUringEngine { ring, file, event, in_flight: Default::default(), ready: Vec::new() })
-    }
-}
-
-impl DiskEngine for IoUringEngine {
-    fn submit(&mut self, op: DiskOp, tag: u64) -> io::Result<()> {
-        use io_uring::{opcode, types};
-        let fd = types::Fd(self.file.as_raw_fd());
-        let entry = match &op {
-            DiskOp::Read { offset, buffers } => {
-                opcode::Readv::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32).offset(*offset).build()
-            }
-            DiskOp::Write { offset, buffers } => {
-                opcode::Writev::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32).offset(*offset).build()
-            }
-            DiskOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
-            DiskOp::Discard { offset, len } => opcode::Fallocate::new(fd, *len)
-                .offset(*offset)
-                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
-                .build(),
-            DiskOp::WriteZeroes { .. } => {
-                // Needs the EOPNOTSUPP fallback: do it here, report it with the next drain.
-                let result = execute(&self.file, &op);
-                self.ready.push((tag, result));
-                return self.event.write(1);
-            }
-        };
-        let entry = entry.user_data(tag);
-        // SAFETY: the buffers the entry points to are kept in `in_flight` until its
-        // completion is reaped, and they point into guest memory that outlives the VM's I/O.
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_err() {
-            // The submission queue is full: let the kernel take what is queued, then retry once.
-            self.ring.submit()?;
-            // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        }
-        self.in_flight.insert(tag, op);
-        self.ring.submit()?;
-        Ok(())
+        Ok(IoUringEngine { submission, ring, file, event, in_flight: Default::default(), ready: Vec::new() })
     }
 
-    fn completion_fd(&self) -> RawFd {
-        self.event.as_raw_fd()
-    }
-
-    fn drain(&mut self, out: &mut Vec<Completion>) {
-        let _ = self.event.read();
+    /// Moves the completion queue's entries (and synchronous results) into `out`.
+    fn collect(&mut self, out: &mut Vec<Completion>) {
         out.append(&mut self.ready);
         for cqe in self.ring.completion() {
             let tag = cqe.user_data();
@@ -409,6 +421,83 @@ impl DiskEngine for IoUringEngine {
                 },
             ));
         }
+    }
+}
+
+impl DiskEngine for IoUringEngine {
+    fn submit(&mut self, op: DiskOp, tag: u64) -> io::Result<()> {
+        use io_uring::{opcode, types};
+        let fd = types::Fd(self.file.as_raw_fd());
+        let entry = match &op {
+            DiskOp::Read { offset, buffers } => {
+                opcode::Readv::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32).offset(*offset).build()
+            }
+            DiskOp::Write { offset, buffers } => {
+                opcode::Writev::new(fd, buffers.0.as_ptr(), buffers.0.len() as u32).offset(*offset).build()
+            }
+            DiskOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            DiskOp::Discard { offset, len } => opcode::Fallocate::new(fd, *len)
+                .offset(*offset)
+                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                .build(),
+            DiskOp::WriteZeroes { .. } => {
+                // Needs the EOPNOTSUPP fallback: do it here; `poll` or the next drain reports it.
+                let result = execute(&self.file, &op);
+                self.ready.push((tag, result));
+                return self.event.write(1);
+            }
+        };
+        let entry = entry.user_data(tag);
+        // SAFETY: the buffers the entry points to are kept in `in_flight` until its
+        // completion is reaped, and they point into guest memory that outlives the VM's I/O.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            // The submission queue is full: let the kernel take what is queued, then retry once.
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        self.in_flight.insert(tag, op);
+        // The operation is queued and will run: a failed io_uring_enter is retried
+        // from `drain` (commit made the eventfd readable), never reported as a
+        // failure of an operation the kernel may still perform.
+        if self.submission == Submission::EachOperation {
+            if let Err(e) = self.commit() {
+                log::warn!("virtio-blk: io_uring submission failed: {e}; retrying");
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // The entries stay in the submission queue; wake the worker to retry.
+                let _ = self.event.write(1);
+                Err(e)
+            }
+        }
+    }
+
+    fn completion_fd(&self) -> RawFd {
+        self.event.as_raw_fd()
+    }
+
+    fn drain(&mut self, out: &mut Vec<Completion>) {
+        let _ = self.event.read();
+        if let Err(e) = self.commit() {
+            log::warn!("virtio-blk: io_uring submission failed: {e}; retrying");
+        }
+        self.collect(out);
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) {
+        self.collect(out);
     }
 
     fn name(&self) -> &'static str {
@@ -469,7 +558,7 @@ mod tests {
     #[test]
     fn io_uring_round_trip_where_the_kernel_allows_it() {
         let (path, disk) = temp_disk("probe-uring", 512);
-        let available = IoUringEngine::new(disk.file().clone(), 8).is_ok();
+        let available = IoUringEngine::new(disk.file().clone(), 8, Submission::Batch).is_ok();
         let _ = std::fs::remove_file(path);
         if !available {
             eprintln!("SKIPPED: io_uring is not available here; the thread pool is used instead");

@@ -179,7 +179,19 @@ impl BlockWorker {
                 Err(e) => return self.queue_failed(q, &e),
             }
         }
-        self.signal_if_needed(q);
+        // One system call starts the whole batch; what finished inside it is
+        // completed now, in the same interrupt as the synchronous answers.
+        if let Err(e) = self.engine.commit() {
+            log::warn!("virtio-blk: {}: cannot start I/O: {e}; retrying", self.disk.path().display());
+        }
+        let mut done = Vec::new();
+        self.engine.poll(&mut done);
+        self.finish(done, Some(q));
+    }
+
+    /// Requests handed to the disk engine and not completed yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     fn handle_chain(&mut self, q: usize, chain: &DescriptorChain) {
@@ -318,7 +330,13 @@ impl BlockWorker {
     pub fn reap(&mut self) {
         let mut done: Vec<Completion> = Vec::new();
         self.engine.drain(&mut done);
-        let mut touched = Vec::new();
+        self.finish(done, None);
+    }
+
+    /// Completes the requests in `done` and interrupts the driver of every
+    /// queue that got used buffers, or of `also` (which may have some already).
+    fn finish(&mut self, done: Vec<Completion>, also: Option<usize>) {
+        let mut touched: Vec<usize> = also.into_iter().collect();
         for (tag, result) in done {
             let Some(f) = self.in_flight.remove(&tag) else {
                 continue;
