@@ -11,11 +11,18 @@
 //! VMM fills before boot with [`Rtc::set_cmos_byte`] (memory sizes at
 //! 0x30/0x31, 0x34/0x35 and 0x5B-0x5D, as firmware and some guests expect).
 //!
+//! Interrupts: with an [`IrqLine`] ([`Rtc::with_irq`]), the periodic (PIE)
+//! and update-ended (UIE) interrupts raise IRQ 8 when their flag comes up in
+//! register C, and reading register C lowers it again, as on a PC (SeaBIOS's
+//! `int 15h AH=86h` waits on the periodic interrupt; Linux's `hwclock` on the
+//! update-ended one). The device has no thread of its own: the VMM asks
+//! [`Rtc::next_interrupt`] when the next one is due, arms a host timer for
+//! then and calls [`Rtc::poll_interrupt`] when it fires (and again after any
+//! guest access to registers A-C, which can change the answer).
+//!
 //! Not modelled:
-//! - Interrupts: IRQ 8 is never raised (periodic, alarm and update-ended
-//!   interrupts would need a host timer). Register C still reports the
-//!   update-ended and periodic flags for guests that poll it; the alarm flag
-//!   is never set, and the alarm registers just store what is written.
+//! - The alarm interrupt: the alarm flag is never set, and the alarm registers
+//!   just store what is written.
 //! - The divider chain: register A's DV and RS bits read back as written, but
 //!   a divider reset does not stop the clock.
 //! - Daylight-saving (register B DSE) and square-wave output.
@@ -28,13 +35,17 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::bus::BusDevice;
+use std::sync::Arc;
+
+use crate::bus::{BusDevice, IrqLine};
 use crate::ratelimit::LogLimiter;
 
 /// The index (address) port; the device also decodes the data port at + 1.
 pub const RTC_INDEX_PORT: u16 = 0x70;
 /// The data port.
 pub const RTC_DATA_PORT: u16 = 0x71;
+/// The RTC's interrupt line on a PC.
+pub const RTC_IRQ: u8 = 8;
 /// Size of the CMOS address space the index port selects from.
 pub const CMOS_SIZE: usize = 128;
 
@@ -65,6 +76,7 @@ const A_DEFAULT: u8 = 0x26;
 
 // Register B.
 const B_SET: u8 = 0x80;
+const B_PIE: u8 = 0x40;
 const B_UIE: u8 = 0x10;
 const B_INTERRUPT_ENABLES: u8 = 0x70; // PIE | AIE | UIE, aligned with C's flags
 const B_BINARY: u8 = 0x04; // DM: binary instead of BCD
@@ -172,6 +184,10 @@ pub struct Rtc {
     frozen: Option<DateTime>,
     /// When register C was last read, to tell which flags have come up since.
     flags_read_at: Duration,
+    /// IRQ 8, if the interrupts are wired.
+    irq: Option<Arc<dyn IrqLine>>,
+    /// Whether IRQ 8 is asserted (until register C is read).
+    irq_asserted: bool,
     bad_access: LogLimiter,
     bad_value: LogLimiter,
 }
@@ -200,9 +216,58 @@ impl Rtc {
             offset_secs: 0,
             frozen: None,
             flags_read_at,
+            irq: None,
+            irq_asserted: false,
             bad_access: LogLimiter::new(),
             bad_value: LogLimiter::new(),
         }
+    }
+
+    /// Wires the periodic and update-ended interrupts to `irq` (IRQ 8 on a PC).
+    pub fn with_irq(mut self, irq: Arc<dyn IrqLine>) -> Self {
+        self.irq = Some(irq);
+        self
+    }
+
+    /// When, on this RTC's clock (time since the Unix epoch), the next enabled
+    /// interrupt flag comes up; `None` if no interrupt is enabled, none is
+    /// wired, or IRQ 8 is already asserted (nothing new happens until the guest
+    /// reads register C). A time in the past means "now".
+    pub fn next_interrupt(&self) -> Option<Duration> {
+        if self.irq.is_none() || self.irq_asserted {
+            return None;
+        }
+        let last = self.flags_read_at.as_nanos();
+        let mut next: Option<u128> = None;
+        if self.reg_b & B_PIE != 0 {
+            if let Some(period) = self.periodic_period_ns() {
+                next = Some((last / period + 1) * period);
+            }
+        }
+        if self.reg_b & B_UIE != 0 && self.reg_b & B_SET == 0 {
+            let second = u128::from(NANOS_PER_SEC);
+            let update = (last / second + 1) * second;
+            next = Some(next.map_or(update, |n| n.min(update)));
+        }
+        next.map(|ns| Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
+    }
+
+    /// How long from now until [`next_interrupt`](Self::next_interrupt) (zero if
+    /// it is already due).
+    pub fn time_to_next_interrupt(&self) -> Option<Duration> {
+        self.next_interrupt().map(|at| at.saturating_sub((self.clock)()))
+    }
+
+    /// Asserts IRQ 8 if an enabled interrupt is due; returns whether it did.
+    pub fn poll_interrupt(&mut self) -> bool {
+        let due = self.next_interrupt().is_some_and(|at| at <= (self.clock)());
+        if due {
+            self.irq_asserted = true;
+            if let Some(irq) = &self.irq {
+                irq.set_level(true);
+            }
+        }
+        due
     }
 
     /// Stores `value` at CMOS address `index` as a guest write to that
@@ -311,6 +376,11 @@ impl Rtc {
         }
         if flags & self.reg_b & B_INTERRUPT_ENABLES != 0 {
             flags |= C_IRQF;
+        }
+        if std::mem::take(&mut self.irq_asserted) {
+            if let Some(irq) = &self.irq {
+                irq.set_level(false);
+            }
         }
         flags
     }
@@ -434,6 +504,7 @@ impl BusDevice for Rtc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RecordingIrqLine;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -697,5 +768,63 @@ mod tests {
             }
         }
         assert_eq!(h.get(0x20), 0x33);
+    }
+
+    #[test]
+    fn periodic_interrupt_raises_irq8_until_register_c_is_read() {
+        let mut h = Harness::at(LEAP_DAY);
+        let irq = Arc::new(RecordingIrqLine::default());
+        h.rtc = std::mem::take(&mut h.rtc).with_irq(irq.clone());
+        assert_eq!(h.rtc.next_interrupt(), None, "nothing enabled");
+        // 1024 Hz (RS = 6, the default) with PIE, as SeaBIOS's int 15h/86h sets it.
+        h.get(REG_C);
+        h.set(REG_B, B_DEFAULT | B_PIE);
+        let start = Duration::from_secs(LEAP_DAY);
+        let period = Duration::from_nanos(976_562);
+        // Periods are counted on the clock's own time line, so the first one ends within a period.
+        let first = h.rtc.next_interrupt().unwrap();
+        assert!(first > start && first <= start + period, "{first:?}");
+        assert!(!h.rtc.poll_interrupt(), "not due yet");
+        assert!(!irq.level());
+        h.advance_ms(1);
+        assert!(h.rtc.poll_interrupt());
+        assert!(irq.level());
+        assert_eq!(h.rtc.next_interrupt(), None, "nothing new until C is read");
+        let c = h.get(REG_C);
+        assert_eq!(c & (C_IRQF | C_PF), C_IRQF | C_PF);
+        assert!(!irq.level(), "reading C lowers IRQ 8");
+        let next = h.rtc.next_interrupt().unwrap();
+        assert!(next > start + period && next <= start + Duration::from_millis(1) + period);
+        // Disabling PIE stops it.
+        h.set(REG_B, B_DEFAULT);
+        assert_eq!(h.rtc.next_interrupt(), None);
+    }
+
+    #[test]
+    fn update_ended_interrupt_comes_at_the_second_boundary() {
+        let mut h = Harness::at(LEAP_DAY);
+        h.advance_ms(300);
+        let irq = Arc::new(RecordingIrqLine::default());
+        h.rtc = std::mem::take(&mut h.rtc).with_irq(irq.clone());
+        h.get(REG_C);
+        h.set(REG_B, B_DEFAULT | B_UIE);
+        assert_eq!(h.rtc.next_interrupt(), Some(Duration::from_secs(LEAP_DAY + 1)));
+        h.advance_ms(700);
+        assert!(h.rtc.poll_interrupt());
+        assert!(irq.level());
+        assert_eq!(h.get(REG_C) & (C_IRQF | C_UF), C_IRQF | C_UF);
+        assert!(!irq.level());
+        // SET stops updates (and clears UIE).
+        h.set(REG_B, B_DEFAULT | B_SET | B_UIE);
+        assert_eq!(h.rtc.next_interrupt(), None);
+    }
+
+    #[test]
+    fn an_unwired_rtc_never_schedules_interrupts() {
+        let mut h = Harness::at(LEAP_DAY);
+        h.set(REG_B, B_DEFAULT | B_PIE | B_UIE);
+        assert_eq!(h.rtc.next_interrupt(), None);
+        h.advance_ms(2000);
+        assert!(!h.rtc.poll_interrupt());
     }
 }

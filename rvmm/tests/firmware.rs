@@ -15,7 +15,8 @@ use std::time::Duration;
 use common::{rvmm_run, scratch};
 use rvmm_tests::seabios::{
     check_bios_services_disk, check_bios_services_serial, seabios_bios, write_bios_services_disk, write_boot_disk,
-    write_unbootable_disk, BOOT_DEBUG, BOOT_SERIAL, MBR_EXIT_STATUS, MBR_MARKER, NO_BOOT_SERIAL,
+    write_unbootable_disk, write_wait_disk, BOOT_DEBUG, BOOT_SERIAL, MBR_EXIT_STATUS, MBR_MARKER, NO_BOOT_SERIAL,
+    WAIT_EXIT_STATUS,
 };
 use rvmm_tests::{VmOutput, VmRunner};
 
@@ -236,4 +237,24 @@ fn bad_firmware_arguments() {
     for f in [empty, odd, huge] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+/// SeaBIOS's `int 15h AH=86h` waits on the CMOS RTC's periodic interrupt (IRQ 8):
+/// the wait boot sector asks for 100 ms and exits with 42 when it returns, in both
+/// irqchip modes. Without IRQ 8 the wait never ends.
+#[test]
+fn seabios_int15_wait_runs_on_the_rtc_interrupt() {
+    let Some(bios) = bios_or_skip("seabios_int15_wait_runs_on_the_rtc_interrupt") else { return };
+    let disk = scratch("seabios-wait.img");
+    write_wait_disk(&disk).unwrap();
+    for irqchip in ["kernel", "split"] {
+        let out = run_firmware(
+            &bios,
+            &["--disk", disk.to_str().unwrap(), "--irqchip", irqchip, "--console", "none", "--debugcon", "none"],
+            &[],
+        );
+        assert!(!out.timed_out, "--irqchip {irqchip}: the BIOS wait never ended\n{}", out.describe());
+        assert_eq!(out.exit_code(), Some(i32::from(WAIT_EXIT_STATUS)), "--irqchip {irqchip}\n{}", out.describe());
+    }
+    let _ = std::fs::remove_file(&disk);
 }

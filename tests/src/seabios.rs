@@ -248,6 +248,43 @@ pub fn write_unbootable_disk(path: &Path) -> io::Result<()> {
     write_disk(path, &boot_sector(false))
 }
 
+/// The status the wait boot sector ([`wait_boot_sector`]) writes to port 0xf4 when
+/// SeaBIOS's `int 15h AH=86h` returned with the carry flag clear; 3 if it failed.
+pub const WAIT_EXIT_STATUS: u8 = 42;
+
+/// A boot sector that asks the BIOS to wait 100 ms (`int 15h AH=86h`, CX:DX =
+/// 100000 µs) and then exits through port 0xf4 with [`WAIT_EXIT_STATUS`] (3 if the
+/// BIOS refused). SeaBIOS implements the wait with the CMOS RTC's periodic
+/// interrupt (IRQ 8, register B's PIE, 1024 Hz): without it the wait never ends.
+#[rustfmt::skip]
+pub fn wait_boot_sector() -> [u8; 512] {
+    const CODE: [u8; 25] = [
+        0xfb,                   // 00: sti
+        0xb4, 0x86,             // 01: mov ah, 0x86       ; BIOS wait
+        0xb9, 0x01, 0x00,       // 03: mov cx, 0x0001     ; CX:DX = 0x000186a0 = 100000 us
+        0xba, 0xa0, 0x86,       // 06: mov dx, 0x86a0
+        0xcd, 0x15,             // 09: int 0x15
+        0x72, 0x04,             // 0b: jc 0x11            ; refused
+        0xb0, WAIT_EXIT_STATUS, // 0d: mov al, 42
+        0xeb, 0x02,             // 0f: jmp 0x13
+        0xb0, 0x03,             // 11: mov al, 3
+        0xe6, 0xf4,             // 13: out 0xf4, al       ; isa-debug-exit
+        0xfa,                   // 15: cli
+        0xf4,                   // 16: hlt
+        0xeb, 0xfd,             // 17: jmp 0x16
+    ];
+    let mut sector = [0u8; 512];
+    sector[..CODE.len()].copy_from_slice(&CODE);
+    sector[510] = 0x55;
+    sector[511] = 0xaa;
+    sector
+}
+
+/// Writes a [`BOOT_DISK_SIZE`] disk whose MBR is [`wait_boot_sector`].
+pub fn write_wait_disk(path: &Path) -> io::Result<()> {
+    write_disk(path, &wait_boot_sector())
+}
+
 fn write_disk(path: &Path, sector0: &[u8; 512]) -> io::Result<()> {
     let mut disk = vec![0u8; BOOT_DISK_SIZE];
     disk[..512].copy_from_slice(sector0);

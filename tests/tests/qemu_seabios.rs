@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use rvmm_tests::seabios::{
     check_bios_services_disk, check_bios_services_serial, seabios_bios, write_bios_services_disk, write_boot_disk,
-    write_unbootable_disk, BOOT_DEBUG, BOOT_SERIAL, MBR_EXIT_STATUS, MBR_MARKER, NO_BOOT_SERIAL, SEABIOS_BIOS_256K,
+    write_unbootable_disk, write_wait_disk, BOOT_DEBUG, BOOT_SERIAL, MBR_EXIT_STATUS, MBR_MARKER, NO_BOOT_SERIAL,
+    SEABIOS_BIOS_256K, WAIT_EXIT_STATUS,
 };
 use rvmm_tests::{qemu_x86_64, VmOutput, VmRunner};
 
@@ -188,4 +189,18 @@ fn seabios_bios_services_under_qemu() {
     );
     assert!(e820.entries >= 3, "{e820:?}\n{}", d());
     check_bios_services_disk(&scratch.disk, &mbr).unwrap_or_else(|e| panic!("{e}\n{}", d()));
+}
+
+/// The wait boot sector: SeaBIOS's `int 15h AH=86h` (100 ms on the RTC's periodic
+/// interrupt, IRQ 8) returns and the MBR exits with 42.
+#[test]
+fn seabios_int15_wait_under_qemu() {
+    let test = "seabios_int15_wait_under_qemu";
+    let Some((qemu, bios)) = tools_or_skip(test) else { return };
+    let scratch = Scratch::new("wait");
+    write_wait_disk(&scratch.disk).unwrap();
+    let out = VmRunner::new(qemu_seabios_command(&qemu, &bios, &scratch, &[])).timeout(TIMEOUT).run().unwrap();
+    let log = scratch.debug_log();
+    assert!(!out.timed_out, "QEMU timed out\n{}", describe(&out, &log));
+    assert_eq!(out.exit_code(), Some(((WAIT_EXIT_STATUS as i32) << 1) | 1), "{}", describe(&out, &log));
 }

@@ -18,6 +18,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod interrupt;
 pub mod memory;
+pub mod rtc;
 pub mod stats;
 pub mod vm;
 

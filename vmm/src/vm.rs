@@ -10,7 +10,7 @@ use devices::acpi_pm::AcpiSleepControl;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::debugcon::{DebugCon, DebugconOutput, DEBUGCON_PORT};
 use devices::i8042::{I8042, I8042_AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ};
-use devices::rtc::Rtc;
+use devices::rtc::{Rtc, RTC_IRQ};
 use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
 use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -192,6 +192,9 @@ pub enum VmError {
         /// The error.
         source: std::io::Error,
     },
+    /// The RTC's interrupt timer could not be set up.
+    #[error("RTC timer: {0}")]
+    RtcTimer(std::io::Error),
     /// Console set-up (raw mode, epoll, signals).
     #[error("console: {0}")]
     Console(std::io::Error),
@@ -246,6 +249,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     /// The user-space PIT's timer thread (split irqchip); stopped when the VM is dropped.
     _pit_timer: Option<virtio::worker::Worker>,
+    /// The RTC's interrupt timer thread.
+    _rtc_timer: virtio::worker::Worker,
     user_irqchip: Option<Arc<UserIrqChip>>,
     vcpu_stats: Vec<Arc<VcpuStats>>,
     buses: [Arc<Bus>; 2],
@@ -408,7 +413,8 @@ impl Vm {
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
         let firmware_cpus = config.firmware.as_ref().map(|_| config.cpus);
-        let serial_input = add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout, firmware_cpus)?;
+        let (serial_input, rtc_timer) =
+            add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout, firmware_cpus)?;
         let console_input: Option<ConsoleSink> = match (serial_input, virtio_console_input) {
             (Some(serial), _) => {
                 Some(Arc::new(move |bytes: &[u8]| serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(bytes)))
@@ -510,6 +516,7 @@ impl Vm {
         Ok(Vm {
             vcpus,
             _pit_timer: pit_timer,
+            _rtc_timer: rtc_timer,
             user_irqchip: irqchip.user().cloned(),
             vcpu_stats,
             buses: [pio_bus, mmio_bus],
@@ -630,7 +637,7 @@ fn add_debugcon(pio: &Bus, target: &DebugconTarget) -> Result<(), VmError> {
 
 /// Registers COM1-COM4, the i8042, the RTC, the ACPI sleep register and the debug exit port.
 /// With `firmware_cpus`, the CMOS also gets the bytes PC firmware reads.
-/// Returns COM1 when its input comes from stdin.
+/// Returns COM1 when its input comes from stdin, and the RTC's timer thread.
 fn add_legacy_devices(
     irqchip: &IrqChip,
     pio: &Bus,
@@ -638,7 +645,7 @@ fn add_legacy_devices(
     console_config: &ConsoleConfig,
     layout: &MemoryLayout,
     firmware_cpus: Option<u8>,
-) -> Result<Option<Arc<Mutex<Serial>>>, VmError> {
+) -> Result<(Option<Arc<Mutex<Serial>>>, virtio::worker::Worker), VmError> {
     let sink = guest_event_sink(exit);
     let output = console::open_output(console_config).map_err(|source| match console_config {
         ConsoleConfig::File(path) => VmError::ConsoleFile { path: path.clone(), source },
@@ -666,12 +673,12 @@ fn add_legacy_devices(
     pio.insert_named(i8042.clone(), base, 1, base, "i8042")?;
     pio.insert_named(i8042, u64::from(I8042_COMMAND_PORT), 1, base, "i8042")?;
 
-    let mut rtc = Rtc::new();
+    let mut rtc = Rtc::new().with_irq(irqchip.line(u32::from(RTC_IRQ)));
     store_cmos_memory_size(&mut rtc, layout);
     if let Some(cpus) = firmware_cpus {
         boot::firmware::set_firmware_cmos(&mut rtc, cpus);
     }
-    pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2, "RTC")?;
+    let rtc_timer = crate::rtc::add_rtc(pio, rtc)?;
     pio.insert(
         Arc::new(Mutex::new(AcpiSleepControl::new(sink.clone()))),
         u64::from(ACPI_SLEEP_CONTROL_PORT),
@@ -680,7 +687,7 @@ fn add_legacy_devices(
     )?;
     pio.insert(Arc::new(Mutex::new(DebugExit::new(sink))), u64::from(DEBUG_EXIT_PORT), 1, "debug exit")?;
 
-    Ok(matches!(console_config, ConsoleConfig::Stdio).then_some(com1))
+    Ok((matches!(console_config, ConsoleConfig::Stdio).then_some(com1), rtc_timer))
 }
 
 /// The CMOS memory-size bytes PC firmware keeps (read by BIOSes and old loaders).
