@@ -60,6 +60,8 @@ const TABLE_ALIGN: usize = 8;
 /// hardware (PM1 blocks, PM timer, GPEs, SMI_CMD); sleep goes through
 /// SLEEP_CONTROL_REG instead.
 const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// The CMOS index of the RTC's century register (FADT CENTURY, §5.2.9).
+const RTC_CENTURY_INDEX: u8 = 0x32;
 /// IAPC_BOOT_ARCH LEGACY_DEVICES (bit 0) and 8042 (bit 1) (§5.2.9.3): the
 /// platform has ISA devices (COM1, RTC) and a PS/2 controller.
 const IAPC_BOOT_ARCH: u16 = (1 << 0) | (1 << 1);
@@ -393,9 +395,10 @@ pub fn build_fadt(config: &AcpiConfig, dsdt_addr: u64) -> Result<Sdt, AcpiError>
     // 48 SMI_CMD, 52-55 ACPI_ENABLE/DISABLE, S4BIOS_REQ, PSTATE_CNT,
     // 56-87 PM1a/b EVT, PM1a/b CNT, PM2 CNT, PM_TMR, GPE0/1 blocks,
     // 88-95 their lengths, GPE1_BASE, CST_CNT, 96-103 P_LVL2/3 latencies,
-    // flush size/stride, 104-108 duty offset/width, RTC alarm/century
+    // flush size/stride, 104-107 duty offset/width, RTC day/month alarm
     // indexes: all zero on hardware-reduced platforms.
-    t.append(&[0; 109 - 48]);
+    t.append(&[0; 108 - 48]);
+    t.append(&[RTC_CENTURY_INDEX]); // 108 CENTURY: the RTC's CMOS century register
 
     t.append(&IAPC_BOOT_ARCH.to_le_bytes()); // 109 IAPC_BOOT_ARCH
     t.append(&[0]); // 111 reserved
@@ -487,7 +490,20 @@ pub fn build_dsdt(config: &AcpiConfig) -> Result<Sdt, AcpiError> {
         ],
     )?;
 
-    let sb: AmlList = vec![Box::new(com1), Box::new(kbd)];
+    // The CMOS RTC (PNP0B00): ports 0x70-0x71, IRQ 8. A hardware-reduced
+    // platform has no implicit legacy RTC, so Linux binds rtc_cmos only to this.
+    let rtc = Device::new(
+        "RTC",
+        vec![
+            Box::new(Name::new("_HID", EisaId::new("PNP0B00")?)?),
+            Box::new(Name::new(
+                "_CRS",
+                ResourceTemplate::new(vec![Resource::io(0x70, 1, 2), Resource::irq_no_flags(8)?]),
+            )?),
+        ],
+    )?;
+
+    let sb: AmlList = vec![Box::new(com1), Box::new(kbd), Box::new(rtc)];
     let items: AmlList = vec![Box::new(s5), Box::new(Scope::new("\\_SB", sb)?)];
 
     let mut t = Sdt::new(*b"DSDT", DSDT_REVISION);
@@ -604,8 +620,9 @@ mod tests {
         assert_eq!(&f[244..256], &[1, 8, 0, 1, 0x00, 0x06, 0, 0, 0, 0, 0, 0], "SLEEP_CONTROL_REG");
         assert_eq!(&f[256..268], &[1, 8, 0, 1, 0x01, 0x06, 0, 0, 0, 0, 0, 0], "SLEEP_STATUS_REG");
         assert_eq!(&f[268..276], b"RVMM    ");
-        // Everything between SCI_INT and IAPC_BOOT_ARCH (fixed hardware) is zero.
-        assert!(f[48..109].iter().all(|&b| b == 0));
+        // Everything between SCI_INT and CENTURY (fixed hardware) is zero.
+        assert!(f[48..108].iter().all(|&b| b == 0));
+        assert_eq!(f[108], 0x32, "CENTURY: the RTC's century register");
     }
 
     /// MADT entries as (type, bytes).
@@ -655,7 +672,10 @@ mod tests {
         let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
         assert!(has(&[0x0C, 0x41, 0xD0, 0x05, 0x01]), "EISAID PNP0501");
         assert!(has(&[0x0C, 0x41, 0xD0, 0x03, 0x03]), "EISAID PNP0303");
+        assert!(has(&[0x0C, 0x41, 0xD0, 0x0B, 0x00]), "EISAID PNP0B00");
         assert!(has(&[0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x00, 0x08]), "COM1 IO");
+        assert!(has(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02]), "RTC IO");
+        assert!(has(&[0x22, 0x00, 0x01]), "IRQ 8");
         assert!(has(&[0x22, 0x10, 0x00]), "IRQ 4");
     }
 
@@ -804,6 +824,10 @@ mod tests {
             "EisaId (\"PNP0303\")",
             "0x0064",
             "IRQNoFlags ()\n                    {1}",
+            "Device (RTC)",
+            "EisaId (\"PNP0B00\")",
+            "0x0070",
+            "IRQNoFlags ()\n                    {8}",
         ] {
             assert!(dsdt.contains(want), "DSDT lacks {want:?}:\n{dsdt}");
         }
