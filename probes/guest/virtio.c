@@ -595,7 +595,12 @@ int vdev_setup_intx(struct vdev *v)
 		pci_wr16(d, 0x04, pci_rd16(d, 0x04) & ~(1 << 10));	/* INTx enabled */
 	}
 	own_vector(v, v->vec[1]);
-	v->gsi = ioapic_route_irq(irq, v->vec[1], 1, 0);	/* level, active high */
+	/*
+	 * Level-triggered. PCI INTx is active low, as Linux programs a GSI that an
+	 * ACPI _PRT entry names; the VMM's IOAPIC must still deliver the device's
+	 * assertions. virtio-mmio lines are active high (LNRO0005 _CRS).
+	 */
+	v->gsi = ioapic_route_irq(irq, v->vec[1], 1, v->pci ? 1 : 0);
 	puts(" gsi=");
 	if (v->gsi < 0)
 		puts("none");

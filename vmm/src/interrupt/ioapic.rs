@@ -23,8 +23,16 @@
 //!
 //! Pin semantics (3.2.4): a masked pin ignores edges and level changes
 //! entirely ("not delivered or held pending"). An unmasked edge-triggered pin
-//! delivers on every transition of its line to the active level (polarity
-//! applied). A level-triggered pin delivers while active if Remote IRR is
+//! delivers on every transition of its line to asserted.
+//!
+//! Lines are logical, as in KVM's and QEMU's IOAPICs: a device asserts its
+//! line, whatever the wire's electrical polarity on a real board. The
+//! firmware tables tell the guest that polarity (ISA lines active high, PCI
+//! INTx active low, which ACPI `_PRT` entries imply) and the guest programs
+//! bit 13 to match; the model stores and reads back that bit but does not
+//! invert by it, since it receives assertions, not voltages. (Inverting would
+//! turn every PCI INTx that Linux programs active low into one that fires while
+//! the device is idle.) A level-triggered pin delivers while active if Remote IRR is
 //! clear and then sets Remote IRR; the local APIC's EOI for the vector
 //! ([`IoApic::end_of_interrupt`], from KVM_EXIT_IOAPIC_EOI, or the EOI
 //! register) clears it and the pin delivers again if still active. As in KVM
@@ -308,10 +316,9 @@ impl IoApic {
         self.entries.map(RedirectionEntry::route)
     }
 
-    /// Whether the line of `pin` is at its active level (polarity applied).
+    /// Whether the line of `pin` is asserted (see "Lines are logical" above).
     fn active(&self, pin: usize) -> bool {
-        let high = self.lines & (1 << pin) != 0;
-        high != self.entries[pin].active_low()
+        self.lines & (1 << pin) != 0
     }
 
     /// Delivers a level-triggered pin if it is active, unmasked and not
@@ -324,8 +331,8 @@ impl IoApic {
         }
     }
 
-    /// Drives input `pin` (0-23) to `level` (the electrical level; the
-    /// entry's polarity decides which level is active). Pins past 23 are
+    /// Asserts (`level` true) or deasserts input `pin` (0-23); the entry's
+    /// polarity bit does not invert it (see the module docs). Pins past 23 are
     /// ignored.
     pub fn set_irq(&mut self, pin: u8, level: bool) {
         let p = usize::from(pin);
@@ -633,24 +640,24 @@ mod tests {
     }
 
     #[test]
-    fn polarity_low_inverts_the_line() {
+    fn active_low_entries_still_deliver_asserted_lines() {
         let (mut apic, log) = ioapic();
-        // Level, active low (a PCI INTx line as ACPI describes it).
+        // Level, active low: a PCI INTx line as ACPI's _PRT makes Linux program it.
         program(&mut apic, 16, 0x50 | LEVEL | ACTIVE_LOW | MASK, 0);
-        apic.set_irq(16, true); // electrically high = inactive
+        assert!(apic.entry(16).unwrap().active_low(), "the bit reads back");
         program(&mut apic, 16, 0x50 | LEVEL | ACTIVE_LOW, 0);
-        assert!(taken(&log).is_empty());
-        apic.set_irq(16, false); // asserted
+        assert!(taken(&log).is_empty(), "an idle line does not fire");
+        apic.set_irq(16, true); // the device asserts its INTx
         assert_eq!(taken(&log).len(), 1);
-        apic.set_irq(16, true);
+        apic.set_irq(16, false);
         apic.end_of_interrupt(0x50);
-        assert!(taken(&log).is_empty());
-        // Edge, active low: the falling edge is the one that counts.
+        assert!(taken(&log).is_empty(), "deasserted before the EOI: done");
+        // Edge, active low: the assertion is the edge that counts.
         program(&mut apic, 17, 0x51 | ACTIVE_LOW, 0);
         apic.set_irq(17, true);
-        assert!(taken(&log).is_empty());
-        apic.set_irq(17, false);
         assert_eq!(taken(&log).len(), 1);
+        apic.set_irq(17, false);
+        assert!(taken(&log).is_empty());
     }
 
     #[test]
