@@ -275,7 +275,8 @@ fn write_firmware_tables(
     pci: Option<&pci_acpi::PciDescription>,
     mmio_devices: &[pci_acpi::MmioDeviceDescription],
 ) -> Result<u64, BootError> {
-    let mp = mptable::build_mptable(MPTABLE_ADDR, num_cpus)?;
+    let pci_intx = pci.map(|p| p.intx_routes.as_slice());
+    let mp = mptable::build_mptable(MPTABLE_ADDR, num_cpus, pci_intx)?;
     write_guest(memory, MPTABLE_ADDR, &mp, "MP table")?;
     let tables = build_acpi(num_cpus, pci, mmio_devices)?;
     write_guest(memory, ACPI_ADDR, &tables.bytes, "ACPI tables")?;

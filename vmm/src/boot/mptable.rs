@@ -13,9 +13,9 @@
 //! | 0 | 16 | MP floating pointer structure (§4.1) |
 //! | 16 | 44 | MP configuration table header (§4.2) |
 //! | 60 | 20 × n | processor entries (§4.3.1) |
-//! | .. | 8 | bus entry (§4.3.2) |
+//! | .. | 8 or 16 | bus entries (§4.3.2): ISA (ID 0), and PCI (ID 1) if the VM has a PCI bus |
 //! | .. | 8 | I/O APIC entry (§4.3.3) |
-//! | .. | 8 × 15 | I/O interrupt assignment entries (§4.3.4) |
+//! | .. | 8 × (15 + p) | I/O interrupt assignment entries (§4.3.4): ISA IRQs, then each PCI function's INTA# |
 //! | .. | 8 × 2 | local interrupt assignment entries (§4.3.5) |
 //!
 //! The entries follow the order the spec requires (§4.3: entries sorted
@@ -53,6 +53,12 @@ const MPC_OEM_ID: &[u8; 8] = b"RVMM    ";
 const MPC_PRODUCT_ID: &[u8; 12] = b"RVMMVM      ";
 /// Bus type string of an ISA bus: 6 bytes, space padded (§4.3.2, table 4-8).
 const BUS_TYPE_ISA: &[u8; 6] = b"ISA   ";
+/// Bus type string of a PCI bus (§4.3.2, table 4-8).
+const BUS_TYPE_PCI: &[u8; 6] = b"PCI   ";
+/// Bus IDs: ISA first, then PCI (an OS numbers PCI buses in the order of
+/// their bus entries, so this one becomes PCI bus 0).
+const ISA_BUS_ID: u8 = 0;
+const PCI_BUS_ID: u8 = 1;
 
 /// Size of the floating pointer structure: one 16-byte paragraph (§4.1).
 const MPF_SIZE: usize = 16;
@@ -114,24 +120,36 @@ pub enum MpTableError {
     /// configuration table (§4.1), so the whole table must lie below 4 GiB.
     #[error("MP table at {0:#x} does not lie below 4 GiB")]
     AddressAbove4G(u64),
+    /// A PCI INTx route names a slot past 31 or a GSI past the I/O APIC's pins.
+    #[error("MP table: PCI slot {slot} cannot be routed to GSI {gsi}")]
+    BadPciRoute {
+        /// The device number.
+        slot: u8,
+        /// The GSI.
+        gsi: u32,
+    },
 }
+
+/// Pins of the single I/O APIC the table describes.
+const IOAPIC_PINS: u32 = crate::interrupt::msi::IOAPIC_PINS;
 
 /// Size in bytes of the MP table that [`build_mptable`] returns for
 /// `num_cpus` CPUs (the caller checks that it fits the BIOS area).
-pub fn mptable_size(num_cpus: u8) -> usize {
-    // Cannot overflow: num_cpus is a u8, so the total stays below 6 KiB.
-    MPF_SIZE + config_table_size(num_cpus)
+pub fn mptable_size(num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) -> usize {
+    // Cannot overflow: num_cpus is a u8 and PCI has at most 32 slots, so the total stays below 7 KiB.
+    MPF_SIZE + config_table_size(num_cpus, pci_intx)
 }
 
 /// Size of the configuration table (header plus base entries), the value of
 /// its "base table length" field (§4.2).
-fn config_table_size(num_cpus: u8) -> usize {
-    MPC_HEADER_SIZE
-        + usize::from(num_cpus) * PROCESSOR_ENTRY_SIZE
-        + ENTRY_SIZE // bus
-        + ENTRY_SIZE // I/O APIC
-        + NUM_ISA_IRQ_ENTRIES * ENTRY_SIZE
-        + NUM_LOCAL_INT_ENTRIES * ENTRY_SIZE
+fn config_table_size(num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) -> usize {
+    MPC_HEADER_SIZE + usize::from(num_cpus) * PROCESSOR_ENTRY_SIZE + entry_count(pci_intx) * ENTRY_SIZE
+}
+
+/// The 8-byte entries: buses, the I/O APIC, I/O and local interrupts.
+fn entry_count(pci_intx: Option<&[(u8, u32)]>) -> usize {
+    let (pci_bus, pci_entries) = pci_intx.map_or((0, 0), |r| (1, r.len()));
+    1 + pci_bus + 1 + NUM_ISA_IRQ_ENTRIES + pci_entries + NUM_LOCAL_INT_ENTRIES
 }
 
 /// Builds the MP floating pointer structure followed by the MP
@@ -141,8 +159,11 @@ fn config_table_size(num_cpus: u8) -> usize {
 /// CPU `i` gets APIC ID `i` (CPU 0 is the bootstrap processor), the single
 /// I/O APIC gets ID `num_cpus` at [`IO_APIC_DEFAULT_PHYS_BASE`], and ISA
 /// IRQ `n` is routed to I/O APIC pin `n`, except IRQ 0 (the PIT) which goes
-/// to pin 2 as on PC firmware and QEMU.
-pub fn build_mptable(table_addr: u64, num_cpus: u8) -> Result<Vec<u8>, MpTableError> {
+/// to pin 2 as on PC firmware and QEMU. With `pci_intx` (`(slot, GSI)` of the
+/// INTA# of each function on PCI bus 0), a PCI bus is described too and each
+/// INTA# is routed to I/O APIC pin GSI, level-triggered and active low as the
+/// PCI bus conforms to (the routes the ACPI `_PRT` gives).
+pub fn build_mptable(table_addr: u64, num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) -> Result<Vec<u8>, MpTableError> {
     if num_cpus == 0 {
         return Err(MpTableError::NoCpus);
     }
@@ -152,7 +173,12 @@ pub fn build_mptable(table_addr: u64, num_cpus: u8) -> Result<Vec<u8>, MpTableEr
     if table_addr % 16 != 0 {
         return Err(MpTableError::MisalignedAddress(table_addr));
     }
-    let size = mptable_size(num_cpus);
+    for &(slot, gsi) in pci_intx.unwrap_or_default() {
+        if slot >= 32 || gsi >= IOAPIC_PINS {
+            return Err(MpTableError::BadPciRoute { slot, gsi });
+        }
+    }
+    let size = mptable_size(num_cpus, pci_intx);
     let end = u64::try_from(size)
         .ok()
         .and_then(|s| table_addr.checked_add(s))
@@ -169,7 +195,7 @@ pub fn build_mptable(table_addr: u64, num_cpus: u8) -> Result<Vec<u8>, MpTableEr
 
     let mut out = Vec::with_capacity(size);
     write_floating_pointer(&mut out, config_addr);
-    write_config_table(&mut out, num_cpus);
+    write_config_table(&mut out, num_cpus, pci_intx);
     Ok(out)
 }
 
@@ -191,13 +217,13 @@ fn write_floating_pointer(out: &mut Vec<u8>, config_addr: u32) {
 }
 
 /// Appends the configuration table header and its base entries (§4.2, §4.3).
-fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
+fn write_config_table(out: &mut Vec<u8>, num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) {
     let start = out.len();
     // The ID the I/O APIC's register reads after reset, as in the MADT.
     let ioapic_id = super::acpi::IOAPIC_ID;
-    // Both fit in u16: at most 44 + 254*20 + 8*18 bytes and 254+18 entries.
-    let base_len = config_table_size(num_cpus) as u16;
-    let entry_count = u16::from(num_cpus) + (2 + NUM_ISA_IRQ_ENTRIES + NUM_LOCAL_INT_ENTRIES) as u16;
+    // Both fit in u16: at most 44 + 254*20 + 8*51 bytes and 254+51 entries.
+    let base_len = config_table_size(num_cpus, pci_intx) as u16;
+    let entry_count = u16::from(num_cpus) + entry_count(pci_intx) as u16;
 
     out.extend_from_slice(MPC_SIGNATURE);
     out.extend_from_slice(&base_len.to_le_bytes()); // BASE TABLE LENGTH
@@ -229,10 +255,16 @@ fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
         out.extend_from_slice(&[0; 8]); // reserved
     }
 
-    // Bus entry (§4.3.2): bus 0 is the ISA bus the legacy devices sit on.
+    // Bus entries (§4.3.2), in ascending ID order: the ISA bus the legacy
+    // devices sit on, then PCI bus 0.
     out.push(ENTRY_BUS);
-    out.push(0); // BUS ID
+    out.push(ISA_BUS_ID); // BUS ID
     out.extend_from_slice(BUS_TYPE_ISA);
+    if pci_intx.is_some() {
+        out.push(ENTRY_BUS);
+        out.push(PCI_BUS_ID);
+        out.extend_from_slice(BUS_TYPE_PCI);
+    }
 
     // I/O APIC entry (§4.3.3).
     out.push(ENTRY_IOAPIC);
@@ -250,25 +282,38 @@ fn write_config_table(out: &mut Vec<u8>, num_cpus: u8) {
             2 => continue,
             n => n,
         };
-        write_interrupt_entry(out, ENTRY_IO_INTERRUPT, INT_TYPE_INT, irq, ioapic_id, pin);
+        write_interrupt_entry(out, ENTRY_IO_INTERRUPT, INT_TYPE_INT, ISA_BUS_ID, irq, ioapic_id, pin);
+    }
+    // PCI (§D.3): the source IRQ is the device number in bits 6:2 and the
+    // pin in bits 1:0 (0 = INTA#); flags "conforming" mean level, active low.
+    for &(slot, gsi) in pci_intx.unwrap_or_default() {
+        // Checked by build_mptable: slot < 32, gsi < 24.
+        write_interrupt_entry(out, ENTRY_IO_INTERRUPT, INT_TYPE_INT, PCI_BUS_ID, slot << 2, ioapic_id, gsi as u8);
     }
 
     // Local interrupt assignment entries (§4.3.5, and the virtual wire
     // mode of §3.6.2.2): the 8259 drives LINT0 as ExtINT, NMI is LINT1.
-    write_interrupt_entry(out, ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, ALL_LOCAL_APICS, 0);
-    write_interrupt_entry(out, ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, ALL_LOCAL_APICS, 1);
+    write_interrupt_entry(out, ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, ISA_BUS_ID, 0, ALL_LOCAL_APICS, 0);
+    write_interrupt_entry(out, ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, ISA_BUS_ID, 0, ALL_LOCAL_APICS, 1);
 
     set_checksum(out, start, checksum_pos);
 }
 
 /// Appends an I/O or local interrupt assignment entry; both share one
-/// 8-byte layout (§4.3.4 table 4-10, §4.3.5 table 4-12). The source bus is
-/// always bus 0 (ISA).
-fn write_interrupt_entry(out: &mut Vec<u8>, entry_type: u8, int_type: u8, source_irq: u8, dest_id: u8, dest_pin: u8) {
+/// 8-byte layout (§4.3.4 table 4-10, §4.3.5 table 4-12).
+fn write_interrupt_entry(
+    out: &mut Vec<u8>,
+    entry_type: u8,
+    int_type: u8,
+    source_bus: u8,
+    source_irq: u8,
+    dest_id: u8,
+    dest_pin: u8,
+) {
     out.push(entry_type);
     out.push(int_type); // INTERRUPT TYPE
     out.extend_from_slice(&INT_FLAGS_CONFORMING.to_le_bytes()); // PO and EL
-    out.push(0); // SOURCE BUS ID
+    out.push(source_bus); // SOURCE BUS ID
     out.push(source_irq); // SOURCE BUS IRQ
     out.push(dest_id); // DESTINATION I/O APIC ID or LOCAL APIC ID
     out.push(dest_pin); // DESTINATION INTIN# or LINTIN#
@@ -302,15 +347,15 @@ mod tests {
     #[test]
     fn size_matches_formula() {
         for n in [1u8, 2, 4, 254] {
-            let t = build_mptable(MPTABLE_START, n).unwrap();
-            assert_eq!(t.len(), mptable_size(n));
+            let t = build_mptable(MPTABLE_START, n, None).unwrap();
+            assert_eq!(t.len(), mptable_size(n, None));
             assert_eq!(t.len(), 16 + 44 + 20 * n as usize + 8 + 8 + 15 * 8 + 2 * 8);
         }
     }
 
     #[test]
     fn floating_pointer_layout_and_checksum() {
-        let t = build_mptable(MPTABLE_START, 2).unwrap();
+        let t = build_mptable(MPTABLE_START, 2, None).unwrap();
         let mpf = &t[..16];
         assert_eq!(&mpf[0..4], b"_MP_");
         assert_eq!(u32_at(mpf, 4), 0xF0010, "config table right after the pointer");
@@ -323,7 +368,7 @@ mod tests {
     #[test]
     fn config_table_header_and_checksum() {
         for n in [1u8, 4, 254] {
-            let t = build_mptable(MPTABLE_START, n).unwrap();
+            let t = build_mptable(MPTABLE_START, n, None).unwrap();
             let mpc = &t[16..];
             assert_eq!(&mpc[0..4], b"PCMP");
             assert_eq!(u16_at(mpc, 4) as usize, mpc.len(), "base table length");
@@ -341,7 +386,7 @@ mod tests {
     #[test]
     fn entries_in_spec_order() {
         let n = 4u8;
-        let t = build_mptable(MPTABLE_START, n).unwrap();
+        let t = build_mptable(MPTABLE_START, n, None).unwrap();
         let mut off = 16 + 44;
         let mut types = Vec::new();
         while off < t.len() {
@@ -359,7 +404,7 @@ mod tests {
 
     #[test]
     fn processor_entries() {
-        let t = build_mptable(MPTABLE_START, 3).unwrap();
+        let t = build_mptable(MPTABLE_START, 3, None).unwrap();
         for i in 0..3usize {
             let e = &t[60 + 20 * i..60 + 20 * (i + 1)];
             assert_eq!(e[0], 0);
@@ -374,7 +419,7 @@ mod tests {
     #[test]
     fn bus_ioapic_and_interrupt_entries() {
         let n = 2u8;
-        let t = build_mptable(MPTABLE_START, n).unwrap();
+        let t = build_mptable(MPTABLE_START, n, None).unwrap();
         let base = 60 + 20 * n as usize;
         assert_eq!(&t[base..base + 8], &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
         let io = &t[base + 8..base + 16];
@@ -397,24 +442,53 @@ mod tests {
     }
 
     #[test]
+    fn pci_bus_and_its_intx_routes() {
+        let routes = [(1u8, 10u32), (2, 16)];
+        let t = build_mptable(MPTABLE_START, 1, Some(&routes)).unwrap();
+        assert_eq!(t.len(), mptable_size(1, Some(&routes)));
+        assert_eq!(sum(&t[16..16 + usize::from(u16_at(&t, 16 + 4))]), 0, "config table checksum");
+        assert_eq!(u16_at(&t, 16 + 34), 1 + 2 + 1 + 15 + 2 + 2, "entry count");
+        let base = 60 + 20;
+        assert_eq!(&t[base..base + 8], b"\x01\x00ISA   ");
+        assert_eq!(&t[base + 8..base + 16], b"\x01\x01PCI   ");
+        let id = crate::boot::acpi::IOAPIC_ID;
+        let pci = base + 24 + 8 * 15;
+        // INT, conforming (PCI: level, active low), bus 1, device << 2 | INTA#, I/O APIC pin = GSI.
+        assert_eq!(&t[pci..pci + 8], &[3, 0, 0, 0, 1, 1 << 2, id, 10]);
+        assert_eq!(&t[pci + 8..pci + 16], &[3, 0, 0, 0, 1, 2 << 2, id, 16]);
+        assert_eq!(t[pci + 16], 4, "local interrupt entries follow");
+        assert_eq!(
+            build_mptable(MPTABLE_START, 1, Some(&[(1, 24)])),
+            Err(MpTableError::BadPciRoute { slot: 1, gsi: 24 })
+        );
+        assert_eq!(
+            build_mptable(MPTABLE_START, 1, Some(&[(32, 5)])),
+            Err(MpTableError::BadPciRoute { slot: 32, gsi: 5 })
+        );
+        // A PCI bus without devices still gets its bus entry.
+        let empty = build_mptable(MPTABLE_START, 1, Some(&[])).unwrap();
+        assert_eq!(&empty[base + 8..base + 16], b"\x01\x01PCI   ");
+    }
+
+    #[test]
     fn rejects_bad_cpu_counts() {
-        assert_eq!(build_mptable(MPTABLE_START, 0), Err(MpTableError::NoCpus));
-        assert_eq!(build_mptable(MPTABLE_START, 255), Err(MpTableError::TooManyCpus(255)));
-        assert!(build_mptable(MPTABLE_START, 254).is_ok());
+        assert_eq!(build_mptable(MPTABLE_START, 0, None), Err(MpTableError::NoCpus));
+        assert_eq!(build_mptable(MPTABLE_START, 255, None), Err(MpTableError::TooManyCpus(255)));
+        assert!(build_mptable(MPTABLE_START, 254, None).is_ok());
     }
 
     #[test]
     fn rejects_bad_addresses() {
-        assert_eq!(build_mptable(0xF0008, 1), Err(MpTableError::MisalignedAddress(0xF0008)));
-        assert_eq!(build_mptable(0xFFFF_FF80, 1), Err(MpTableError::AddressAbove4G(0xFFFF_FF80)));
-        assert!(matches!(build_mptable(u64::MAX - 15, 1), Err(MpTableError::AddressAbove4G(_))));
+        assert_eq!(build_mptable(0xF0008, 1, None), Err(MpTableError::MisalignedAddress(0xF0008)));
+        assert_eq!(build_mptable(0xFFFF_FF80, 1, None), Err(MpTableError::AddressAbove4G(0xFFFF_FF80)));
+        assert!(matches!(build_mptable(u64::MAX - 15, 1, None), Err(MpTableError::AddressAbove4G(_))));
     }
 
     /// Prints the table for checking by eye against the spec layout:
     /// `cargo test mptable::tests::hexdump -- --nocapture`.
     #[test]
     fn hexdump() {
-        let t = build_mptable(MPTABLE_START, 2).unwrap();
+        let t = build_mptable(MPTABLE_START, 2, None).unwrap();
         for (i, row) in t.chunks(16).enumerate() {
             let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
             println!("{:05x}: {}", MPTABLE_START as usize + i * 16, hex.join(" "));
