@@ -778,7 +778,7 @@ fn print_report(o: &Options, facts: &Facts, rows: &[Row]) {
             .to_string(),
         "virtio-blk: rvmm's BlockWorker with the named disk engine (io_uring: one ring, one \
          io_uring_enter per request with O_DIRECT and per batch otherwise, completions finished \
-         inside it taken at once; threads: a pool of 4 threads doing preadv/pwritev), fed from a \
+         inside it taken at once; threads: a pool of threads doing preadv/pwritev, 4 growing to 64 while all are busy), fed from a \
          256-entry split virtqueue in guest memory by an in-process driver that keeps QD \
          three-descriptor requests (header, data, status) available. inline: the driver calls \
          process_queue, polls the engine's eventfd and calls reap on one thread. thread: the \

@@ -182,16 +182,20 @@ pub trait DiskEngine: Send {
 /// Creates the engine `kind` for `disk`.
 pub fn create_engine(kind: EngineKind, disk: &DiskFile) -> io::Result<Box<dyn DiskEngine>> {
     match kind {
-        EngineKind::Threads => Ok(Box::new(ThreadPoolEngine::new(disk.file().clone(), 4)?)),
+        EngineKind::Threads => Ok(Box::new(thread_pool(disk)?)),
         EngineKind::IoUring => Ok(Box::new(IoUringEngine::new(disk.file().clone(), 256, submission_for(disk))?)),
         EngineKind::Auto => match IoUringEngine::new(disk.file().clone(), 256, submission_for(disk)) {
             Ok(e) => Ok(Box::new(e)),
             Err(e) => {
                 log::info!("{}: io_uring unavailable ({e}); using the thread pool", disk.path().display());
-                Ok(Box::new(ThreadPoolEngine::new(disk.file().clone(), 4)?))
+                Ok(Box::new(thread_pool(disk)?))
             }
         },
     }
+}
+
+fn thread_pool(disk: &DiskFile) -> io::Result<ThreadPoolEngine> {
+    ThreadPoolEngine::new(disk.file().clone(), POOL_THREADS_INITIAL, POOL_THREADS_MAX)
 }
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -285,55 +289,111 @@ pub fn execute(file: &File, op: &DiskOp) -> io::Result<u32> {
     }
 }
 
+/// The thread pool's starting size.
+pub const POOL_THREADS_INITIAL: usize = 4;
+/// The most threads the pool grows to: enough for a queue depth of 64, as
+/// QEMU's thread pool.
+pub const POOL_THREADS_MAX: usize = 64;
+
+/// How a pool thread performs an operation (replaceable in tests).
+type Executor = Arc<dyn Fn(&File, &DiskOp) -> io::Result<u32> + Send + Sync>;
+
 /// A pool of threads performing operations with blocking system calls.
+///
+/// It starts with a few threads and adds one whenever an operation arrives
+/// while every thread is busy, up to a maximum: a fixed small pool would cap
+/// every disk at its size in requests in flight (4 threads made QD32 behave as
+/// QD4). Threads stay until the engine is dropped.
 pub struct ThreadPoolEngine {
     jobs: Option<Sender<(DiskOp, u64)>>,
+    shared: PoolShared,
+    threads: Vec<JoinHandle<()>>,
+    max_threads: usize,
+}
+
+/// What the engine and its threads share.
+#[derive(Clone)]
+struct PoolShared {
+    file: Arc<File>,
+    rx: Arc<Mutex<Receiver<(DiskOp, u64)>>>,
     done: Arc<Mutex<VecDeque<Completion>>>,
     event: Arc<EventFd>,
-    threads: Vec<JoinHandle<()>>,
+    /// Threads waiting for work, less operations sent and not yet taken.
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+    exec: Executor,
 }
 
 impl ThreadPoolEngine {
-    /// Starts `threads` workers on `file`.
-    pub fn new(file: Arc<File>, threads: usize) -> io::Result<Self> {
+    /// Starts `initial` threads on `file`; the pool grows to `max` threads.
+    pub fn new(file: Arc<File>, initial: usize, max: usize) -> io::Result<Self> {
+        Self::with_executor(file, initial, max, Arc::new(execute))
+    }
+
+    fn with_executor(file: Arc<File>, initial: usize, max: usize, exec: Executor) -> io::Result<Self> {
         let (tx, rx) = channel::<(DiskOp, u64)>();
-        let rx = Arc::new(Mutex::new(rx));
-        let done = Arc::new(Mutex::new(VecDeque::new()));
-        let event = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let mut handles = Vec::new();
-        for i in 0..threads.max(1) {
-            let (rx, done, event, file) = (rx.clone(), done.clone(), event.clone(), file.clone());
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("blk-io{i}"))
-                    .spawn(move || pool_worker(&file, &rx, &done, &event))?,
-            );
+        let shared = PoolShared {
+            file,
+            rx: Arc::new(Mutex::new(rx)),
+            done: Arc::new(Mutex::new(VecDeque::new())),
+            event: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+            idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            exec,
+        };
+        let mut engine = ThreadPoolEngine { jobs: Some(tx), shared, threads: Vec::new(), max_threads: max.max(1) };
+        for _ in 0..initial.clamp(1, engine.max_threads) {
+            engine.spawn_thread()?;
+            engine.shared.idle.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        Ok(ThreadPoolEngine { jobs: Some(tx), done, event, threads: handles })
+        Ok(engine)
+    }
+
+    /// Threads in the pool now.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    fn spawn_thread(&mut self) -> io::Result<()> {
+        let shared = self.shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("blk-io{}", self.threads.len()))
+            .spawn(move || pool_worker(&shared))?;
+        self.threads.push(handle);
+        Ok(())
     }
 }
 
-fn pool_worker(file: &File, rx: &Mutex<Receiver<(DiskOp, u64)>>, done: &Mutex<VecDeque<Completion>>, event: &EventFd) {
+fn pool_worker(shared: &PoolShared) {
     loop {
-        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let job = shared.rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((op, tag)) = job else { return };
-        let result = execute(file, &op);
-        done.lock().unwrap_or_else(|e| e.into_inner()).push_back((tag, result));
-        let _ = event.write(1);
+        let result = (shared.exec)(&shared.file, &op);
+        shared.done.lock().unwrap_or_else(|e| e.into_inner()).push_back((tag, result));
+        let _ = shared.event.write(1);
+        shared.idle.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 impl DiskEngine for ThreadPoolEngine {
     fn submit(&mut self, op: DiskOp, tag: u64) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
         let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("engine stopped"))?;
-        jobs.send((op, tag)).map_err(|_| io::Error::other("disk threads have stopped"))
+        jobs.send((op, tag)).map_err(|_| io::Error::other("disk threads have stopped"))?;
+        // Reserve an idle thread for it, or add one; if the pool is full (or a
+        // thread cannot be created) the operation waits for the next free thread.
+        let reserved = self.shared.idle.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| i.checked_sub(1)).is_ok();
+        if !reserved && self.threads.len() < self.max_threads {
+            if let Err(e) = self.spawn_thread() {
+                log::warn!("virtio-blk: cannot add a disk thread ({} running): {e}", self.threads.len());
+            }
+        }
+        Ok(())
     }
     fn completion_fd(&self) -> RawFd {
-        self.event.as_raw_fd()
+        self.shared.event.as_raw_fd()
     }
     fn drain(&mut self, out: &mut Vec<Completion>) {
-        let _ = self.event.read();
-        out.extend(self.done.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+        let _ = self.shared.event.read();
+        out.extend(self.shared.done.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
     }
     fn name(&self) -> &'static str {
         "threads"
@@ -553,6 +613,47 @@ mod tests {
     #[test]
     fn thread_pool_round_trip() {
         roundtrip(EngineKind::Threads);
+    }
+
+    #[test]
+    fn thread_pool_grows_while_every_thread_is_busy() {
+        let (path, disk) = temp_disk("pool-grow", 4096);
+        // Operations block until the test releases them, so the pool cannot
+        // catch up and must add a thread for each one beyond its idle threads.
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let g = gate.clone();
+        let exec: Executor = Arc::new(move |_, _| {
+            let (open, cv) = &*g;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Ok(0)
+        });
+        let mut engine = ThreadPoolEngine::with_executor(disk.file().clone(), 2, 6, exec).unwrap();
+        assert_eq!(engine.thread_count(), 2);
+        for tag in 0..10 {
+            engine.submit(DiskOp::Flush, tag).unwrap();
+        }
+        assert_eq!(engine.thread_count(), 6, "grown to the maximum, not beyond");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let mut done = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while done.len() < 10 && std::time::Instant::now() < deadline {
+            engine.drain(&mut done);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut tags: Vec<u64> = done.iter().map(|(t, _)| *t).collect();
+        tags.sort_unstable();
+        assert_eq!(tags, (0..10).collect::<Vec<_>>(), "every queued operation ran");
+        // Idle threads are reused: no growth while they can take the work.
+        for tag in 10..14 {
+            engine.submit(DiskOp::Flush, tag).unwrap();
+        }
+        assert_eq!(engine.thread_count(), 6);
+        drop(engine);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
