@@ -11,18 +11,20 @@
 //! VMM fills before boot with [`Rtc::set_cmos_byte`] (memory sizes at
 //! 0x30/0x31, 0x34/0x35 and 0x5B-0x5D, as firmware and some guests expect).
 //!
-//! Interrupts: with an [`IrqLine`] ([`Rtc::with_irq`]), the periodic (PIE)
-//! and update-ended (UIE) interrupts raise IRQ 8 when their flag comes up in
-//! register C, and reading register C lowers it again, as on a PC (SeaBIOS's
+//! Interrupts: with an [`IrqLine`] ([`Rtc::with_irq`]), the periodic (PIE),
+//! alarm (AIE) and update-ended (UIE) interrupts raise IRQ 8 when their flag
+//! comes up in register C, and reading register C lowers it again, as on a PC (SeaBIOS's
 //! `int 15h AH=86h` waits on the periodic interrupt; Linux's `hwclock` on the
 //! update-ended one). The device has no thread of its own: the VMM asks
 //! [`Rtc::next_interrupt`] when the next one is due, arms a host timer for
 //! then and calls [`Rtc::poll_interrupt`] when it fires (and again after any
 //! guest access to registers A-C, which can change the answer).
 //!
+//! The alarm fires at the second boundary where the time of day matches the
+//! alarm registers (0x01 seconds, 0x03 minutes, 0x05 hours, in the current
+//! BCD/binary and 12/24-hour mode; a value 0xC0-0xFF matches anything).
+//!
 //! Not modelled:
-//! - The alarm interrupt: the alarm flag is never set, and the alarm registers
-//!   just store what is written.
 //! - The divider chain: register A's DV and RS bits read back as written, but
 //!   a divider reset does not stop the clock.
 //! - Daylight-saving (register B DSE) and square-wave output.
@@ -56,6 +58,11 @@ const OFFSET_DATA: u64 = 1;
 const INDEX_NMI_DISABLE: u8 = 0x80;
 
 const REG_SECONDS: u8 = 0x00;
+const REG_SECONDS_ALARM: u8 = 0x01;
+const REG_MINUTES_ALARM: u8 = 0x03;
+const REG_HOURS_ALARM: u8 = 0x05;
+/// An alarm register with both top bits set matches every value.
+const ALARM_DONT_CARE: u8 = 0xc0;
 const REG_MINUTES: u8 = 0x02;
 const REG_HOURS: u8 = 0x04;
 const REG_DAY_OF_WEEK: u8 = 0x06;
@@ -77,6 +84,7 @@ const A_DEFAULT: u8 = 0x26;
 // Register B.
 const B_SET: u8 = 0x80;
 const B_PIE: u8 = 0x40;
+const B_AIE: u8 = 0x20;
 const B_UIE: u8 = 0x10;
 const B_INTERRUPT_ENABLES: u8 = 0x70; // PIE | AIE | UIE, aligned with C's flags
 const B_BINARY: u8 = 0x04; // DM: binary instead of BCD
@@ -87,6 +95,7 @@ const B_DEFAULT: u8 = B_24H;
 // Register C.
 const C_IRQF: u8 = 0x80;
 const C_PF: u8 = 0x40;
+const C_AF: u8 = 0x20;
 const C_UF: u8 = 0x10;
 
 // Register D.
@@ -249,6 +258,15 @@ impl Rtc {
             let update = (last / second + 1) * second;
             next = Some(next.map_or(update, |n| n.min(update)));
         }
+        if self.reg_b & B_AIE != 0 && self.reg_b & B_SET == 0 {
+            let last_guest = self.to_guest_secs(self.flags_read_at);
+            if let Some(alarm) = self.next_alarm_after(last_guest) {
+                // Back on the host's time line (the guest's clock is offset by whole seconds).
+                let host_secs = u128::try_from(alarm.saturating_sub(self.offset_secs)).unwrap_or(0);
+                let at = host_secs * u128::from(NANOS_PER_SEC);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
         next.map(|ns| Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
     }
 
@@ -360,6 +378,48 @@ impl Rtc {
         Some(u128::from(NANOS_PER_SEC / hz))
     }
 
+    /// Host clock time as the guest's clock shows it, in whole seconds.
+    fn to_guest_secs(&self, host: Duration) -> i64 {
+        i64::try_from(host.as_secs()).unwrap_or(i64::MAX).saturating_add(self.offset_secs)
+    }
+
+    /// One alarm register: `Some(None)` for "don't care", `Some(Some(v))` for a
+    /// value, `None` for a value that can never match (invalid BCD, out of range).
+    fn alarm_field(&self, index: u8, limit: u8) -> Option<Option<u8>> {
+        let raw = self.ram[usize::from(index)];
+        if raw & ALARM_DONT_CARE == ALARM_DONT_CARE {
+            return Some(None);
+        }
+        let value = if index == REG_HOURS_ALARM { self.decode_hour(raw) } else { self.decode(raw) };
+        value.filter(|v| *v < limit).map(Some)
+    }
+
+    /// The first second after guest time `after` (Unix seconds) whose time of
+    /// day matches the alarm registers, or `None` if none ever can.
+    fn next_alarm_after(&self, after: i64) -> Option<i64> {
+        let second = self.alarm_field(REG_SECONDS_ALARM, 60)?;
+        let minute = self.alarm_field(REG_MINUTES_ALARM, 60)?;
+        let hour = self.alarm_field(REG_HOURS_ALARM, 24)?;
+        let start = after.checked_add(1)?;
+        let first_minute = start.div_euclid(60) * 60;
+        // Every hour:minute comes round within 1441 minute starts.
+        for k in 0..=1440i64 {
+            let minute_start = first_minute + k * 60;
+            let tod = minute_start.rem_euclid(SECS_PER_DAY);
+            if hour.is_some_and(|h| i64::from(h) != tod / 3600) || minute.is_some_and(|m| i64::from(m) != tod / 60 % 60)
+            {
+                continue;
+            }
+            let earliest = (start - minute_start).max(0);
+            match second.map(i64::from) {
+                Some(s) if s >= earliest => return Some(minute_start + s),
+                Some(_) => continue,
+                None => return Some(minute_start + earliest),
+            }
+        }
+        None
+    }
+
     /// Reads register C: the flags raised since it was last read, which the
     /// read clears.
     fn read_reg_c(&mut self) -> u8 {
@@ -368,6 +428,11 @@ impl Rtc {
         let mut flags = 0;
         if self.reg_b & B_SET == 0 && now.as_secs() > last.as_secs() {
             flags |= C_UF;
+            // Alarms, like updates, happen at second boundaries.
+            let (last_guest, now_guest) = (self.to_guest_secs(last), self.to_guest_secs(now));
+            if self.next_alarm_after(last_guest).is_some_and(|alarm| alarm <= now_guest) {
+                flags |= C_AF;
+            }
         }
         if let Some(period) = self.periodic_period_ns() {
             if now.as_nanos() / period > last.as_nanos() / period {
@@ -826,5 +891,49 @@ mod tests {
         assert_eq!(h.rtc.next_interrupt(), None);
         h.advance_ms(2000);
         assert!(!h.rtc.poll_interrupt());
+    }
+
+    #[test]
+    fn alarm_interrupt_at_the_matching_second() {
+        // LEAP_DAY is 13:45:07; an alarm at 13:45:10 (BCD, 24-hour).
+        let mut h = Harness::at(LEAP_DAY);
+        let irq = Arc::new(RecordingIrqLine::default());
+        h.rtc = std::mem::take(&mut h.rtc).with_irq(irq.clone());
+        h.set(REG_SECONDS_ALARM, 0x10);
+        h.set(REG_MINUTES_ALARM, 0x45);
+        h.set(REG_HOURS_ALARM, 0x13);
+        h.get(REG_C);
+        h.set(REG_B, B_DEFAULT | B_AIE);
+        assert_eq!(h.rtc.next_interrupt(), Some(Duration::from_secs(LEAP_DAY + 3)));
+        h.advance_ms(2000);
+        assert!(!h.rtc.poll_interrupt());
+        assert_eq!(h.get(REG_C) & C_AF, 0, "not yet");
+        h.advance_ms(1000);
+        assert!(h.rtc.poll_interrupt());
+        assert!(irq.level());
+        assert_eq!(h.get(REG_C), C_IRQF | C_AF | C_UF | C_PF);
+        assert!(!irq.level());
+        // The same time tomorrow.
+        assert_eq!(h.rtc.next_interrupt(), Some(Duration::from_secs(LEAP_DAY + 3 + 86_400)));
+        // Don't-care seconds and minutes: every second of hour 13 from now.
+        h.set(REG_SECONDS_ALARM, 0xff);
+        h.set(REG_MINUTES_ALARM, 0xc0);
+        assert_eq!(h.rtc.next_interrupt(), Some(Duration::from_secs(LEAP_DAY + 4)));
+        // Every field "don't care": every second. An invalid value never matches.
+        h.set(REG_HOURS_ALARM, 0xc0);
+        assert_eq!(h.rtc.next_interrupt(), Some(Duration::from_secs(LEAP_DAY + 4)));
+        h.set(REG_HOURS_ALARM, 0x25);
+        assert_eq!(h.rtc.next_interrupt(), None);
+        // The guest's clock is offset from the host's: the alarm follows the guest's time.
+        h.set(REG_HOURS_ALARM, 0x14);
+        h.set(REG_MINUTES_ALARM, 0x00);
+        h.set(REG_SECONDS_ALARM, 0x00);
+        h.set(REG_HOURS, 0x13);
+        h.set(REG_MINUTES, 0x59);
+        h.set(REG_SECONDS, 0x50);
+        h.get(REG_C);
+        let next = h.rtc.next_interrupt().unwrap();
+        let now = Duration::from_nanos(h.now_ns.load(Ordering::SeqCst));
+        assert_eq!(next.as_secs() - now.as_secs(), 10, "14:00:00 is 10 s after 13:59:50");
     }
 }
