@@ -18,6 +18,10 @@ pub trait WorkerHandler: Send + 'static {
     fn start(&mut self) {}
     /// `token` (as registered) is readable (or `events` say otherwise).
     fn ready(&mut self, token: u64, events: EventSet);
+    /// Called once when the worker is told to stop (or its epoll fails), before
+    /// the thread ends: the place to wait for work that still refers to guest
+    /// memory, such as disk I/O in flight.
+    fn stop(&mut self) {}
 }
 
 /// A running worker; dropping it stops the thread.
@@ -48,11 +52,13 @@ impl Worker {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         log::error!("device worker: epoll_wait failed: {e}");
+                        handler.stop();
                         return;
                     }
                 };
                 for ev in &events[..n] {
                     if ev.data() == STOP_TOKEN {
+                        handler.stop();
                         return;
                     }
                     handler.ready(ev.data(), ev.event_set());

@@ -16,7 +16,7 @@
 //!   them to the disk engine), waits with `poll` for the engine's completion
 //!   eventfd, and calls [`BlockWorker::reap`] (status bytes, used ring,
 //!   interrupt). This is the device model's own cost with no thread hand-offs.
-//! - [`Mode::Thread`]: the worker runs [`BlockWorker::run`] on its own thread,
+//! - [`Mode::Thread`]: the worker runs on its own thread ([`BlockWorker::spawn`]),
 //!   exactly as rvmm runs it: the driver kicks the queue's notification eventfd
 //!   (what an ioeventfd does for a guest) unless the device set
 //!   `VIRTQ_USED_F_NO_NOTIFY`, and waits for the interrupt eventfd (what an
@@ -255,7 +255,6 @@ struct Setup {
     engine_fd: RawFd,
     signals: Arc<Signals>,
     notify: EventFd,
-    stop: EventFd,
 }
 
 fn setup(path: &Path, direct: bool, engine: EngineKind, pattern: Pattern, depth: usize) -> Result<Setup, String> {
@@ -277,7 +276,6 @@ fn setup(path: &Path, direct: bool, engine: EngineKind, pattern: Pattern, depth:
     let eventfd =
         |what: &str| EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("cannot create the {what} eventfd: {e}"));
     let notify = eventfd("queue notification")?;
-    let stop = eventfd("stop")?;
     let signals =
         Arc::new(Signals { irq: eventfd("interrupt")?, interrupts: AtomicU64::new(0), resets: AtomicU64::new(0) });
     let worker = BlockWorker::new(
@@ -292,9 +290,8 @@ fn setup(path: &Path, direct: bool, engine: EngineKind, pattern: Pattern, depth:
         signals.clone(),
         signals.clone(),
         "rvmm-blk-bench".into(),
-        stop.try_clone().map_err(|e| format!("cannot duplicate an eventfd: {e}"))?,
     );
-    Ok(Setup { driver, worker, engine_fd, signals, notify, stop })
+    Ok(Setup { driver, worker, engine_fd, signals, notify })
 }
 
 /// Runs `pattern` at queue depth `depth` through the virtio-blk worker on the file at
@@ -375,19 +372,12 @@ fn run_inline(s: Setup, window: Window) -> Result<(Measurement, u64), String> {
 }
 
 fn run_thread(s: Setup, window: Window) -> Result<(Measurement, u64), String> {
-    let Setup { mut driver, worker, signals, notify, stop, .. } = s;
-    let handle = std::thread::Builder::new()
-        .name("virtio-blk".into())
-        .spawn(move || worker.run())
-        .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+    let Setup { mut driver, worker, signals, notify, .. } = s;
+    let mut thread = worker.spawn().map_err(|e| format!("cannot start the worker thread: {e}"))?;
     let result = drive_thread(&mut driver, &signals, &notify, window);
     // Stop the worker whatever happened; it waits for the I/O in flight before it returns.
-    let stopped = stop.write(1);
-    let joined = handle.join();
-    let m = result?;
-    stopped.map_err(|e| format!("cannot stop the worker: {e}"))?;
-    joined.map_err(|_| "the worker thread panicked".to_string())?;
-    Ok((m, driver.completed))
+    thread.stop();
+    Ok((result?, driver.completed))
 }
 
 fn drive_thread(

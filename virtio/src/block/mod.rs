@@ -14,7 +14,6 @@ pub mod worker;
 mod tests;
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
@@ -23,7 +22,6 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{read_config_bytes, ActivateError, ActiveQueue, DeviceStatusSink, VirtioDevice, VirtioInterrupt};
 use disk::{DiskFile, EngineKind};
@@ -81,7 +79,7 @@ pub struct Block {
     config: BlockConfig,
     acked_features: u64,
     config_space: Vec<u8>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<crate::worker::Worker>,
 }
 
 impl Block {
@@ -181,7 +179,6 @@ impl VirtioDevice for Block {
             return Err(ActivateError::QueueCount { expected: usize::from(self.config.queues), got: queues.len() });
         }
         let engine = disk::create_engine(self.config.engine, &self.disk).map_err(ActivateError::Worker)?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let worker = worker::BlockWorker::new(
             memory,
             self.disk.clone(),
@@ -190,21 +187,14 @@ impl VirtioDevice for Block {
             interrupt,
             status,
             self.config.serial.clone().unwrap_or_default(),
-            stop.try_clone().map_err(ActivateError::Worker)?,
         );
-        let handle = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some((handle, stop));
+        self.worker = Some(worker.spawn().map_err(ActivateError::Worker)?);
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some((handle, stop)) = self.worker.take() {
-            let _ = stop.write(1);
-            let _ = handle.join();
-        }
+        // Dropping the worker stops its thread after the I/O in flight is done.
+        self.worker = None;
         self.acked_features = 0;
     }
 }

@@ -47,7 +47,6 @@ fn harness(name: &str, sectors: u64, read_only: bool, engine: EngineKind) -> Har
         signals.clone(),
         signals.clone(),
         "rvmm-disk-7".into(),
-        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     );
     Harness { driver, worker, signals, path }
 }

@@ -8,16 +8,16 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::EventSet;
 
 use super::disk::{Completion, DiskEngine, DiskFile, DiskOp, IoVecs};
 use super::request::{self, Request, Segment};
 use super::MAX_DISCARD_SECTORS;
 use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
 use crate::queue::DescriptorChain;
+use crate::worker::{Worker, WorkerHandler};
 
-const TOKEN_STOP: u64 = u64::MAX;
+/// The engine's completion fd (queues use their index as token).
 const TOKEN_ENGINE: u64 = u64::MAX - 1;
 
 /// A request handed to the engine, waiting for its completion.
@@ -39,7 +39,6 @@ pub struct BlockWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     status: Arc<dyn DeviceStatusSink>,
     serial: String,
-    stop: EventFd,
     in_flight: HashMap<u64, InFlight>,
     next_tag: u64,
 }
@@ -53,8 +52,7 @@ enum Action {
 }
 
 impl BlockWorker {
-    /// A worker for `queues`; `stop` ends [`BlockWorker::run`].
-    #[allow(clippy::too_many_arguments)]
+    /// A worker for `queues`; [`spawn`](Self::spawn) runs it on its own thread.
     pub fn new(
         mem: GuestMemoryMmap,
         disk: Arc<DiskFile>,
@@ -63,7 +61,6 @@ impl BlockWorker {
         interrupt: Arc<dyn VirtioInterrupt>,
         status: Arc<dyn DeviceStatusSink>,
         serial: String,
-        stop: EventFd,
     ) -> Self {
         let broken = vec![false; queues.len()];
         BlockWorker {
@@ -75,65 +72,21 @@ impl BlockWorker {
             interrupt,
             status,
             serial,
-            stop,
             in_flight: HashMap::new(),
             next_tag: 0,
         }
     }
 
-    /// Runs until the stop eventfd fires; then waits for the I/O in flight, so
+    /// Starts the worker's I/O thread: it sleeps in epoll on the queues'
+    /// notification eventfds and the engine's completion fd. Dropping (or
+    /// stopping) the returned [`Worker`] first waits for the I/O in flight, so
     /// that nothing touches guest memory after a reset.
-    pub fn run(mut self) {
-        let epoll = match self.epoll() {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("virtio-blk: cannot set up the worker's epoll: {e}");
-                self.status.needs_reset();
-                return;
-            }
-        };
-        let mut events = vec![EpollEvent::default(); 16];
-        // Buffers the driver queued before DRIVER_OK are processed at once.
-        for q in 0..self.queues.len() {
-            self.process_queue(q);
-        }
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("virtio-blk: epoll_wait failed: {e}");
-                    break;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_STOP => {
-                        self.finish_in_flight();
-                        return;
-                    }
-                    TOKEN_ENGINE => self.reap(),
-                    q => {
-                        let q = q as usize;
-                        if let Some(active) = self.queues.get(q) {
-                            let _ = active.notify.read();
-                            self.process_queue(q);
-                        }
-                    }
-                }
-            }
-        }
-        self.finish_in_flight();
-    }
-
-    fn epoll(&self) -> std::io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        epoll.ctl(ControlOperation::Add, self.stop.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_STOP))?;
-        epoll.ctl(ControlOperation::Add, self.engine.completion_fd(), EpollEvent::new(EventSet::IN, TOKEN_ENGINE))?;
+    pub fn spawn(self) -> std::io::Result<Worker> {
+        let mut fds = vec![(self.engine.completion_fd(), TOKEN_ENGINE, EventSet::IN)];
         for (i, q) in self.queues.iter().enumerate() {
-            epoll.ctl(ControlOperation::Add, q.notify.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
+            fds.push((q.notify.as_raw_fd(), i as u64, EventSet::IN));
         }
-        Ok(epoll)
+        Worker::spawn("virtio-blk", fds, self)
     }
 
     /// Waits (up to 30 s) for every request handed to the engine to complete.
@@ -322,9 +275,9 @@ impl BlockWorker {
 
     /// Collects the disk engine's finished operations: writes each request's
     /// status byte, returns its chain to the used ring and interrupts the driver
-    /// where it asked for that. [`run`](Self::run) calls it when the engine's
+    /// where it asked for that. The thread [`spawn`](Self::spawn) starts calls it when the engine's
     /// completion eventfd ([`DiskEngine::completion_fd`]) is readable; code that
-    /// drives a worker itself, without `run` (the virtio-blk benchmark), calls
+    /// drives a worker itself, without `spawn` (the virtio-blk benchmark), calls
     /// it after [`process_queue`](Self::process_queue) once that fd is readable.
     /// Nothing to collect is not an error: it then does nothing.
     pub fn reap(&mut self) {
@@ -381,5 +334,27 @@ impl BlockWorker {
             Ok(false) => {}
             Err(e) => self.queue_failed(q, &e),
         }
+    }
+}
+
+impl WorkerHandler for BlockWorker {
+    /// Buffers the driver queued before DRIVER_OK are processed at once.
+    fn start(&mut self) {
+        for q in 0..self.queues.len() {
+            self.process_queue(q);
+        }
+    }
+
+    fn ready(&mut self, token: u64, _events: EventSet) {
+        if token == TOKEN_ENGINE {
+            self.reap();
+        } else if let Some(active) = self.queues.get(token as usize) {
+            let _ = active.notify.read();
+            self.process_queue(token as usize);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.finish_in_flight();
     }
 }
