@@ -197,6 +197,8 @@ pub struct Rtc {
     irq: Option<Arc<dyn IrqLine>>,
     /// Whether IRQ 8 is asserted (until register C is read).
     irq_asserted: bool,
+    /// Set by accesses that can move [`Rtc::next_interrupt`] (registers A-C).
+    rescheduled: bool,
     bad_access: LogLimiter,
     bad_value: LogLimiter,
 }
@@ -227,6 +229,7 @@ impl Rtc {
             flags_read_at,
             irq: None,
             irq_asserted: false,
+            rescheduled: false,
             bad_access: LogLimiter::new(),
             bad_value: LogLimiter::new(),
         }
@@ -268,6 +271,13 @@ impl Rtc {
             }
         }
         next.map(|ns| Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
+    }
+
+    /// Whether a guest access since the last call may have moved
+    /// [`next_interrupt`](Self::next_interrupt): a write to register A or B (rate,
+    /// enables) or a read of C (which acknowledges an interrupt). Clears the flag.
+    pub fn take_rescheduled(&mut self) -> bool {
+        std::mem::take(&mut self.rescheduled)
     }
 
     /// How long from now until [`next_interrupt`](Self::next_interrupt) (zero if
@@ -465,7 +475,10 @@ impl Rtc {
                 self.reg_a | uip
             }
             REG_B => self.reg_b,
-            REG_C => self.read_reg_c(),
+            REG_C => {
+                self.rescheduled = true;
+                self.read_reg_c()
+            }
             REG_D => D_VRT,
             // Alarms and RAM; the index is 7 bits so this never misses.
             _ => self.ram.get(usize::from(index)).copied().unwrap_or(0xff),
@@ -479,8 +492,14 @@ impl Rtc {
             }
             REG_DAY_OF_WEEK => log::debug!("rtc: ignoring day-of-week write {v:#x} (derived)"),
             // UIP is read-only.
-            REG_A => self.reg_a = v & !A_UIP,
-            REG_B => self.write_reg_b(v),
+            REG_A => {
+                self.rescheduled = true;
+                self.reg_a = v & !A_UIP
+            }
+            REG_B => {
+                self.rescheduled = true;
+                self.write_reg_b(v)
+            }
             REG_C | REG_D => {
                 log::debug!("rtc: ignoring write {v:#x} to read-only register {index:#x}")
             }
@@ -843,7 +862,12 @@ mod tests {
         assert_eq!(h.rtc.next_interrupt(), None, "nothing enabled");
         // 1024 Hz (RS = 6, the default) with PIE, as SeaBIOS's int 15h/86h sets it.
         h.get(REG_C);
+        assert!(h.rtc.take_rescheduled(), "reading C can move the next interrupt");
+        assert!(!h.rtc.take_rescheduled());
+        h.get(REG_SECONDS);
+        assert!(!h.rtc.take_rescheduled(), "reading the clock cannot");
         h.set(REG_B, B_DEFAULT | B_PIE);
+        assert!(h.rtc.take_rescheduled(), "writing B can");
         let start = Duration::from_secs(LEAP_DAY);
         let period = Duration::from_nanos(976_562);
         // Periods are counted on the clock's own time line, so the first one ends within a period.

@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod memory;
 pub mod rtc;
 pub mod stats;
+pub mod timer;
 pub mod vm;
 
 pub use boot::BootProtocol;

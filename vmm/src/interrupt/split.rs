@@ -17,12 +17,10 @@ use devices::IrqLine;
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use virtio::worker::{Worker, WorkerHandler};
+use virtio::worker::Worker;
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::ioapic::{IoApic, IoApicDelivery, RedirectionEntry};
 use super::msi::{GsiRouter, MsiMessage};
@@ -30,6 +28,7 @@ use super::pic::PicPair;
 use super::pit::{Clock, MonotonicClock, Pit, PIT_PIO_OFFSET_BASE, PIT_PIO_RANGES};
 use super::InterruptError;
 use crate::bus::Bus;
+use crate::timer::{spawn_timer, ReschedulingPorts};
 
 /// Sends the user-space IOAPIC's interrupts through KVM.
 struct KvmIoApicDelivery {
@@ -149,68 +148,9 @@ impl IrqLine for SplitIrqLine {
     }
 }
 
-/// The user-space 8254 on its ports, telling its timer thread when counter 0
-/// is reprogrammed.
-struct PitPorts {
-    pit: Arc<Mutex<Pit>>,
-    reprogrammed: Arc<EventFd>,
-}
-
-impl devices::BusDevice for PitPorts {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.pit.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        let rearm = {
-            let mut pit = self.pit.lock().unwrap_or_else(|e| e.into_inner());
-            pit.write(offset, data);
-            pit.take_irq0_reprogrammed()
-        };
-        if rearm {
-            let _ = self.reprogrammed.write(1);
-        }
-    }
-}
-
-/// Drives IRQ 0 from the PIT's counter 0 with a host timer.
-struct PitTimer {
-    pit: Arc<Mutex<Pit>>,
-    line: Arc<dyn IrqLine>,
-    timer: TimerFd,
-    reprogrammed: Arc<EventFd>,
-}
-
-impl PitTimer {
-    fn tick(&mut self) {
-        let _ = self.reprogrammed.read();
-        let now = MonotonicClock.now_ns();
-        let (edges, next) = {
-            let mut pit = self.pit.lock().unwrap_or_else(|e| e.into_inner());
-            let edges = pit.irq0_edges(now);
-            (edges, pit.next_irq0_deadline(now))
-        };
-        // Edges the host timer could not deliver on time collapse into one pulse,
-        // as a late timer interrupt would on real hardware.
-        if edges > 0 {
-            self.line.set_level(true);
-            self.line.set_level(false);
-        }
-        let delay = next.map(|deadline| Duration::from_nanos(deadline.saturating_sub(now).max(1_000)));
-        // A zero duration disarms the timer (counter 0 not counting).
-        let _ = self.timer.reset(delay.unwrap_or(Duration::ZERO), None);
-    }
-}
-
-impl WorkerHandler for PitTimer {
-    fn start(&mut self) {
-        self.tick();
-    }
-    fn ready(&mut self, token: u64, _events: vmm_sys_util::epoll::EventSet) {
-        if token == 0 {
-            let _ = self.timer.wait();
-        }
-        self.tick();
+impl crate::timer::Rescheduling for Pit {
+    fn take_rescheduled(&mut self) -> bool {
+        self.take_irq0_reprogrammed()
     }
 }
 
@@ -218,16 +158,26 @@ impl WorkerHandler for PitTimer {
 /// thread that turns its counter 0 into IRQ 0.
 pub fn start_pit(chip: &IrqChip, pio: &Bus) -> Result<Worker, InterruptError> {
     let pit = Arc::new(Mutex::new(Pit::new(Box::new(MonotonicClock))));
-    let reprogrammed = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(InterruptError::Timer)?);
-    let ports = Arc::new(Mutex::new(PitPorts { pit: pit.clone(), reprogrammed: reprogrammed.clone() }));
+    let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(InterruptError::Timer)?);
+    let ports = Arc::new(Mutex::new(ReschedulingPorts::new(pit.clone(), kick.clone())));
     for (start, len) in PIT_PIO_RANGES {
         pio.insert_named(ports.clone(), start, len, PIT_PIO_OFFSET_BASE, "8254 PIT")?;
     }
-    let timer = TimerFd::new().map_err(|e| InterruptError::Timer(std::io::Error::from_raw_os_error(e.errno())))?;
-    let fds = vec![
-        (timer.as_raw_fd(), 0, vmm_sys_util::epoll::EventSet::IN),
-        (reprogrammed.as_raw_fd(), 1, vmm_sys_util::epoll::EventSet::IN),
-    ];
-    let handler = PitTimer { pit, line: chip.line(0), timer, reprogrammed };
-    Worker::spawn("pit", fds, handler).map_err(InterruptError::Timer)
+    let line = chip.line(0);
+    spawn_timer("pit", kick, move || {
+        let now = MonotonicClock.now_ns();
+        let (edges, next) = {
+            let mut pit = pit.lock().unwrap_or_else(|e| e.into_inner());
+            (pit.irq0_edges(now), pit.next_irq0_deadline(now))
+        };
+        // Edges the host timer could not deliver on time collapse into one pulse,
+        // as a late timer interrupt would on real hardware.
+        if edges > 0 {
+            line.set_level(true);
+            line.set_level(false);
+        }
+        // None: counter 0 is not counting.
+        next.map(|deadline| Duration::from_nanos(deadline.saturating_sub(now).max(1_000)))
+    })
+    .map_err(InterruptError::Timer)
 }
