@@ -203,26 +203,9 @@ pub enum VmError {
 impl VmError {
     /// Whether the error is the user's input (bad image, sizes, counts) rather than the host's.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            VmError::VcpuCount { .. }
-                | VmError::ConsoleFile { .. }
-                | VmError::DebugconFile { .. }
-                | VmError::Boot(
-                    boot::BootError::UnknownFormat(_)
-                        | boot::BootError::WrongElf { .. }
-                        | boot::BootError::Elf { .. }
-                        | boot::BootError::BzImage { .. }
-                        | boot::BootError::ProtocolMismatch { .. }
-                        | boot::BootError::KernelDoesNotFit { .. }
-                        | boot::BootError::InitrdDoesNotFit { .. }
-                        | boot::BootError::CmdlineTooLong { .. }
-                        | boot::BootError::CmdlineNul
-                        | boot::BootError::Firmware(
-                            FirmwareError::Read { .. } | FirmwareError::Size { .. } | FirmwareError::TooLarge { .. }
-                        )
-                )
-        ) || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+        matches!(self, VmError::VcpuCount { .. } | VmError::ConsoleFile { .. } | VmError::DebugconFile { .. })
+            || matches!(self, VmError::Boot(e) if e.is_bad_input())
+            || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
             || matches!(
                 self,
                 VmError::Device(

@@ -226,6 +226,18 @@ pub enum BootError {
     Firmware(#[from] firmware::FirmwareError),
 }
 
+impl BootError {
+    /// Whether the user's input caused it (an image or size that cannot boot),
+    /// rather than rvmm failing to build its own tables.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            BootError::GuestWrite { .. } | BootError::MpTable(_) | BootError::Acpi(_) => false,
+            BootError::Firmware(e) => !matches!(e, firmware::FirmwareError::FwCfg(_)),
+            _ => true,
+        }
+    }
+}
+
 /// Writes `bytes` at `addr`, naming `what` on failure.
 pub(crate) fn write_guest(
     memory: &GuestMemoryMmap,
