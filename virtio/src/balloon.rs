@@ -44,7 +44,8 @@ use crate::queue::DescriptorChain;
 use crate::worker::{Worker, WorkerHandler};
 
 /// The virtio device ID of a memory balloon.
-pub const VIRTIO_ID_BALLOON: u32 = 5;
+/// (From virtio-bindings, re-exported under the name the device code uses.)
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 /// Feature bit: the host must be told before ballooned pages are used (not offered).
 pub const VIRTIO_BALLOON_F_MUST_TELL_HOST: u32 = 0;
 /// Feature bit: the statistics queue exists.

@@ -44,7 +44,8 @@ use crate::queue::DescriptorChain;
 use crate::worker::{Worker, WorkerHandler};
 
 /// The virtio device ID of a console.
-pub const VIRTIO_ID_CONSOLE: u32 = 3;
+/// (From virtio-bindings, re-exported under the name the device code uses.)
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 /// Feature bit: `cols` and `rows` are valid (not offered, see the module docs).
 pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
 /// Feature bit: several ports and the control queues (not offered).

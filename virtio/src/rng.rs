@@ -13,7 +13,8 @@ use crate::device::{ActivateError, ActiveQueue, DeviceStatusSink, VirtioDevice, 
 use crate::worker::{Worker, WorkerHandler};
 
 /// The virtio device ID of an entropy source.
-pub const VIRTIO_ID_RNG: u32 = 4;
+/// (From virtio-bindings, re-exported under the name the device code uses.)
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 /// Descriptors in the request queue.
 pub const QUEUE_SIZE: u16 = 64;
 /// Most bytes given for one buffer: a guest cannot make the host fill gigabytes at once.

@@ -27,7 +27,8 @@ use crate::device::{read_config_bytes, ActivateError, ActiveQueue, DeviceStatusS
 use disk::{DiskFile, EngineKind};
 
 /// The virtio device ID of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// (From virtio-bindings, re-exported under the name the device code uses.)
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest single data segment the device accepts (size_max).

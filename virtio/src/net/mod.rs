@@ -21,7 +21,8 @@ use crate::worker::Worker;
 use tap::{NetBackend, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO};
 
 /// The virtio device ID of a network card.
-pub const VIRTIO_ID_NET: u32 = 1;
+/// (From virtio-bindings, re-exported under the name the device code uses.)
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The virtio-net header with num_buffers, which VERSION_1 always uses (5.1.6).

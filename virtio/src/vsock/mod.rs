@@ -41,7 +41,8 @@ use crate::worker::Worker;
 use muxer::VsockWorker;
 
 /// The virtio device ID of a socket device.
-pub const VIRTIO_ID_VSOCK: u32 = 19;
+/// (From virtio-bindings, re-exported under the name the device code uses.)
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Index of the rx queue (host to guest).
