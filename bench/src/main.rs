@@ -23,6 +23,7 @@
 //! rvmm must be built in release mode (`cargo build --release`); the program looks for
 //! `rvmm` next to its own executable unless `--rvmm PATH` is given.
 
+mod args;
 mod host;
 mod measure;
 mod stats;
@@ -103,14 +104,7 @@ pub struct Options {
     pub markdown: bool,
 }
 
-/// Why parsing stopped without options.
-#[derive(Debug)]
-pub enum ArgsExit {
-    /// `--help` was asked for.
-    Help,
-    /// The arguments are wrong; the message says how.
-    Usage(String),
-}
+pub use args::ArgsExit;
 
 /// Parses the program's arguments (without the program name).
 pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, ArgsExit> {

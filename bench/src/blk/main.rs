@@ -19,6 +19,8 @@
 //! mode (the raw rate is the physical limit: 1.0), the CPU time per request, and the
 //! device's interrupts per request. `--markdown` prints it as Markdown.
 
+#[path = "../args.rs"]
+mod args;
 // Shared with rvmm-bench; its transparent-huge-page field is not reported here.
 #[allow(dead_code)]
 #[path = "../host.rs"]
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use virtio::block::disk::EngineKind;
 
+use args::{parse_seconds, parse_whole, ArgsExit};
 use device::Mode;
 use pattern::{Measurement, Pattern, Window};
 
@@ -132,15 +135,6 @@ pub struct Options {
     pub markdown: bool,
 }
 
-/// Why parsing stopped without options.
-#[derive(Debug)]
-pub enum ArgsExit {
-    /// `--help` was asked for.
-    Help,
-    /// The arguments are wrong; the message says how.
-    Usage(String),
-}
-
 fn parse_list<T>(name: &str, v: &str, item: impl Fn(&str) -> Option<T>, expected: &str) -> Result<Vec<T>, ArgsExit> {
     let mut out = Vec::new();
     for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -150,20 +144,6 @@ fn parse_list<T>(name: &str, v: &str, item: impl Fn(&str) -> Option<T>, expected
         return Err(ArgsExit::Usage(format!("{name} needs at least one value")));
     }
     Ok(out)
-}
-
-fn parse_seconds(name: &str, v: &str, min: f64) -> Result<Duration, ArgsExit> {
-    match v.trim().parse::<f64>() {
-        Ok(s) if s >= min && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err(ArgsExit::Usage(format!("{name} {v}: expected seconds from {min} to 3600"))),
-    }
-}
-
-fn parse_whole(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ArgsExit> {
-    match v.trim().parse::<u64>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(ArgsExit::Usage(format!("{name} {v}: expected a whole number from {min} to {max}"))),
-    }
 }
 
 /// Parses the program's arguments (without the program name).
@@ -812,13 +792,7 @@ fn print_report(o: &Options, facts: &Facts, rows: &[Row]) {
             qemu::command_text(Pattern::SeqWrite64k, 32, EngineKind::IoUring, false)
         ));
     }
-    for n in notes {
-        if md {
-            println!("- {n}");
-        } else {
-            println!("note: {n}");
-        }
-    }
+    args::print_notes(&notes, md);
 }
 
 fn main() -> ExitCode {

@@ -21,6 +21,8 @@
 //! per frame, and, for tap-to-guest, the share of frames the tap dropped because its
 //! reader was behind (near 0 means the injector, not the reader, set the pace).
 
+#[path = "../args.rs"]
+mod args;
 // Shared with rvmm-bench; only some of its facts are reported here.
 #[allow(dead_code)]
 #[path = "../host.rs"]
@@ -39,6 +41,7 @@ use std::time::Duration;
 
 use virtio::net::tap::{NetBackend, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
 
+use args::{parse_seconds, parse_whole, ArgsExit};
 use frames::{Expect, Kind, GSO_FRAME_LEN, GSO_SEGMENTS, GSO_SEGMENT_LEN, GSO_SIZE, GSO_TCPV4};
 use meter::{Measurement, Window};
 use netenv::{Problem, TapEnv};
@@ -214,27 +217,6 @@ struct Options {
     injector: inject::Method,
     paths: Vec<Path>,
     markdown: bool,
-}
-
-/// Why parsing stopped without options.
-#[derive(Debug)]
-enum ArgsExit {
-    Help,
-    Usage(String),
-}
-
-fn parse_seconds(name: &str, v: &str, min: f64) -> Result<Duration, ArgsExit> {
-    match v.trim().parse::<f64>() {
-        Ok(s) if s >= min && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err(ArgsExit::Usage(format!("{name} {v}: expected seconds from {min} to 3600"))),
-    }
-}
-
-fn parse_whole(name: &str, v: &str, min: usize, max: usize) -> Result<usize, ArgsExit> {
-    match v.trim().parse::<usize>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(ArgsExit::Usage(format!("{name} {v}: expected a whole number from {min} to {max}"))),
-    }
 }
 
 fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, ArgsExit> {
@@ -703,13 +685,7 @@ fn print_report(o: &Options, facts: &[(String, String)], rows: &[Row]) {
              writes on guest→tap); they are not counted."
         ));
     }
-    for n in notes {
-        if md {
-            println!("- {n}");
-        } else {
-            println!("note: {n}");
-        }
-    }
+    args::print_notes(&notes, md);
 }
 
 fn main() -> ExitCode {

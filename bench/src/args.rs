@@ -1,0 +1,49 @@
+//! Option parsing and report helpers shared by the benchmark programs.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Why parsing stopped without options.
+#[derive(Debug)]
+pub enum ArgsExit {
+    /// `--help` was asked for.
+    Help,
+    /// The arguments are wrong; the message says how.
+    Usage(String),
+}
+
+/// A number of seconds from `min` to 3600.
+#[allow(dead_code)] // not every program takes a duration
+pub fn parse_seconds(name: &str, v: &str, min: f64) -> Result<Duration, ArgsExit> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s >= min && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(ArgsExit::Usage(format!("{name} {v}: expected seconds from {min} to 3600"))),
+    }
+}
+
+/// A whole number from `min` to `max`.
+#[allow(dead_code)]
+pub fn parse_whole<T: FromStr + PartialOrd + Display + Copy>(
+    name: &str,
+    v: &str,
+    min: T,
+    max: T,
+) -> Result<T, ArgsExit> {
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(ArgsExit::Usage(format!("{name} {v}: expected a whole number from {min} to {max}"))),
+    }
+}
+
+/// Prints the report's notes: a Markdown list, or `note:` lines.
+#[allow(dead_code)]
+pub fn print_notes(notes: &[String], markdown: bool) {
+    for n in notes {
+        if markdown {
+            println!("- {n}");
+        } else {
+            println!("note: {n}");
+        }
+    }
+}
