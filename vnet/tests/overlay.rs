@@ -780,6 +780,16 @@ fn snapshot(ns: &str) -> Value {
                         && !k.contains("life_time")
                         && !matches!(k.as_str(), "used" | "updated" | "tentative" | "operstate")
                 });
+                // So does everything the kernel derives from the carrier: a persistent tap
+                // loses it when its creator closes the file, and linkwatch reports that (the
+                // NO-CARRIER flag, a bridge port going from forwarding to disabled) up to a
+                // second later, so a snapshot right after apply may or may not show it yet.
+                if let Some(Value::Array(flags)) = m.get_mut("flags") {
+                    flags.retain(|f| !matches!(f.as_str(), Some("NO-CARRIER" | "LOWER_UP")));
+                }
+                if let Some(Value::Object(port)) = m.get_mut("info_slave_data") {
+                    port.remove("state");
+                }
                 m.values_mut().for_each(strip);
             }
             Value::Array(a) => a.iter_mut().for_each(strip),
