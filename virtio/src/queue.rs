@@ -696,12 +696,26 @@ impl Queue {
     /// Takes the next available chain, fully validated; `None` if the ring
     /// is empty.
     ///
+    /// With `EVENT_IDX`, finding the ring empty also re-arms the driver's
+    /// notifications ([`enable_notification`](Self::enable_notification)):
+    /// the driver kicks only when its avail index crosses `avail_event`, so a
+    /// device that drained the ring without moving `avail_event` would never
+    /// hear from the driver again. Doing it here makes every device that pops
+    /// until `None` correct, whether or not it suppresses notifications.
+    ///
     /// Errors about the ring (`avail.idx`, unreadable ring) leave the queue
     /// unchanged; errors about the chain itself are reported after the device
     /// moved past its ring entry.
     pub fn pop(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DescriptorChain>, QueueError> {
         self.check_usable()?;
-        let avail_idx = self.avail_idx(mem)?;
+        let mut avail_idx = self.avail_idx(mem)?;
+        if self.event_idx && avail_idx == self.next_avail {
+            if !self.enable_notification(mem)? {
+                return Ok(None);
+            }
+            // The driver added chains before it could see the new avail_event.
+            avail_idx = self.avail_idx(mem)?;
+        }
         // Read the ring entries only after seeing the idx that covers them
         // (pairs with the driver's write barrier before it bumps avail.idx).
         fence(Ordering::Acquire);

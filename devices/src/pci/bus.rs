@@ -170,10 +170,6 @@ impl PciDevice for PciHostBridge {
     fn config_mut(&mut self) -> &mut PciConfiguration {
         &mut self.config
     }
-    fn read_bar(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-    fn write_bar(&mut self, _bar: u8, _offset: u64, _data: &[u8]) {}
 }
 
 /// PCI bus 0: a host bridge at 00:00.0 and the devices the VMM adds.

@@ -36,9 +36,13 @@ pub trait PciDevice: Send {
 
     /// A guest read of `data.len()` bytes at `offset` inside BAR `bar` (for a
     /// 64-bit BAR, the index of its lower slot). The offset can be anything the
-    /// bus lets through; unimplemented registers read as all ones.
-    fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]);
+    /// bus lets through; unimplemented registers read as all ones, which is
+    /// also the default for a function without BARs.
+    fn read_bar(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
 
-    /// A guest write of `data` at `offset` inside BAR `bar`.
-    fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]);
+    /// A guest write of `data` at `offset` inside BAR `bar` (ignored by
+    /// default).
+    fn write_bar(&mut self, _bar: u8, _offset: u64, _data: &[u8]) {}
 }

@@ -94,10 +94,6 @@ impl PciDevice for I440fxHostBridge {
     fn config_mut(&mut self) -> &mut PciConfiguration {
         &mut self.config
     }
-    fn read_bar(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-    fn write_bar(&mut self, _bar: u8, _offset: u64, _data: &[u8]) {}
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ pub mod tap;
 pub mod worker;
 
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
@@ -39,10 +39,17 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
 }
 
+/// The device's current MAC address, shared between the device and its worker.
+pub type SharedMac = Arc<Mutex<[u8; 6]>>;
+
 /// A virtio-net device with one backend per queue pair.
 pub struct Net {
     backends: Vec<Box<dyn NetBackend>>,
     config: NetConfig,
+    /// The MAC in the configuration space: `config.mac` until the driver sets
+    /// another with VIRTIO_NET_CTRL_MAC_ADDR_SET (shared with the worker,
+    /// which handles the control queue), and again after a reset.
+    mac: SharedMac,
     offered: u64,
     acked: u64,
     worker: Option<Worker>,
@@ -98,7 +105,8 @@ impl Net {
         if config.mtu.is_some() {
             offered |= 1 << VIRTIO_NET_F_MTU;
         }
-        Ok(Net { backends, config, offered, acked: 0, worker: None, returned: None })
+        let mac = Arc::new(Mutex::new(config.mac));
+        Ok(Net { backends, config, mac, offered, acked: 0, worker: None, returned: None })
     }
 
     fn max_pairs(&self) -> u16 {
@@ -129,7 +137,7 @@ impl Net {
 
     fn config_space(&self) -> [u8; 12] {
         let mut c = [0u8; 12];
-        c[0..6].copy_from_slice(&self.config.mac);
+        c[0..6].copy_from_slice(&*self.mac.lock().unwrap_or_else(|e| e.into_inner()));
         // Link status: always up while the backend exists.
         c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         c[8..10].copy_from_slice(&self.max_pairs().to_le_bytes());
@@ -196,7 +204,7 @@ impl VirtioDevice for Net {
             queues,
             ctrl_index,
             self.acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
-            self.config.mac,
+            self.mac.clone(),
             interrupt,
             status,
             tx,
@@ -222,6 +230,7 @@ impl VirtioDevice for Net {
             }
         }
         self.acked = 0;
+        *self.mac.lock().unwrap_or_else(|e| e.into_inner()) = self.config.mac;
         for b in &mut self.backends {
             let _ = b.set_offload(0);
         }

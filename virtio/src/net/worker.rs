@@ -11,7 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::tap::NetBackend;
-use super::VNET_HDR_LEN;
+use super::{SharedMac, VNET_HDR_LEN};
 use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
 use crate::queue::DescriptorChain;
 use crate::worker::WorkerHandler;
@@ -41,7 +41,7 @@ pub struct NetWorker {
     queues: HashMap<u16, ActiveQueue>,
     ctrl_index: u16,
     mergeable: bool,
-    mac: [u8; 6],
+    mac: SharedMac,
     active_pairs: u16,
     /// A frame read from a backend that found no receive buffers yet, per pair.
     pending: Vec<Option<Vec<u8>>>,
@@ -64,7 +64,7 @@ impl NetWorker {
         queues: Vec<ActiveQueue>,
         ctrl_index: u16,
         mergeable: bool,
-        mac: [u8; 6],
+        mac: SharedMac,
         interrupt: Arc<dyn VirtioInterrupt>,
         status: Arc<dyn DeviceStatusSink>,
         returned: Sender<Vec<Box<dyn NetBackend>>>,
@@ -90,7 +90,7 @@ impl NetWorker {
 
     /// The MAC the driver last set through the control queue (or the configured one).
     pub fn mac(&self) -> [u8; 6] {
-        self.mac
+        *self.mac.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn fail(&mut self, what: &dyn std::fmt::Display) {
@@ -297,7 +297,9 @@ impl NetWorker {
             // Receive filtering: the tap passes everything; the switches are acknowledged.
             (VIRTIO_NET_CTRL_RX, c) if c <= VIRTIO_NET_CTRL_RX_NOBCAST && data.len() == 1 => VIRTIO_NET_OK,
             (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET) if data.len() == 6 => {
-                self.mac.copy_from_slice(data);
+                // The configuration space shows the new MAC before the command
+                // is used (5.1.6.5.2): it reads the same shared value.
+                self.mac.lock().unwrap_or_else(|e| e.into_inner()).copy_from_slice(data);
                 VIRTIO_NET_OK
             }
             (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) => VIRTIO_NET_OK,

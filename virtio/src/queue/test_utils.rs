@@ -296,6 +296,14 @@ impl MockDriver {
         self.read_u16(self.used_ring + 4 + 8 * u64::from(self.size))
     }
 
+    /// Whether a driver that negotiated `VIRTIO_F_EVENT_IDX` must notify the
+    /// device after moving `avail.idx` from `old` to its current value: the
+    /// `vring_need_event` rule on `avail_event` (2.7.10).
+    pub fn event_idx_kick_due(&self, old: u16) -> bool {
+        let new = self.avail_idx();
+        new.wrapping_sub(self.avail_event()).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
     /// Used ring entry number `idx` (taken modulo the size): `(id, len)`.
     pub fn used_elem(&self, idx: u16) -> (u32, u32) {
         let addr = self.used_ring + 4 + 8 * u64::from(idx % self.size);

@@ -349,6 +349,28 @@ fn event_idx_enable_notification_writes_avail_event() {
     assert_eq!(drv.avail_event(), 2);
 }
 
+#[test]
+fn event_idx_draining_the_ring_rearms_avail_event() {
+    // A device that only pops (never calls enable_notification) must still
+    // be kicked for the next chain: the driver notifies when its avail index
+    // crosses avail_event, so draining the ring moves avail_event along.
+    let (mem, mut drv, mut q) = setup(QSIZE);
+    q.set_event_idx(true);
+    for round in 1..=3u16 {
+        drv.add_buffers(&[b"a"], &[]);
+        drv.add_buffers(&[b"b"], &[]);
+        assert!(q.pop(&mem).unwrap().is_some());
+        assert!(q.pop(&mem).unwrap().is_some());
+        assert_eq!(drv.avail_event(), 2 * round - 2, "avail_event moves only when the ring is found empty");
+        assert!(q.pop(&mem).unwrap().is_none());
+        assert_eq!(drv.avail_event(), 2 * round, "the driver's next chain crosses avail_event");
+    }
+    // Without EVENT_IDX an empty pop writes nothing.
+    let (mem, drv, mut q) = setup(QSIZE);
+    assert!(q.pop(&mem).unwrap().is_none());
+    assert_eq!((drv.avail_event(), drv.used_flags()), (0, 0));
+}
+
 // ---------------------------------------------------------------------------
 // Malformed rings and chains
 
