@@ -11,7 +11,7 @@ use devices::pci::{
     BarRelocator, BarReprogram, Bdf, MsiInterrupt, MsiMessage, PciBarKind, PciBarRegion, PciConfigIo, PciConfigMmio,
     PciDevice, PciRoot, SharedPciDevice,
 };
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio::block::{Block, BlockConfig, BlockError};
 use virtio::device::VirtioDevice;
 use virtio::transport::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -262,9 +262,14 @@ impl MsiInterrupt for KvmMsiInterrupt {
 }
 
 /// An ioeventfd that belongs at an offset of a BAR.
+///
+/// It matches a write of any width and value: every queue has its own notify
+/// address, and drivers write the 16-bit queue index there (virtio 1.x
+/// 4.1.5.2), or 32 bits with VIRTIO_F_NOTIFICATION_DATA. (An ioeventfd with
+/// a data match also matches only one width, so a 32-bit match would send
+/// every 16-bit notification to user space.)
 struct BarIoEvent {
     offset: u64,
-    datamatch: u32,
     event: EventFd,
 }
 
@@ -295,7 +300,7 @@ impl BarRelocator for BarMapper {
             bus.remove(old);
             for e in events.into_iter().flatten() {
                 let addr = Self::ioevent_address(change.kind, old + e.offset);
-                if let Err(err) = self.vm.unregister_ioevent(&e.event, &addr, e.datamatch) {
+                if let Err(err) = self.vm.unregister_ioevent(&e.event, &addr, NoDatamatch) {
                     log::warn!("PCI {bdf}: cannot remove an ioeventfd at {:#x}: {err}", old + e.offset);
                 }
             }
@@ -309,7 +314,7 @@ impl BarRelocator for BarMapper {
             }
             for e in events.into_iter().flatten() {
                 let addr = Self::ioevent_address(change.kind, new + e.offset);
-                if let Err(err) = self.vm.register_ioevent(&e.event, &addr, e.datamatch) {
+                if let Err(err) = self.vm.register_ioevent(&e.event, &addr, NoDatamatch) {
                     log::warn!("PCI {bdf}: cannot add an ioeventfd at {:#x}: {err}", new + e.offset);
                 }
             }
@@ -416,7 +421,6 @@ impl PciSegment {
             .map(|(i, e)| {
                 Ok(BarIoEvent {
                     offset: NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER),
-                    datamatch: i as u32,
                     event: e.try_clone().map_err(|err| DeviceError::Msi(MsiError::EventFd(err)))?,
                 })
             })

@@ -105,7 +105,7 @@ impl Device {
             // No control queue in the benchmark; the index is one the worker never sees.
             2,
             true,
-            GUEST_MAC,
+            std::sync::Arc::new(std::sync::Mutex::new(GUEST_MAC)),
             signals.clone(),
             signals.clone(),
             tx,
