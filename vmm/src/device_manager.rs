@@ -280,6 +280,11 @@ pub struct BarMapper {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     ioevents: Mutex<HashMap<(Bdf, u8), Vec<BarIoEvent>>>,
+    /// Where each BAR really is on its bus. The configuration space's idea of
+    /// where a BAR decodes is not enough: a guest can place a BAR on top of
+    /// another range, the insertion then fails, and removing "the old
+    /// address" later would take away whatever else lives there (ECAM, say).
+    mapped: Mutex<HashMap<(Bdf, u8), u64>>,
 }
 
 impl BarMapper {
@@ -296,7 +301,9 @@ impl BarRelocator for BarMapper {
         let bus = if change.kind == PciBarKind::Io { &self.pio } else { &self.mmio };
         let ioevents = self.ioevents.lock().unwrap_or_else(|e| e.into_inner());
         let events = ioevents.get(&(bdf, change.index));
-        if let Some(old) = change.old {
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        // Only what this mapper inserted is removed (see `mapped`).
+        if let Some(old) = mapped.remove(&(bdf, change.index)) {
             bus.remove(old);
             for e in events.into_iter().flatten() {
                 let addr = Self::ioevent_address(change.kind, old + e.offset);
@@ -312,6 +319,7 @@ impl BarRelocator for BarMapper {
                 log::warn!("PCI {bdf}: BAR {} at {new:#x}: {err}", change.index);
                 return;
             }
+            mapped.insert((bdf, change.index), new);
             for e in events.into_iter().flatten() {
                 let addr = Self::ioevent_address(change.kind, new + e.offset);
                 if let Err(err) = self.vm.register_ioevent(&e.event, &addr, NoDatamatch) {
@@ -361,6 +369,7 @@ impl PciSegment {
             pio: pio.clone(),
             mmio: mmio.clone(),
             ioevents: Mutex::new(HashMap::new()),
+            mapped: Mutex::new(HashMap::new()),
         });
         let root = Arc::new(match platform {
             PciPlatform::Direct => PciRoot::new(mapper.clone()),
@@ -444,5 +453,52 @@ impl PciSegment {
             },
             intx_routes: self.intx_routes.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::pci::PciHostBridge;
+
+    fn mapper() -> BarMapper {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+        BarMapper {
+            vm: Arc::new(kvm.create_vm().expect("a VM")),
+            pio: Arc::new(Bus::new("pio")),
+            mmio: Arc::new(Bus::new("mmio")),
+            ioevents: Mutex::new(HashMap::new()),
+            mapped: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ranges(bus: &Bus) -> Vec<String> {
+        bus.counters().into_iter().map(|(label, _, _)| label).collect()
+    }
+
+    fn mem_bar(old: Option<u64>, new: Option<u64>) -> BarReprogram {
+        BarReprogram { index: 0, kind: PciBarKind::Mem32, old, new, size: 0x1000 }
+    }
+
+    #[test]
+    fn a_bar_placed_on_another_range_does_not_take_it_away_when_it_moves_on() {
+        let m = mapper();
+        let device: SharedPciDevice = Arc::new(Mutex::new(PciHostBridge::new()));
+        // Something that is not the BAR's, e.g. the ECAM window.
+        let other = Arc::new(Mutex::new(PciBarRegion::new(device.clone(), 5)));
+        m.mmio.insert(other, 0xe000_0000, 0x1000, "ECAM").unwrap();
+        let bdf = Bdf::new(0, 1, 0).unwrap();
+
+        m.relocate(bdf, &mem_bar(None, Some(0xc000_0000)), device.clone());
+        assert_eq!(ranges(&m.mmio), ["mmio PCI 00:01.0 BAR0 0xc0000000-0xc0000fff", "mmio ECAM 0xe0000000-0xe0000fff"]);
+        // On top of ECAM: refused, ECAM stays.
+        m.relocate(bdf, &mem_bar(Some(0xc000_0000), Some(0xe000_0000)), device.clone());
+        assert_eq!(ranges(&m.mmio), ["mmio ECAM 0xe0000000-0xe0000fff"]);
+        // Moving on from there must not remove ECAM.
+        m.relocate(bdf, &mem_bar(Some(0xe000_0000), Some(0xd000_0000)), device.clone());
+        assert_eq!(ranges(&m.mmio), ["mmio PCI 00:01.0 BAR0 0xd0000000-0xd0000fff", "mmio ECAM 0xe0000000-0xe0000fff"]);
+        // Decoding off: unmapped.
+        m.relocate(bdf, &mem_bar(Some(0xd000_0000), None), device);
+        assert_eq!(ranges(&m.mmio), ["mmio ECAM 0xe0000000-0xe0000fff"]);
     }
 }
