@@ -30,6 +30,11 @@ impl Drop for Harness {
 }
 
 fn harness(name: &str, sectors: u64, read_only: bool, engine: EngineKind) -> Harness {
+    harness_on_queue(name, sectors, read_only, engine, 0)
+}
+
+/// [`harness`] with the driver's queue being queue `index` of the device.
+fn harness_on_queue(name: &str, sectors: u64, read_only: bool, engine: EngineKind, index: u16) -> Harness {
     let path = std::env::temp_dir().join(format!("rvmm-blk-{}-{name}", std::process::id()));
     std::fs::write(&path, vec![0xeeu8; (sectors * SECTOR_SIZE) as usize]).unwrap();
     let disk = Arc::new(DiskFile::open(&path, read_only, false).unwrap());
@@ -43,7 +48,7 @@ fn harness(name: &str, sectors: u64, read_only: bool, engine: EngineKind) -> Har
         mem,
         disk,
         engine,
-        vec![ActiveQueue { index: 0, queue, notify: EventFd::new(libc::EFD_NONBLOCK).unwrap() }],
+        vec![ActiveQueue { index, queue, notify: EventFd::new(libc::EFD_NONBLOCK).unwrap() }],
         signals.clone(),
         signals.clone(),
         "rvmm-disk-7".into(),
@@ -127,6 +132,15 @@ fn flush_and_get_id() {
     let (status, used, buf) = h.request(VIRTIO_BLK_T_GET_ID, 0, &[], 20);
     assert_eq!((status, used), (VIRTIO_BLK_S_OK, 21));
     assert_eq!(&h.driver.read(buf, 20)[..11], b"rvmm-disk-7");
+}
+
+#[test]
+fn completions_are_signalled_on_the_queue_they_came_from() {
+    // With several queues the driver may enable, say, only queue 2; its
+    // interrupts must name queue 2 (its MSI-X vector), not "the first queue".
+    let mut h = harness_on_queue("queue2", 8, false, EngineKind::Threads, 2);
+    assert_eq!(h.request(VIRTIO_BLK_T_FLUSH, 0, &[], 0).0, VIRTIO_BLK_S_OK);
+    assert_eq!(*h.signals.queues.lock().unwrap(), [2]);
 }
 
 fn segment(sector: u64, sectors: u32, flags: u32) -> Vec<u8> {

@@ -330,7 +330,9 @@ impl BlockWorker {
 
     fn signal_if_needed(&mut self, q: usize) {
         match self.queues[q].queue.needs_notification(&self.mem) {
-            Ok(true) => self.interrupt.notify_queue(q as u16),
+            // The queue's own index (which picks its MSI-X vector), not its
+            // position among the enabled queues.
+            Ok(true) => self.interrupt.notify_queue(self.queues[q].index),
             Ok(false) => {}
             Err(e) => self.queue_failed(q, &e),
         }

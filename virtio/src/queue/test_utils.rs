@@ -333,13 +333,16 @@ impl MockDriver {
 pub struct RecordingSignals {
     /// Queue interrupts.
     pub interrupts: std::sync::atomic::AtomicU32,
+    /// The queue index of every queue interrupt, in order.
+    pub queues: std::sync::Mutex<Vec<u16>>,
     /// NEEDS_RESET requests.
     pub resets: std::sync::atomic::AtomicU32,
 }
 
 impl crate::device::VirtioInterrupt for RecordingSignals {
-    fn notify_queue(&self, _: u16) {
+    fn notify_queue(&self, queue: u16) {
         self.interrupts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.queues.lock().unwrap().push(queue);
     }
     fn notify_config(&self) {}
 }

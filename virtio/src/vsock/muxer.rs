@@ -448,16 +448,18 @@ impl VsockWorker {
                 Err(e) => return self.fail(&e),
             };
             let room = chain.writable_len();
-            if room <= PacketHeader::SIZE as u64 {
+            // A header-only buffer can carry a control packet (REQUEST, RESPONSE,
+            // RST, SHUTDOWN, CREDIT_*), which has no payload, but no data.
+            let max_payload = (room.saturating_sub(PacketHeader::SIZE as u64)).min(MAX_PKT_PAYLOAD as u64) as usize;
+            if room < PacketHeader::SIZE as u64 || (max_payload == 0 && self.control.is_empty()) {
                 self.counters.rx_bad_buffers += 1;
-                log::debug!("virtio-vsock: a {room}-byte receive buffer cannot hold a packet");
+                log::debug!("virtio-vsock: a {room}-byte receive buffer cannot hold the next packet");
                 if let Err(e) = self.rx.queue.add_used(&self.mem, chain.head_index, 0) {
                     return self.fail(&e);
                 }
                 used = true;
                 continue;
             }
-            let max_payload = (room - PacketHeader::SIZE as u64).min(MAX_PKT_PAYLOAD as u64) as usize;
             let Some(hdr) = self.next_packet(max_payload) else {
                 self.rx.queue.undo_pop();
                 break;

@@ -669,6 +669,18 @@ fn receive_buffers_too_small_for_a_header_are_returned_empty() {
 }
 
 #[test]
+fn header_only_receive_buffers_carry_control_packets() {
+    // 44 bytes hold any packet without payload: here the RST that answers a
+    // request to a port nobody listens on.
+    let mut h = harness();
+    h.guest.post_rx_sized(1, PacketHeader::SIZE as u32);
+    h.send_op(VSOCK_OP_REQUEST, 1, 9999);
+    assert_eq!(h.guest.rx.used_elem(0).1, PacketHeader::SIZE as u32);
+    assert_eq!(ops(&h.guest.recv()), vec![VSOCK_OP_RST]);
+    assert_eq!(h.worker.counters.rx_bad_buffers, 0);
+}
+
+#[test]
 fn small_receive_buffers_split_host_data() {
     let mut h = harness();
     let l = h.listen(93);
