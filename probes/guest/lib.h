@@ -112,6 +112,7 @@ struct probe_opts {
 	int rng;	/* drive a virtio-rng device */
 	int vcon;	/* drive a virtio-console device (token `console`) */
 	int mq;		/* virtio-net: 2 queue pairs through the control queue */
+	int event_idx;	/* evidx: negotiate VIRTIO_F_EVENT_IDX and follow avail_event/used_event */
 	u8 ip[4];	/* virtio-net: our IPv4 address (ip=), default 192.0.2.2 */
 	u8 peer[4];	/* virtio-net: the peer to ARP and ping (peer=), default 192.0.2.1 */
 	u32 net_serve;	/* net-serve=SECONDS: answer ARP and ping that long afterwards */

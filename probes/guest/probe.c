@@ -574,6 +574,8 @@ static void parse_cmdline(void)
 			opts.vcon = 1;
 		else if (token_is(t, len, "mq"))
 			opts.mq = 1;
+		else if (token_is(t, len, "evidx"))
+			opts.event_idx = 1;
 		else if (token_ipv4(t, len, "ip=", opts.ip))
 			;
 		else if (token_ipv4(t, len, "peer=", opts.peer))

@@ -91,6 +91,13 @@ void vdev_fail(struct vdev *v, const char *reason)
 
 void vdev_put_result(struct vdev *v)
 {
+	if (v->event_idx) {
+		put_key(v, "-event-idx: kicks=");
+		put_dec(v->kicks);
+		puts(" suppressed=");
+		put_dec(v->kicks_suppressed);
+		puts("\n");
+	}
 	put_key(v, "-result: ");
 	if (v->err) {
 		puts("fail ");
@@ -227,6 +234,8 @@ u64 vdev_negotiate(struct vdev *v, u64 want, void (*names)(u64))
 		vdev_fail(v, "VIRTIO_F_VERSION_1 not offered");
 		return 0;
 	}
+	if (opts.event_idx)
+		want |= F(F_EVENT_IDX);
 	u64 feat = offered & (want | F(F_VERSION_1));
 	vdev_write_features(v, feat);
 	put_key(v, "-driver-features: ");
@@ -239,6 +248,7 @@ u64 vdev_negotiate(struct vdev *v, u64 want, void (*names)(u64))
 		vdev_fail(v, "FEATURES_OK not kept");
 		return 0;
 	}
+	v->event_idx = !!(feat & F(F_EVENT_IDX));
 	return feat;
 }
 
@@ -301,8 +311,25 @@ u8 vdev_cfg8(struct vdev *v, u32 off)
 
 /* ---- virtqueues ---- */
 
+/* EVENT_IDX (2.7.10): avail_event sits after the used ring's entries, used_event
+ * after the available ring's; both follow the negotiated queue size. */
+static volatile u16 *avail_event(struct vq *q) { return (volatile u16 *)&q->used->ring[q->size]; }
+static volatile u16 *used_event(struct vq *q) { return &q->avail->ring[q->size]; }
+
 void vq_kick(struct vdev *v, struct vq *q)
 {
+	if (q->event_idx) {
+		/* Notify only if avail.idx moved past avail_event since the last
+		 * kick: vring_need_event(avail_event, new, old). */
+		mb();
+		u16 ev = *avail_event(q), new = q->avail_idx, old = q->kicked_idx;
+		q->kicked_idx = new;
+		if ((u16)(new - ev - 1) >= (u16)(new - old)) {
+			v->kicks_suppressed++;
+			return;
+		}
+	}
+	v->kicks++;
 	if (v->mmio)
 		wr32(v->base + MM_Q_NOTIFY, q->index);
 	else
@@ -326,6 +353,9 @@ int vq_pop(struct vq *q, u32 *len)
 	u32 id = q->used->ring[q->last_used % q->size].id;
 	*len = q->used->ring[q->last_used % q->size].len;
 	q->last_used++;
+	/* EVENT_IDX: interrupt again for the next entry the device uses. */
+	if (q->event_idx)
+		*used_event(q) = q->last_used;
 	return (int)id;
 }
 
@@ -415,6 +445,7 @@ int vq_setup(struct vdev *v, struct vq *q, u16 index, struct vring_page *ring, u
 	q->avail = &ring->avail;
 	q->used = &ring->used;
 	q->avail->flags = v->irq == IRQ_POLL ? AVAIL_F_NO_INTERRUPT : 0;
+	q->event_idx = v->event_idx;
 	u64 desc = (u64)q->desc, drv = (u64)q->avail, dev = (u64)q->used;
 	if (v->mmio) {
 		wr32(v->base + MM_Q_NUM, q->size);

@@ -70,6 +70,8 @@ struct vq {
 	u16 msix_entry;		/* with msix: the MSI-X table entry of this queue */
 	u16 next_free;		/* vq_run(): where the next chain starts */
 	u16 avail_idx, last_used;
+	u16 kicked_idx;		/* EVENT_IDX: avail_idx at the last vq_kick */
+	int event_idx;		/* EVENT_IDX negotiated: used_event/avail_event rule */
 	int dead;		/* a request got lost: no further requests */
 	struct vring_desc *desc;
 	volatile struct vring_avail *avail;
@@ -101,6 +103,8 @@ struct vdev {
 	u32 msix_entries;	/* MSI-X table entries in use (config + queues) */
 	volatile u32 irqs, cfg_irqs, isr_other;
 	volatile u32 entry_irqs[VDEV_MAX_VEC];	/* MSI-X interrupts per entry */
+	int event_idx;		/* VIRTIO_F_EVENT_IDX negotiated (token evidx) */
+	u32 kicks, kicks_suppressed;	/* vq_kick calls that notified / that avail_event spared */
 };
 
 /* Adds "<name>: reason" to the probe's failures; the first reason is kept in v->err. */

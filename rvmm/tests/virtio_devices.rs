@@ -109,6 +109,33 @@ fn net_multiqueue_through_the_control_queue() {
 }
 
 #[test]
+fn net_with_event_idx_and_multiqueue() {
+    // With VIRTIO_F_EVENT_IDX the probe kicks only when avail.idx crosses the
+    // device's avail_event; the device must keep moving it on the transmit and
+    // control queues, or the second frame and the MQ command are never seen.
+    let Some(ns) = Netns::with_tap("net-evidx", "tap1", "198.51.100.1/24", true) else { return };
+    let args = [
+        "--kernel",
+        rvmm_probes::PVH_ELF,
+        "--net",
+        "tap=tap1,queues=2",
+        "--cmdline",
+        "net mq msix evidx ip=198.51.100.7 peer=198.51.100.1",
+    ];
+    let out = VmRunner::new(ns.rvmm(&args)).timeout(TIMEOUT).run().unwrap();
+    let r = out.report();
+    let accepted = r
+        .get("net-driver-features")
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x").split(' ').next()?, 16).ok());
+    assert!(accepted.is_some_and(|f| f & (1 << 29) != 0), "EVENT_IDX not accepted\n{}", out.describe());
+    assert_eq!(r.get("net-mq"), Some("pairs=2 ok"), "{}", out.describe());
+    assert_eq!(r.get("net-ping"), Some("ok seq=1 bytes=64"), "{}", out.describe());
+    assert!(r.get("net-event-idx").is_some_and(|v| v.starts_with("kicks=")), "{}", out.describe());
+    assert_eq!(r.get("net-result"), Some("ok"), "{}", out.describe());
+    assert_exit(&out, 0);
+}
+
+#[test]
 fn host_pings_the_guest() {
     let Some(ns) = Netns::with_tap("net-serve", "tap0", "192.0.2.1/24", false) else { return };
     let args = ["--kernel", rvmm_probes::PVH_ELF, "--net", "tap=tap0", "--cmdline", "net net-serve=4"];

@@ -451,6 +451,22 @@ fn pci_mq_msix() {
     }
 }
 
+/// The probe's VIRTIO_F_EVENT_IDX rules (kick only when avail.idx crosses
+/// avail_event, used_event moved after each used entry) against QEMU's device,
+/// with two queue pairs and the control queue.
+#[test]
+fn pci_mq_msix_event_idx() {
+    let case = Case { test: "pci_mq_msix_event_idx", tokens: "net mq msix evidx", mq: true, ..Default::default() };
+    if let Some(run) = run(&case) {
+        check(&case, &run);
+        let (r, out) = (&run.report, &run.out);
+        let accepted = features(r, "net-driver-features", out);
+        assert!(accepted & (1 << 29) != 0, "EVENT_IDX not accepted\n{}", out.describe());
+        assert_eq!(r.get("net-mq"), Some("pairs=2 ok"), "{}", out.describe());
+        assert!(r.get("net-event-idx").is_some_and(|v| v.starts_with("kicks=")), "{}", out.describe());
+    }
+}
+
 /// microvm without ACPI: QEMU appends `virtio_mmio.device=512@0xfeb00e00:12`.
 #[test]
 fn mmio_irq() {
