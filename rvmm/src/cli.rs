@@ -68,8 +68,8 @@ struct RunArgs {
     /// Number of vCPUs (1-254).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     cpus: u8,
-    /// Guest memory, in bytes or with a K, M or G suffix.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    /// Guest memory, in bytes or with a K, M or G suffix; a multiple of 4 KiB.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_memory)]
     memory: u64,
     /// Where the console goes: stdio (COM1 on the terminal), virtio (a virtio-console,
     /// the guest's hvc0, on the terminal), file:PATH (COM1's output) or none.
@@ -221,6 +221,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}': the size must not be zero"));
     }
     n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses `--memory`: a size that is a whole number of 4 KiB pages, which KVM's memory slots are made of.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n % vmm::memory::PAGE_SIZE != 0 {
+        return Err(format!("'{s}' is not a multiple of 4 KiB"));
+    }
+    Ok(n)
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -478,6 +487,14 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_memory("256M"), Ok(256 << 20));
+        assert_eq!(parse_memory("1028K"), Ok(1028 << 10));
+        assert_eq!(parse_memory("268439552"), Ok((256 << 20) + 4096));
+        for bad in ["1000000", "268435457", "1026K", "2K"] {
+            let e = parse_memory(bad).unwrap_err();
+            assert!(e.contains("not a multiple of 4 KiB"), "{e}");
+        }
+        assert!(parse_memory("0").is_err());
     }
 
     #[test]

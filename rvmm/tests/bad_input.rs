@@ -100,6 +100,13 @@ fn memory_too_small() {
 }
 
 #[test]
+fn memory_not_a_multiple_of_4k() {
+    // Caught while parsing the arguments, not by KVM_SET_USER_MEMORY_REGION later.
+    rejects(&["--kernel", rvmm_probes::PVH_ELF, "--memory", "268435457"], 64, "not a multiple of 4 KiB");
+    rejects(&["--kernel", rvmm_probes::PVH_ELF, "--memory", "65538K"], 64, "not a multiple of 4 KiB");
+}
+
+#[test]
 fn vcpu_counts() {
     rejects(&["--cpus", "0"], 64, "1 to 254");
     rejects(&["--cpus", "255"], 64, "1 to 254");

@@ -205,7 +205,10 @@ impl VmError {
     pub fn is_bad_input(&self) -> bool {
         matches!(self, VmError::VcpuCount { .. } | VmError::ConsoleFile { .. } | VmError::DebugconFile { .. })
             || matches!(self, VmError::Boot(e) if e.is_bad_input())
-            || matches!(self, VmError::Memory(MemoryError::SizeOutOfRange { .. }))
+            || matches!(
+                self,
+                VmError::Memory(MemoryError::SizeOutOfRange { .. } | MemoryError::SizeNotPageAligned { .. })
+            )
             || matches!(
                 self,
                 VmError::Device(

@@ -21,6 +21,27 @@ pub const BIOS_DATA_OFFSET: u16 = 0x7000;
 /// Most e820 entries the data block holds.
 pub const BIOS_E820_MAX: usize = 128;
 
+/// BIOS data area: I/O port of COM1.
+const BDA_COM1_PORT: u64 = 0x400;
+/// BIOS data area: segment of the extended BIOS data area.
+pub const BDA_EBDA_SEGMENT: u64 = 0x40e;
+/// BIOS data area: conventional ("base") memory in KiB, below the EBDA.
+pub const BDA_BASE_MEMORY_KB: u64 = 0x413;
+
+/// Writes the BIOS data area's memory fields that a kernel reads on any boot
+/// path: the EBDA segment (0x40E) and the base memory size in KiB (0x413).
+/// Both describe the EBDA that [`MemoryLayout::e820_map`] reserves at
+/// [`EBDA_START`] (segment 0x9FC0, 639 KiB of base memory), as a PC BIOS
+/// leaves them. Kernels read them whatever entry they came through: Linux's
+/// `reserve_bios_regions()` reserves from the lower of the two up to 1 MiB,
+/// and the RSDP and MP floating pointer searches begin in the EBDA's first KiB.
+pub fn write_bda_memory(memory: &GuestMemoryMmap) -> Result<(), BootError> {
+    let ebda_segment = (EBDA_START >> 4) as u16;
+    let base_kb = (EBDA_START / 1024) as u16;
+    write_guest(memory, BDA_EBDA_SEGMENT, &ebda_segment.to_le_bytes(), "BIOS data area")?;
+    write_guest(memory, BDA_BASE_MEMORY_KB, &base_kb.to_le_bytes(), "BIOS data area")
+}
+
 fn segment_address(offset: u16) -> u64 {
     (u64::from(BIOS_SEGMENT) << 4) + u64::from(offset)
 }
@@ -54,11 +75,9 @@ pub fn install(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Result<(), Bo
     }
     write_guest(memory, 0, &ivt, "interrupt vector table")?;
 
-    // BIOS data area (0x400): COM1's port, conventional memory size, EBDA segment.
-    let base_kb = (EBDA_START / 1024) as u16;
-    write_guest(memory, 0x400, &0x3f8u16.to_le_bytes(), "BIOS data area")?;
-    write_guest(memory, 0x40e, &((EBDA_START >> 4) as u16).to_le_bytes(), "BIOS data area")?;
-    write_guest(memory, 0x413, &base_kb.to_le_bytes(), "BIOS data area")?;
+    // BIOS data area (0x400): COM1's port, then what every boot path has.
+    write_guest(memory, BDA_COM1_PORT, &0x3f8u16.to_le_bytes(), "BIOS data area")?;
+    write_bda_memory(memory)?;
 
     write_guest(memory, segment_address(BIOS_DATA_OFFSET), &data_block(layout), "BIOS data")
 }
@@ -100,6 +119,25 @@ mod tests {
         assert!(
             segment_address(BIOS_DATA_OFFSET) + 16 + 20 * BIOS_E820_MAX as u64 <= segment_address(BIOS_CODE_OFFSET)
         );
+    }
+
+    #[test]
+    fn bda_describes_the_reserved_ebda() {
+        let layout = MemoryLayout::new(256 * MIB).unwrap();
+        let memory = layout.allocate().unwrap();
+        write_bda_memory(&memory).unwrap();
+        let read16 = |addr: u64| {
+            let mut b = [0u8; 2];
+            vm_memory::Bytes::read_slice(&memory, &mut b, vm_memory::GuestAddress(addr)).unwrap();
+            u16::from_le_bytes(b)
+        };
+        assert_eq!(read16(BDA_EBDA_SEGMENT), 0x9fc0);
+        assert_eq!(read16(BDA_BASE_MEMORY_KB), 639);
+        // Exactly what the e820 map reserves: RAM below, the EBDA from there.
+        let map = layout.e820_map();
+        assert_eq!(map[0].addr + map[0].size, u64::from(read16(BDA_BASE_MEMORY_KB)) * 1024);
+        assert_eq!(map[1].addr, u64::from(read16(BDA_EBDA_SEGMENT)) << 4);
+        assert_eq!(map[1].kind, crate::memory::E820Type::Reserved);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! |--------------------------------|-----------------------------------------|-------------|
 //! | ELF vmlinux                    | Linux 64-bit boot protocol (RSI = boot_params) | [`linux`] |
 //! | ELF with a Xen PVH note        | PVH: 32-bit, EBX = hvm_start_info       | [`pvh`]     |
+//! | 32-bit i386 ELF with that note | PVH                                     | [`linux`], [`pvh`] |
 //! | bzImage                        | 64-bit entry at load address + 0x200    | [`linux`]   |
 //! | bzImage without XLF_KERNEL_64  | 32-bit protected-mode entry             | [`linux`]   |
 //! | bzImage, `--boot legacy`       | real-mode setup code under rvmm's BIOS  | [`realmode`], [`bios`] |
@@ -142,8 +143,11 @@ pub enum BootError {
     /// The file is neither an ELF nor a bzImage.
     #[error("{0}: not a kernel image (neither an ELF file nor a bzImage with a 'HdrS' setup header)")]
     UnknownFormat(PathBuf),
-    /// An ELF for something other than x86-64.
-    #[error("{path}: ELF file is {what}; rvmm boots 64-bit x86 (EM_X86_64) little-endian kernels")]
+    /// An ELF for something other than x86-64 (or i386 with a PVH note).
+    #[error(
+        "{path}: ELF file is {what}; rvmm boots little-endian x86-64 (EM_X86_64) ELF kernels, \
+         and i386 (EM_386) ones that have a Xen PVH note"
+    )]
     WrongElf {
         /// The kernel file.
         path: PathBuf,
@@ -255,6 +259,9 @@ pub fn load(memory: &GuestMemoryMmap, layout: &MemoryLayout, config: &BootConfig
         return Err(BootError::CmdlineNul);
     }
     let rsdp_addr = write_firmware_tables(memory, config.num_cpus, config.pci.as_ref(), &config.acpi_mmio_devices)?;
+    // Every kernel path has the low RAM slot and the EBDA the e820 map reserves:
+    // the BIOS data area says where it is, as after a BIOS boot.
+    bios::write_bda_memory(memory)?;
     let mut info = match detect_format(config)? {
         ImageFormat::Elf => linux::load_elf(memory, layout, config, rsdp_addr)?,
         ImageFormat::BzImage => linux::load_bzimage(memory, layout, config, rsdp_addr)?,

@@ -15,7 +15,7 @@
 //! | 60 | 20 × n | processor entries (§4.3.1) |
 //! | .. | 8 or 16 | bus entries (§4.3.2): ISA (ID 0), and PCI (ID 1) if the VM has a PCI bus |
 //! | .. | 8 | I/O APIC entry (§4.3.3) |
-//! | .. | 8 × (15 + p) | I/O interrupt assignment entries (§4.3.4): ISA IRQs, then each PCI function's INTA# |
+//! | .. | 8 × (i + p) | I/O interrupt assignment entries (§4.3.4): ISA IRQs (15 less those whose pin a PCI INTA# uses), then each PCI function's INTA# |
 //! | .. | 8 × 2 | local interrupt assignment entries (§4.3.5) |
 //!
 //! The entries follow the order the spec requires (§4.3: entries sorted
@@ -69,8 +69,6 @@ const PROCESSOR_ENTRY_SIZE: usize = 20;
 /// Size of every other base table entry: bus, I/O APIC, I/O interrupt and
 /// local interrupt entries (§4.3.2-§4.3.5).
 const ENTRY_SIZE: usize = 8;
-/// ISA IRQs 0-15 less IRQ 2, the cascade input that no ISA device drives.
-const NUM_ISA_IRQ_ENTRIES: usize = 15;
 /// ExtINT -> LINT0 and NMI -> LINT1.
 const NUM_LOCAL_INT_ENTRIES: usize = 2;
 
@@ -109,8 +107,9 @@ pub enum MpTableError {
     /// At least the bootstrap processor must be listed.
     #[error("MP table needs at least one CPU, got 0")]
     NoCpus,
-    /// APIC IDs 0..num_cpus go to CPUs, num_cpus to the I/O APIC and 255
-    /// is broadcast, so at most 254 CPUs fit.
+    /// CPUs get APIC IDs 0..num_cpus and 255 is broadcast; rvmm keeps one
+    /// spare as QEMU does, so at most 254 CPUs fit. (The I/O APIC's ID 0 is
+    /// in its own name space on an xAPIC system and takes none of these.)
     #[error("MP table supports at most {max} CPUs, got {0}", max = MAX_CPUS)]
     TooManyCpus(u8),
     /// The floating pointer must start on a 16-byte paragraph (§4.1).
@@ -149,7 +148,29 @@ fn config_table_size(num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) -> usize {
 /// The 8-byte entries: buses, the I/O APIC, I/O and local interrupts.
 fn entry_count(pci_intx: Option<&[(u8, u32)]>) -> usize {
     let (pci_bus, pci_entries) = pci_intx.map_or((0, 0), |r| (1, r.len()));
-    1 + pci_bus + 1 + NUM_ISA_IRQ_ENTRIES + pci_entries + NUM_LOCAL_INT_ENTRIES
+    1 + pci_bus + 1 + isa_routes(pci_intx).len() + pci_entries + NUM_LOCAL_INT_ENTRIES
+}
+
+/// The `(ISA IRQ, I/O APIC pin)` routes the table lists: IRQ n to pin n, except
+/// IRQ 0 (the PIT), which goes to pin 2 because pin 0 carries the 8259's ExtINT
+/// output on PC hardware, and IRQ 2, the 8259 cascade that nothing drives.
+///
+/// A pin that a PCI INTA# is routed to (GSIs 5, 6, 7, 10, 11, 14 and 15 are
+/// handed to devices) is left out: its one interrupt source is the PCI function,
+/// level-triggered and active low. An ISA entry for the same pin would say edge
+/// and active high, and an OS that reads both would program the pin for
+/// whichever entry it met last. SeaBIOS likewise lists no ISA entry for an IRQ
+/// that a PCI device uses.
+fn isa_routes(pci_intx: Option<&[(u8, u32)]>) -> Vec<(u8, u8)> {
+    let pci_pins: Vec<u32> = pci_intx.unwrap_or_default().iter().map(|&(_, gsi)| gsi).collect();
+    (0u8..16)
+        .filter_map(|irq| match irq {
+            0 => Some((0, 2)),
+            2 => None,
+            n => Some((n, n)),
+        })
+        .filter(|&(_, pin)| !pci_pins.contains(&u32::from(pin)))
+        .collect()
 }
 
 /// Builds the MP floating pointer structure followed by the MP
@@ -157,12 +178,13 @@ fn entry_count(pci_intx: Option<&[(u8, u32)]>) -> usize {
 /// physical `table_addr` (normally [`MPTABLE_START`]).
 ///
 /// CPU `i` gets APIC ID `i` (CPU 0 is the bootstrap processor), the single
-/// I/O APIC gets ID `num_cpus` at [`IO_APIC_DEFAULT_PHYS_BASE`], and ISA
-/// IRQ `n` is routed to I/O APIC pin `n`, except IRQ 0 (the PIT) which goes
-/// to pin 2 as on PC firmware and QEMU. With `pci_intx` (`(slot, GSI)` of the
-/// INTA# of each function on PCI bus 0), a PCI bus is described too and each
-/// INTA# is routed to I/O APIC pin GSI, level-triggered and active low as the
-/// PCI bus conforms to (the routes the ACPI `_PRT` gives).
+/// I/O APIC gets ID [`IOAPIC_ID`](super::acpi::IOAPIC_ID) (0) at
+/// [`IO_APIC_DEFAULT_PHYS_BASE`], and ISA IRQ `n` is routed to I/O APIC pin
+/// `n`, except IRQ 0 (the PIT) which goes to pin 2 as on PC firmware and QEMU.
+/// With `pci_intx` (`(slot, GSI)` of the INTA# of each function on PCI bus 0),
+/// a PCI bus is described too and each INTA# is routed to I/O APIC pin GSI,
+/// level-triggered and active low as the PCI bus conforms to (the routes the
+/// ACPI `_PRT` gives); the ISA entry for such a pin is left out (see [`isa_routes`]).
 pub fn build_mptable(table_addr: u64, num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) -> Result<Vec<u8>, MpTableError> {
     if num_cpus == 0 {
         return Err(MpTableError::NoCpus);
@@ -219,7 +241,12 @@ fn write_floating_pointer(out: &mut Vec<u8>, config_addr: u32) {
 /// Appends the configuration table header and its base entries (§4.2, §4.3).
 fn write_config_table(out: &mut Vec<u8>, num_cpus: u8, pci_intx: Option<&[(u8, u32)]>) {
     let start = out.len();
-    // The ID the I/O APIC's register reads after reset, as in the MADT.
+    // I/O APIC ID 0, not one after the CPUs' APIC IDs: it is what the IOAPIC ID
+    // register of KVM's in-kernel IOAPIC reads after reset (nothing programs
+    // it), what the MADT says, and what QEMU with SeaBIOS reports. That CPU 0
+    // has APIC ID 0 too is fine: with xAPICs (KVM's local APIC version is 0x14)
+    // there is no serial APIC bus on which the two name spaces would meet, and
+    // Linux leaves I/O APIC IDs alone on such systems.
     let ioapic_id = super::acpi::IOAPIC_ID;
     // Both fit in u16: at most 44 + 254*20 + 8*51 bytes and 254+51 entries.
     let base_len = config_table_size(num_cpus, pci_intx) as u16;
@@ -273,15 +300,9 @@ fn write_config_table(out: &mut Vec<u8>, num_cpus: u8, pci_intx: Option<&[(u8, u
     out.push(IOAPIC_FLAG_ENABLED); // I/O APIC FLAGS
     out.extend_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
 
-    // I/O interrupt assignment entries (§4.3.4): ISA IRQ n -> pin n. IRQ 0
-    // (PIT) goes to pin 2 because pin 0 carries the 8259's ExtINT output on
-    // PC hardware, and IRQ 2 is the 8259 cascade that nothing drives.
-    for irq in 0u8..16 {
-        let pin = match irq {
-            0 => 2,
-            2 => continue,
-            n => n,
-        };
+    // I/O interrupt assignment entries (§4.3.4): ISA IRQ n -> pin n, but for
+    // IRQ 0, IRQ 2 and the pins of PCI interrupts (see `isa_routes`).
+    for (irq, pin) in isa_routes(pci_intx) {
         write_interrupt_entry(out, ENTRY_IO_INTERRUPT, INT_TYPE_INT, ISA_BUS_ID, irq, ioapic_id, pin);
     }
     // PCI (§D.3): the source IRQ is the device number in bits 6:2 and the
@@ -447,12 +468,13 @@ mod tests {
         let t = build_mptable(MPTABLE_START, 1, Some(&routes)).unwrap();
         assert_eq!(t.len(), mptable_size(1, Some(&routes)));
         assert_eq!(sum(&t[16..16 + usize::from(u16_at(&t, 16 + 4))]), 0, "config table checksum");
-        assert_eq!(u16_at(&t, 16 + 34), 1 + 2 + 1 + 15 + 2 + 2, "entry count");
+        // ISA IRQ 10's entry gives way to the PCI INTA# on pin 10.
+        assert_eq!(u16_at(&t, 16 + 34), 1 + 2 + 1 + 14 + 2 + 2, "entry count");
         let base = 60 + 20;
         assert_eq!(&t[base..base + 8], b"\x01\x00ISA   ");
         assert_eq!(&t[base + 8..base + 16], b"\x01\x01PCI   ");
         let id = crate::boot::acpi::IOAPIC_ID;
-        let pci = base + 24 + 8 * 15;
+        let pci = base + 24 + 8 * 14;
         // INT, conforming (PCI: level, active low), bus 1, device << 2 | INTA#, I/O APIC pin = GSI.
         assert_eq!(&t[pci..pci + 8], &[3, 0, 0, 0, 1, 1 << 2, id, 10]);
         assert_eq!(&t[pci + 8..pci + 16], &[3, 0, 0, 0, 1, 2 << 2, id, 16]);
@@ -468,6 +490,63 @@ mod tests {
         // A PCI bus without devices still gets its bus entry.
         let empty = build_mptable(MPTABLE_START, 1, Some(&[])).unwrap();
         assert_eq!(&empty[base + 8..base + 16], b"\x01\x01PCI   ");
+    }
+
+    /// `(bus, source IRQ, pin)` of every I/O interrupt entry, and the I/O APIC ID of the I/O APIC entry.
+    fn io_interrupts(t: &[u8]) -> (Vec<(u8, u8, u8)>, u8) {
+        let (mut off, mut routes, mut ioapic_id) = (16 + 44, Vec::new(), None);
+        while off < t.len() {
+            match t[off] {
+                0 => off += 20,
+                ty => {
+                    if ty == 2 {
+                        ioapic_id = Some(t[off + 1]);
+                    }
+                    if ty == 3 {
+                        assert_eq!(t[off + 6], ioapic_id.unwrap(), "destination is the I/O APIC entry's ID");
+                        routes.push((t[off + 4], t[off + 5], t[off + 7]));
+                    }
+                    off += 8;
+                }
+            }
+        }
+        (routes, ioapic_id.unwrap())
+    }
+
+    #[test]
+    fn ioapic_id_is_zero_for_any_cpu_count() {
+        for n in [1u8, 2, 8, 254] {
+            let (_, id) = io_interrupts(&build_mptable(MPTABLE_START, n, None).unwrap());
+            assert_eq!(id, 0, "{n} CPUs");
+            assert_eq!(id, crate::boot::acpi::IOAPIC_ID, "as the MADT says");
+        }
+    }
+
+    #[test]
+    fn pci_pins_get_no_isa_entry() {
+        // The device GSIs rvmm hands out, first the ISA ones.
+        let routes: Vec<(u8, u32)> =
+            [5u32, 6, 7, 10, 11, 14, 15, 16, 17].iter().zip(1u8..).map(|(&g, s)| (s, g)).collect();
+        let t = build_mptable(MPTABLE_START, 2, Some(&routes)).unwrap();
+        assert_eq!(t.len(), mptable_size(2, Some(&routes)));
+        assert_eq!(u16_at(&t, 16 + 4) as usize, t.len() - 16, "base table length");
+        assert_eq!(sum(&t[16..]), 0);
+        let (entries, _) = io_interrupts(&t);
+        assert_eq!(u16_at(&t, 16 + 34) as usize, 2 + 2 + 1 + entries.len() + 2, "entry count");
+        let isa: Vec<(u8, u8)> = entries.iter().filter(|e| e.0 == 0).map(|e| (e.1, e.2)).collect();
+        assert_eq!(isa, [(0, 2), (1, 1), (3, 3), (4, 4), (8, 8), (9, 9), (12, 12), (13, 13)]);
+        let pci: Vec<u8> = entries.iter().filter(|e| e.0 == 1).map(|e| e.2).collect();
+        assert_eq!(pci, [5, 6, 7, 10, 11, 14, 15, 16, 17]);
+        // Every pin has one source.
+        let mut pins: Vec<u8> = entries.iter().map(|e| e.2).collect();
+        pins.sort_unstable();
+        pins.dedup();
+        assert_eq!(pins.len(), entries.len());
+        // Without PCI, all 15 ISA entries stay.
+        let (entries, _) = io_interrupts(&build_mptable(MPTABLE_START, 1, None).unwrap());
+        assert_eq!(entries.len(), 15);
+        let (entries, _) = io_interrupts(&build_mptable(MPTABLE_START, 1, Some(&[])).unwrap());
+        assert_eq!(entries.len(), 15);
     }
 
     #[test]

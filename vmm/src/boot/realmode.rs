@@ -46,7 +46,7 @@ pub fn prepare(
     // bytes: what follows it in the image is setup code.
     let mut params = ZeroPage::default();
     params.0.hdr = parsed.header;
-    super::linux::fill_zero_page_at(&mut params, layout, cmdline_addr, &config.cmdline, initrd, rsdp_addr);
+    super::linux::fill_zero_page_at(&mut params, layout, cmdline_addr, initrd, rsdp_addr);
     let hdr = &mut params.0.hdr;
     hdr.type_of_loader = 0xff;
     hdr.loadflags |= CAN_USE_HEAP;

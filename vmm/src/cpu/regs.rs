@@ -28,6 +28,15 @@ const TSS_SELECTOR: u16 = 0x20;
 const CR0_PE: u64 = 1 << 0;
 const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;
+/// CR0 at the 32-bit entries (PVH and the Linux 32-bit protocol): protected
+/// mode, paging off, every other writable bit clear (pvh.pandoc: "CR0: PE set,
+/// all other writable bits cleared"). In particular not KVM's reset value's
+/// CD and NW (0x6000_0000): the guest starts with caches enabled. ET is
+/// read-only 1 on every CPU since the i486.
+const CR0_PROTECTED32: u64 = CR0_PE | CR0_ET;
+/// CR0 at the Linux 64-bit entry: long mode needs PE and PG; nothing else is
+/// set (the kernel loads its own CR0 early), and CD/NW are clear as above.
+const CR0_LONG64: u64 = CR0_PE | CR0_ET | CR0_PG;
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
@@ -154,7 +163,7 @@ pub fn entry_state(
             sregs.gs = data;
             sregs.ss = data;
             sregs.tr = segment_from_gdt(gdt[4], TSS_SELECTOR);
-            sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
+            sregs.cr0 = CR0_PROTECTED32;
             sregs.cr4 = 0;
             sregs.efer = 0;
             regs.rip = u64::from(eip);
@@ -175,7 +184,7 @@ pub fn entry_state(
             sregs.tr = segment_from_gdt(gdt[4], TSS_SELECTOR);
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 |= CR4_PAE;
-            sregs.cr0 |= CR0_PE | CR0_PG | CR0_ET;
+            sregs.cr0 = CR0_LONG64;
             sregs.efer |= EFER_LME | EFER_LMA;
             regs.rip = rip;
             regs.rsi = rsi;
@@ -226,5 +235,33 @@ mod tests {
         for addr in [0u64, 0x12_3456, 0xfee0_0000, 0xffff_ffff] {
             assert_eq!(crate::memory::pagewalk::translate(&mem, mode, addr), Ok(addr));
         }
+    }
+
+    /// The sregs a new KVM vCPU reports: CR0 = CD | NW | ET.
+    fn kvm_reset_sregs() -> kvm_sregs {
+        kvm_sregs { cr0: 0x6000_0010, ..Default::default() }
+    }
+
+    #[test]
+    fn entry_cr0_has_caches_enabled() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        // PVH and the Linux 32-bit entry: PE (and the read-only ET) only.
+        let entry = EntryPoint::Protected32 { eip: 0x10_0000, esi: 0x7000, ebx: 0x6000 };
+        let (regs, sregs) = entry_state(&mem, entry, kvm_reset_sregs()).unwrap();
+        assert_eq!(sregs.cr0, 0x11);
+        assert_eq!((sregs.cr4, sregs.efer), (0, 0));
+        assert_eq!((regs.rip, regs.rsi, regs.rbx, regs.rflags), (0x10_0000, 0x7000, 0x6000, 2));
+        assert_eq!((sregs.cs.selector, sregs.cs.db, sregs.cs.l), (CODE_SELECTOR, 1, 0));
+        assert_eq!((sregs.tr.selector, sregs.tr.type_), (TSS_SELECTOR, 0xb));
+        // The Linux 64-bit entry: PE | PG (and ET); CD and NW clear.
+        let entry = EntryPoint::Long64 { rip: 0x20_0200, rsi: 0x7000 };
+        let (_, sregs) = entry_state(&mem, entry, kvm_reset_sregs()).unwrap();
+        assert_eq!(sregs.cr0, 0x8000_0011);
+        assert_eq!(sregs.cr4, CR4_PAE);
+        assert_eq!(sregs.efer, EFER_LME | EFER_LMA);
+        // The real-mode entry keeps the reset state's CR0 less PE and PG, as a CPU after reset.
+        let entry = EntryPoint::Real { cs: 0x1020, ip: 0, data_segment: 0x1000, sp: 0xe000 };
+        let (_, sregs) = entry_state(&mem, entry, kvm_reset_sregs()).unwrap();
+        assert_eq!(sregs.cr0, 0x6000_0010);
     }
 }

@@ -11,6 +11,7 @@
 //! 0x000e_0000 .. 0x0010_0000  reserved   BIOS area: ACPI tables, MP table, real-mode BIOS (its own slot)
 //! 0x0010_0000 .. low_end      RAM        the kernel, initrd, the rest of the guest's memory
 //! 0xc000_0000 .. 0x1_0000_0000 (hole)    32-bit MMIO: IOAPIC, LAPIC, PCI BARs later
+//!   0xfeff_c000 .. 0xff00_0000 reserved  KVM's identity map and TSS pages (not backed)
 //! 0x1_0000_0000 .. high_end   RAM        what did not fit below the hole
 //! ```
 //!
@@ -62,6 +63,8 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 pub const MIN_MEMORY: u64 = 8 * MIB;
 /// Largest guest memory rvmm accepts (keeps the layout arithmetic far from overflow).
 pub const MAX_MEMORY: u64 = 1 << 40;
+/// Guest memory is a whole number of these: KVM memory slots are made of 4 KiB pages.
+pub const PAGE_SIZE: u64 = 4 * KIB;
 
 /// Errors while building or mapping guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,12 @@ pub enum MemoryError {
     /// The requested size is below [`MIN_MEMORY`] or above [`MAX_MEMORY`].
     #[error("guest memory of {requested} bytes is out of range: use between {} MiB and {} GiB", MIN_MEMORY / MIB, MAX_MEMORY / GIB)]
     SizeOutOfRange {
+        /// What was asked for.
+        requested: u64,
+    },
+    /// The requested size is not a whole number of 4 KiB pages.
+    #[error("guest memory of {requested} bytes is not a multiple of 4 KiB (the page size of KVM's memory slots)")]
+    SizeNotPageAligned {
         /// What was asked for.
         requested: u64,
     },
@@ -137,6 +146,10 @@ impl MemoryLayout {
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&ram_bytes) {
             return Err(MemoryError::SizeOutOfRange { requested: ram_bytes });
         }
+        // KVM_SET_USER_MEMORY_REGION refuses slots that are not whole pages.
+        if ram_bytes % PAGE_SIZE != 0 {
+            return Err(MemoryError::SizeNotPageAligned { requested: ram_bytes });
+        }
         let mut regions = vec![
             MemoryRegion { start: 0, size: LOW_RAM_END, kind: RegionKind::Ram },
             MemoryRegion { start: BIOS_AREA_START, size: BIOS_AREA_SIZE, kind: RegionKind::Firmware },
@@ -192,9 +205,13 @@ impl MemoryLayout {
     ///
     /// Every backed region appears with the type of its use, and the EBDA at the
     /// top of low memory is carved out as reserved, as on a PC. Nothing that is
-    /// not backed is reported as RAM.
+    /// not backed is reported as RAM. KVM's private pages (identity map and TSS,
+    /// [`KVM_IDENTITY_MAP_ADDR`](crate::interrupt::KVM_IDENTITY_MAP_ADDR)) are
+    /// reported as reserved, as QEMU's map does, so that a guest never places a
+    /// PCI BAR or anything else over them.
     pub fn e820_map(&self) -> Vec<E820Entry> {
-        let mut map = Vec::with_capacity(self.regions.len() + 1);
+        use crate::interrupt::{KVM_IDENTITY_MAP_ADDR, KVM_PRIVATE_PAGES_SIZE};
+        let mut map = Vec::with_capacity(self.regions.len() + 2);
         for region in &self.regions {
             match region.kind {
                 RegionKind::Ram if region.start == 0 => {
@@ -205,6 +222,10 @@ impl MemoryLayout {
                 RegionKind::Firmware => map.push(E820Entry::new(region.start, region.size, E820Type::Reserved)),
             }
         }
+        // The pages lie in the MMIO hole, which no region overlaps: insert in order.
+        let kvm_pages = E820Entry::new(KVM_IDENTITY_MAP_ADDR, KVM_PRIVATE_PAGES_SIZE, E820Type::Reserved);
+        let at = map.partition_point(|e| e.addr < KVM_IDENTITY_MAP_ADDR);
+        map.insert(at, kvm_pages);
         map
     }
 
@@ -306,7 +327,9 @@ mod tests {
         assert_eq!(layout.low_ram_end(), 256 * MIB);
         let e820 = layout.e820_map();
         assert_eq!(e820[0], E820Entry::new(0, EBDA_START, E820Type::Ram));
-        assert_eq!(e820.last().unwrap().addr + e820.last().unwrap().size, 256 * MIB);
+        let last_ram = e820.iter().rev().find(|e| e.kind == E820Type::Ram).unwrap();
+        assert_eq!(last_ram.addr + last_ram.size, 256 * MIB);
+        assert!(e820.iter().all(|e| e.kind != E820Type::Ram || e.addr + e.size <= 256 * MIB));
     }
 
     #[test]
@@ -320,20 +343,48 @@ mod tests {
 
     #[test]
     fn e820_matches_slots_exactly() {
+        use crate::interrupt::{KVM_IDENTITY_MAP_ADDR, KVM_PRIVATE_PAGES_SIZE};
+        let kvm_pages = E820Entry::new(KVM_IDENTITY_MAP_ADDR, KVM_PRIVATE_PAGES_SIZE, E820Type::Reserved);
         for size in [MIN_MEMORY, 256 * MIB, 3 * GIB, 5 * GIB] {
             let layout = MemoryLayout::new(size).unwrap();
             let e820 = layout.e820_map();
+            // KVM's private pages are reserved, once; they are not backed.
+            assert_eq!(e820.iter().filter(|e| **e == kvm_pages).count(), 1, "{size:#x}");
+            assert!(layout.regions().iter().all(|r| r.end() <= kvm_pages.addr || r.start >= kvm_pages.addr + 0x4000));
+            let backed: Vec<&E820Entry> = e820.iter().filter(|e| **e != kvm_pages).collect();
             // Every byte of every slot is described once, nothing else is.
             let slot_bytes: u64 = layout.regions().iter().map(|r| r.size).sum();
-            let e820_bytes: u64 = e820.iter().map(|e| e.size).sum();
+            let e820_bytes: u64 = backed.iter().map(|e| e.size).sum();
             assert_eq!(slot_bytes, e820_bytes);
-            for e in &e820 {
+            for e in backed {
                 assert!(layout.regions().iter().any(|r| e.addr >= r.start && e.addr + e.size <= r.end()));
             }
+            // Sorted and non-overlapping.
             for pair in e820.windows(2) {
-                assert!(pair[0].addr + pair[0].size <= pair[1].addr);
+                assert!(pair[0].addr + pair[0].size <= pair[1].addr, "{pair:?}");
             }
         }
+    }
+
+    #[test]
+    fn e820_reserves_kvm_private_pages() {
+        let small: Vec<(u64, u64, E820Type)> =
+            MemoryLayout::new(256 * MIB).unwrap().e820_map().iter().map(|e| (e.addr, e.size, e.kind)).collect();
+        assert_eq!(
+            small,
+            [
+                (0, EBDA_START, E820Type::Ram),
+                (EBDA_START, 0x400, E820Type::Reserved),
+                (BIOS_AREA_START, BIOS_AREA_SIZE, E820Type::Reserved),
+                (HIGH_RAM_START, 255 * MIB, E820Type::Ram),
+                (0xfeff_c000, 0x4000, E820Type::Reserved),
+            ]
+        );
+        // Above 4 GiB, the RAM there follows the pages.
+        let big = MemoryLayout::new(5 * GIB).unwrap().e820_map();
+        let n = big.len();
+        assert_eq!((big[n - 2].addr, big[n - 2].kind), (0xfeff_c000, E820Type::Reserved));
+        assert_eq!((big[n - 1].addr, big[n - 1].size), (RAM_ABOVE_4G_START, 2 * GIB));
     }
 
     #[test]
@@ -351,5 +402,12 @@ mod tests {
     fn sizes_out_of_range_are_rejected() {
         assert!(matches!(MemoryLayout::new(MIB), Err(MemoryError::SizeOutOfRange { .. })));
         assert!(MemoryLayout::new(MAX_MEMORY + 1).is_err());
+        for bad in [256 * MIB + 1, 256 * MIB + 2048, 9 * MIB - 512] {
+            let e = MemoryLayout::new(bad).unwrap_err();
+            assert!(matches!(e, MemoryError::SizeNotPageAligned { requested } if requested == bad));
+            assert!(e.to_string().contains("multiple of 4 KiB"), "{e}");
+            assert!(MemoryLayout::for_firmware(bad).is_err());
+        }
+        assert!(MemoryLayout::new(256 * MIB + 4096).is_ok());
     }
 }
