@@ -47,8 +47,11 @@ mod reg {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_SEL: u64 = 0x0ac;
     pub const SHM_LEN_LOW: u64 = 0x0b0;
     pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     pub const CONFIG_GENERATION: u64 = 0x0fc;
 }
 
@@ -85,8 +88,9 @@ impl MmioTransport {
             reg::QUEUE_READY => c.selected_queue().map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => u32::from(c.status()),
-            // No shared memory regions: length -1 says "none" (4.2.2).
-            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
+            // No shared memory regions: for a region that does not exist,
+            // SHMLen and SHMBase read 0xffffffffffffffff (4.2.2).
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => u32::MAX,
             reg::CONFIG_GENERATION => c.config_generation(),
             _ => {
                 log::debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
@@ -122,6 +126,8 @@ impl MmioTransport {
             reg::QUEUE_DRIVER_HIGH => with_queue(c, |q| q.set_avail_ring_hi(value)),
             reg::QUEUE_DEVICE_LOW => with_queue(c, |q| q.set_used_ring_lo(value)),
             reg::QUEUE_DEVICE_HIGH => with_queue(c, |q| q.set_used_ring_hi(value)),
+            // Every selectable region is absent: the selector changes nothing.
+            reg::SHM_SEL => {}
             _ => log::debug!("virtio-mmio: write of read-only or unknown register {offset:#x}"),
         }
     }

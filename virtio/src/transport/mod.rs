@@ -9,7 +9,7 @@ pub mod pci;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::IrqLine;
@@ -58,7 +58,14 @@ pub struct VirtioCommon {
     pub queue_select: u16,
     queues: Vec<Queue>,
     notify: Vec<EventFd>,
-    config_generation: u32,
+    /// Bumped on every configuration change notification; shared with the
+    /// [`ConfigChangeInterrupt`] the device signals through.
+    config_generation: Arc<AtomicU32>,
+    /// DRIVER_OK was accepted: the device was activated, or no queue was
+    /// enabled and there was nothing to activate. Queue registers are then
+    /// read-only and DRIVER_OK is not acted on again until a reset.
+    driver_ok: bool,
+    /// The device was activated (and must be reset on a reset).
     activated: bool,
 }
 
@@ -89,7 +96,8 @@ impl VirtioCommon {
             queue_select: 0,
             queues,
             notify,
-            config_generation: 0,
+            config_generation: Arc::new(AtomicU32::new(0)),
+            driver_ok: false,
             activated: false,
         })
     }
@@ -109,9 +117,11 @@ impl VirtioCommon {
         self.status.get()
     }
 
-    /// The configuration generation (bumped when the device changes its config).
+    /// The configuration generation: it changes whenever the device signals a
+    /// configuration change (virtio 1.x 2.5.1, 4.1.4.3.1, 4.2.2.2), so that a
+    /// driver that read a changed value sees a changed generation afterwards.
     pub fn config_generation(&self) -> u32 {
-        self.config_generation
+        self.config_generation.load(Ordering::SeqCst)
     }
 
     /// The 32 bits of device features selected by `device_features_select`.
@@ -152,7 +162,7 @@ impl VirtioCommon {
 
     /// The selected queue for writing: only before DRIVER_OK, as the spec requires.
     pub fn selected_queue_mut(&mut self) -> Option<&mut Queue> {
-        if self.activated {
+        if self.driver_ok {
             return None;
         }
         self.queues.get_mut(usize::from(self.queue_select))
@@ -180,7 +190,7 @@ impl VirtioCommon {
             | VIRTIO_CONFIG_S_DRIVER
             | VIRTIO_CONFIG_S_FEATURES_OK
             | VIRTIO_CONFIG_S_DRIVER_OK;
-        if !self.activated && u32::from(new) & ready == ready && new & VIRTIO_CONFIG_S_FAILED as u8 == 0 {
+        if !self.driver_ok && u32::from(new) & ready == ready && new & VIRTIO_CONFIG_S_FAILED as u8 == 0 {
             self.activate(interrupt);
         }
     }
@@ -191,6 +201,20 @@ impl VirtioCommon {
     }
 
     fn activate(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
+        if !self.queues.iter().any(Queue::ready) {
+            // A driver that probes the device (ACKNOWLEDGE, DRIVER,
+            // FEATURES_OK, DRIVER_OK) without setting up a queue: there is
+            // nothing to run, and devices refuse to start without their
+            // queues. Accept DRIVER_OK without activating the device, as QEMU
+            // and Cloud Hypervisor do; a reset brings the device back.
+            log::debug!("virtio: DRIVER_OK with no queue enabled, the device is not activated");
+            self.driver_ok = true;
+            return;
+        }
+        // Every configuration change notification, from the device or for
+        // NEEDS_RESET, goes through the wrapper and bumps config_generation.
+        let interrupt: Arc<dyn VirtioInterrupt> =
+            Arc::new(ConfigChangeInterrupt { inner: interrupt, generation: self.config_generation.clone() });
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut active = Vec::new();
         for (i, q) in self.queues.iter_mut().enumerate() {
@@ -214,7 +238,10 @@ impl VirtioCommon {
         let sink: Arc<dyn DeviceStatusSink> =
             Arc::new(NeedsResetSink { status: self.status.clone(), interrupt: interrupt.clone() });
         match self.device.activate(self.memory.clone(), interrupt.clone(), sink, active) {
-            Ok(()) => self.activated = true,
+            Ok(()) => {
+                self.activated = true;
+                self.driver_ok = true;
+            }
             Err(e) => {
                 log::warn!("virtio: device activation failed: {e}");
                 self.set_needs_reset(&interrupt);
@@ -233,6 +260,7 @@ impl VirtioCommon {
             self.device.reset();
             self.activated = false;
         }
+        self.driver_ok = false;
         for q in &mut self.queues {
             q.reset();
         }
@@ -247,7 +275,8 @@ impl VirtioCommon {
         self.queue_select = 0;
     }
 
-    /// Whether the device is running (DRIVER_OK accepted).
+    /// Whether the device is running (DRIVER_OK accepted with at least one
+    /// queue enabled and the device started).
     pub fn activated(&self) -> bool {
         self.activated
     }
@@ -257,6 +286,25 @@ impl VirtioCommon {
         if let Some(fd) = self.notify.get(index as usize) {
             let _ = fd.write(1);
         }
+    }
+}
+
+/// The interrupt a device is activated with: forwards to the transport's and
+/// bumps the configuration generation before each configuration change
+/// notification, so the driver's next read of config_generation (after the
+/// interrupt, or around its reads of the changed configuration) sees a new value.
+struct ConfigChangeInterrupt {
+    inner: Arc<dyn VirtioInterrupt>,
+    generation: Arc<AtomicU32>,
+}
+
+impl VirtioInterrupt for ConfigChangeInterrupt {
+    fn notify_queue(&self, queue: u16) {
+        self.inner.notify_queue(queue);
+    }
+    fn notify_config(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.notify_config();
     }
 }
 
@@ -287,8 +335,8 @@ pub struct LineInterrupt {
 /// The interrupt status bits and whether the line may be asserted.
 struct LineState {
     status: u32,
-    /// PCI Command register bit 10 (Interrupt Disable): the status is kept but
-    /// the line stays deasserted.
+    /// PCI Command register bit 10 (Interrupt Disable) is set or MSI-X is
+    /// enabled: the status is kept but the line stays deasserted.
     masked: bool,
 }
 
@@ -335,7 +383,7 @@ impl LineInterrupt {
         }
     }
 
-    /// Masks or unmasks the line (PCI Interrupt Disable). A pending status
+    /// Masks or unmasks the line (PCI Interrupt Disable, MSI-X enabled). A pending status
     /// deasserts the line when masked and asserts it again when unmasked, as
     /// PCI 3.0 section 6.2.2 asks of INTx#.
     pub fn set_masked(&self, masked: bool) {

@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Interrupts go out as MSI-X messages when the driver enabled MSI-X, else as
-//! the ISR bits plus the INTx line.
+//! the ISR bits plus the INTx line. The ISR configuration bit is set for every
+//! configuration change either way (4.1.4.5.1); the INTx line is held low
+//! while MSI-X is enabled (PCI 3.0 6.8.2) or Interrupt Disable is set.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use devices::pci::{
     BarReprogram, MsiInterrupt, MsixConfig, MsixNotify, PciBar, PciBarKind, PciConfiguration, PciDevice, PciError,
     PciIds,
 };
+use devices::ratelimit::TimedLogLimiter;
 use devices::IrqLine;
 use vm_memory::GuestMemoryMmap;
 
@@ -76,24 +79,41 @@ pub struct PciInterrupt {
 }
 
 impl PciInterrupt {
+    /// Signals an event on `vector` (MSI-X) or as `isr_bit` (INTx).
+    ///
+    /// The MSI-X lock is held throughout, and taken before the INTx state's,
+    /// also by [`VirtioPciDevice::write_config`] when it masks INTx for
+    /// MSI-X: an event is either delivered as INTx before MSI-X is enabled
+    /// (and the line is then lowered) or as MSI-X after.
     fn vector_notify(&self, vector: u16, isr_bit: u32) {
         let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
         if msix.enabled() {
+            if isr_bit == INT_CONFIG {
+                // "The device MUST set the Device Configuration Interrupt bit
+                // in ISR status before sending a device configuration change
+                // notification to the driver" (4.1.4.5.1), MSI-X or not. INTx
+                // is masked while MSI-X is enabled, so the line stays low.
+                self.intx.raise(INT_CONFIG);
+            }
             if vector != VIRTIO_MSI_NO_VECTOR && msix.notify(vector) == MsixNotify::InvalidVector {
                 log::debug!("virtio-pci: interrupt on invalid MSI-X vector {vector}");
             }
             return;
         }
-        drop(msix);
         self.intx.raise(isr_bit);
+    }
+
+    /// The vector of queue `queue` (NO_VECTOR for a queue that does not exist).
+    fn queue_vector(&self, queue: usize) -> u16 {
+        self.queue_vectors.get(queue).map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst))
     }
 }
 
 impl VirtioInterrupt for PciInterrupt {
     fn notify_queue(&self, queue: u16) {
-        let vector =
-            self.queue_vectors.get(usize::from(queue)).map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst));
-        self.vector_notify(vector, INT_VRING);
+        // Looked up at each interrupt: the driver may remap a queue at any
+        // time, also after DRIVER_OK (4.1.5.1.2).
+        self.vector_notify(self.queue_vector(usize::from(queue)), INT_VRING);
     }
     fn notify_config(&self) {
         self.vector_notify(self.config_vector.load(Ordering::SeqCst), INT_CONFIG);
@@ -108,6 +128,10 @@ pub struct VirtioPciDevice {
     interrupt: Arc<PciInterrupt>,
     /// Offset of the VIRTIO_PCI_CAP_PCI_CFG capability in configuration space.
     cfg_cap: u16,
+    /// Rate-limits the log of queue_size writes that are ignored.
+    queue_size_log: TimedLogLimiter,
+    /// Rate-limits the log of VIRTIO_PCI_CAP_PCI_CFG accesses that reach no BAR.
+    pci_cfg_log: TimedLogLimiter,
 }
 
 /// Appends a little-endian u32.
@@ -185,7 +209,15 @@ impl VirtioPciDevice {
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
             intx: LineInterrupt::new(intx),
         });
-        Ok(VirtioPciDevice { config, common, msix, interrupt, cfg_cap })
+        Ok(VirtioPciDevice {
+            config,
+            common,
+            msix,
+            interrupt,
+            cfg_cap,
+            queue_size_log: TimedLogLimiter::default(),
+            pci_cfg_log: TimedLogLimiter::default(),
+        })
     }
 
     /// The transport-independent state (for the notification eventfds).
@@ -202,7 +234,6 @@ impl VirtioPciDevice {
         let c = &self.common;
         let mut b = [0u8; COMMON_CFG_LEN as usize];
         let q = c.selected_queue();
-        let qi = usize::from(c.queue_select);
         b[0x00..0x04].copy_from_slice(&c.device_features_select.to_le_bytes());
         b[0x04..0x08].copy_from_slice(&c.device_features_window().to_le_bytes());
         b[0x08..0x0c].copy_from_slice(&c.driver_features_select.to_le_bytes());
@@ -212,11 +243,12 @@ impl VirtioPciDevice {
         b[0x14] = c.status();
         b[0x15] = c.config_generation() as u8;
         b[0x16..0x18].copy_from_slice(&c.queue_select.to_le_bytes());
+        // queue_msix_vector of a queue that does not exist: NO_VECTOR, as QEMU
+        // reads it (queue_size 0 is what tells the driver it is unavailable).
+        let vector = self.interrupt.queue_vector(usize::from(c.queue_select));
+        b[0x1a..0x1c].copy_from_slice(&vector.to_le_bytes());
         if let Some(q) = q {
             b[0x18..0x1a].copy_from_slice(&q.size().to_le_bytes());
-            let vector =
-                self.interrupt.queue_vectors.get(qi).map_or(VIRTIO_MSI_NO_VECTOR, |v| v.load(Ordering::SeqCst));
-            b[0x1a..0x1c].copy_from_slice(&vector.to_le_bytes());
             b[0x1c..0x1e].copy_from_slice(&u16::from(q.ready()).to_le_bytes());
             b[0x1e..0x20].copy_from_slice(&c.queue_select.to_le_bytes()); // queue_notify_off
             b[0x20..0x28].copy_from_slice(&q.desc_table().to_le_bytes());
@@ -241,6 +273,8 @@ impl VirtioPciDevice {
             (0x08, 4) => c.driver_features_select = v32,
             (0x0c, 4) => c.write_driver_features(v32),
             (0x10, 2) => {
+                // Taken at any time, also after DRIVER_OK: the next configuration
+                // change interrupt goes to the new vector.
                 let v = if v16 < self.msix_vector_count() { v16 } else { VIRTIO_MSI_NO_VECTOR };
                 self.interrupt.config_vector.store(v, Ordering::SeqCst);
             }
@@ -252,15 +286,32 @@ impl VirtioPciDevice {
                 }
             }
             (0x16, 2) => c.queue_select = v16,
-            (0x18, 2) => with_queue(c, |q| q.set_size(v16)),
+            (0x18, 2) => {
+                let log = &mut self.queue_size_log;
+                with_queue(c, |q| {
+                    // Without VIRTIO_F_RING_PACKED (never offered) queue_size
+                    // must read 0 or a power of 2 (4.1.4.3.1), and a queue
+                    // cannot grow past its maximum: such writes are ignored and
+                    // the previous size stays.
+                    if v16.is_power_of_two() && v16 <= q.max_size() {
+                        q.set_size(v16);
+                    } else if let Some(suppressed) = log.check() {
+                        log::warn!(
+                            "virtio-pci: ignoring queue_size {v16} (not a power of 2 up to the maximum {}) \
+                             ({suppressed} messages suppressed)",
+                            q.max_size()
+                        );
+                    }
+                })
+            }
             (0x1a, 2) => {
                 let qi = usize::from(c.queue_select);
-                // A vector the device cannot map reads back as NO_VECTOR (4.1.5.1.2).
+                // A vector the device cannot map reads back as NO_VECTOR
+                // (4.1.5.1.2). Taken at any time, also after DRIVER_OK: the
+                // queue's next interrupt goes to the new vector.
                 let v = if v16 < self.msix_vector_count() { v16 } else { VIRTIO_MSI_NO_VECTOR };
-                if !self.common.activated() {
-                    if let Some(slot) = self.interrupt.queue_vectors.get(qi) {
-                        slot.store(v, Ordering::SeqCst);
-                    }
+                if let Some(slot) = self.interrupt.queue_vectors.get(qi) {
+                    slot.store(v, Ordering::SeqCst);
                 }
             }
             (0x1c, 2) => with_queue(c, |q| {
@@ -340,14 +391,61 @@ impl VirtioPciDevice {
         }
     }
 
-    /// The BAR window the VIRTIO_PCI_CAP_PCI_CFG capability selects, if valid.
-    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+    /// The BAR window the VIRTIO_PCI_CAP_PCI_CFG capability selects, if valid:
+    /// BAR 0 (the only one), cap.length 1, 2 or 4, cap.offset a multiple of
+    /// cap.length (4.1.4.9.1) and the access inside the BAR. Any other window
+    /// reaches no BAR: pci_cfg_data then just keeps what was last stored.
+    fn pci_cfg_window(&mut self) -> Option<(u64, usize)> {
         let base = self.cfg_cap;
         let bar = self.config.read_u8(base + 4);
         let offset = u64::from(self.config.read_u32(base + 8));
-        let length = self.config.read_u32(base + 12) as usize;
-        // Only BAR 0 exists; accesses are 1, 2 or 4 bytes (4.1.4.9).
-        (bar == 0 && matches!(length, 1 | 2 | 4) && offset + length as u64 <= BAR_SIZE).then_some((offset, length))
+        let length = self.config.read_u32(base + 12);
+        let valid = bar == 0
+            && matches!(length, 1 | 2 | 4)
+            && offset % u64::from(length) == 0
+            && offset + u64::from(length) <= BAR_SIZE;
+        if !valid {
+            if let Some(suppressed) = self.pci_cfg_log.check() {
+                log::debug!(
+                    "virtio-pci: PCI_CFG window bar {bar} offset {offset:#x} length {length} reaches no BAR \
+                     ({suppressed} messages suppressed)"
+                );
+            }
+            return None;
+        }
+        Some((offset, length as usize))
+    }
+
+    /// Whether a configuration access of `len` bytes at `offset` is a valid
+    /// access (1, 2 or 4 bytes in one dword) of the pci_cfg_data field.
+    fn is_pci_cfg_data_access(&self, offset: u16, len: usize) -> bool {
+        let data_reg = self.cfg_cap + 16;
+        matches!(len, 1 | 2 | 4) && offset.checked_sub(data_reg).is_some_and(|rel| usize::from(rel) + len <= 4)
+    }
+
+    /// A read of pci_cfg_data (4.1.4.9): the device first reads cap.length
+    /// bytes at cap.offset of BAR cap.bar into pci_cfg_data, then the
+    /// configuration read returns the bytes it addresses.
+    fn read_pci_cfg_data(&mut self) {
+        let Some((bar_offset, length)) = self.pci_cfg_window() else {
+            return;
+        };
+        let mut buf = [0u8; 4];
+        self.bar0_read(bar_offset, &mut buf[..length]);
+        if let Err(e) = self.config.write_raw(self.cfg_cap + 16, &buf[..length]) {
+            log::error!("virtio-pci: cannot store pci_cfg_data: {e}");
+        }
+    }
+
+    /// After a write of pci_cfg_data (stored in configuration space): the
+    /// device writes the first cap.length bytes of pci_cfg_data at cap.offset
+    /// of BAR cap.bar (4.1.4.9), whichever of its bytes the write changed.
+    fn write_pci_cfg_data(&mut self) {
+        let Some((bar_offset, length)) = self.pci_cfg_window() else {
+            return;
+        };
+        let data = self.config.read_u32(self.cfg_cap + 16).to_le_bytes();
+        self.bar0_write(bar_offset, &data[..length]);
     }
 }
 
@@ -368,37 +466,35 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn read_config(&mut self, offset: u16, data: &mut [u8]) {
-        let data_reg = self.cfg_cap + 16;
-        if (data_reg..data_reg + 4).contains(&offset) {
-            data.fill(0);
-            if let Some((bar_offset, length)) = self.pci_cfg_window() {
-                let n = length.min(data.len());
-                self.bar0_read(bar_offset, &mut data[..n]);
-            }
-            return;
+        if self.is_pci_cfg_data_access(offset, data.len()) {
+            self.read_pci_cfg_data();
         }
         self.config.read_config(offset, data);
         // Status bit 3 (Interrupt Status) shows a pending INTx whether or not
         // Interrupt Disable keeps it off the line (PCI 3.0 section 6.2.3).
+        // While MSI-X is enabled the function does not use INTx at all, and
+        // the ISR configuration bit it still sets is not an INTx interrupt.
         if let Some(i) = STATUS_LOW_BYTE.checked_sub(offset).map(usize::from).filter(|&i| i < data.len()) {
-            if self.interrupt.intx.status() != 0 {
+            let msix_enabled = self.msix.lock().unwrap_or_else(|e| e.into_inner()).enabled();
+            if !msix_enabled && self.interrupt.intx.status() != 0 {
                 data[i] |= STATUS_INTERRUPT;
             }
         }
     }
 
     fn write_config(&mut self, offset: u16, data: &[u8]) -> Vec<BarReprogram> {
-        let data_reg = self.cfg_cap + 16;
-        if (data_reg..data_reg + 4).contains(&offset) {
-            if let Some((bar_offset, length)) = self.pci_cfg_window() {
-                let n = length.min(data.len());
-                self.bar0_write(bar_offset, &data[..n]);
-            }
-            return Vec::new();
-        }
         let changes = self.config.write_config(offset, data);
-        self.msix.lock().unwrap_or_else(|e| e.into_inner()).config_written(&self.config, offset, data.len());
-        self.interrupt.intx.set_masked(self.config.intx_disabled());
+        if self.is_pci_cfg_data_access(offset, data.len()) {
+            self.write_pci_cfg_data();
+            return changes;
+        }
+        let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
+        msix.config_written(&self.config, offset, data.len());
+        // INTx stays off the line while Interrupt Disable is set, and while
+        // MSI-X is enabled (PCI 3.0 6.8.2): a line that was up when the
+        // driver enabled MSI-X drops. Under the MSI-X lock, as in
+        // PciInterrupt::vector_notify.
+        self.interrupt.intx.set_masked(self.config.intx_disabled() || msix.enabled());
         changes
     }
 

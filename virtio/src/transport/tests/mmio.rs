@@ -34,8 +34,11 @@ const QUEUE_DRIVER_LOW: u64 = 0x090;
 const QUEUE_DRIVER_HIGH: u64 = 0x094;
 const QUEUE_DEVICE_LOW: u64 = 0x0a0;
 const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const SHM_SEL: u64 = 0x0ac;
 const SHM_LEN_LOW: u64 = 0x0b0;
 const SHM_LEN_HIGH: u64 = 0x0b4;
+const SHM_BASE_LOW: u64 = 0x0b8;
+const SHM_BASE_HIGH: u64 = 0x0bc;
 const CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG: u64 = 0x100;
 
@@ -671,4 +674,129 @@ fn status_write_with_high_bits_is_not_a_reset_that_keeps_the_interrupt() {
         assert_eq!(m.read(INTERRUPT_STATUS), 0);
         assert!(!m.irq.level());
     }
+}
+
+#[test]
+fn shared_memory_regions_do_not_exist() {
+    // 4.2.2: reading SHMLen and SHMBase of a nonexistent region returns
+    // 0xffffffffffffffff, whatever SHMSel names.
+    let mut m = Mmio::new();
+    for sel in [0u32, 1, 0xff, u32::MAX] {
+        m.write(SHM_SEL, sel);
+        for reg in [SHM_LEN_LOW, SHM_LEN_HIGH, SHM_BASE_LOW, SHM_BASE_HIGH] {
+            assert_eq!(m.read(reg), u32::MAX, "register {reg:#x} with SHMSel {sel:#x}");
+        }
+        assert_eq!(m.read(SHM_SEL), 0, "SHMSel is write-only");
+    }
+    // The registers are read-only.
+    m.write(SHM_BASE_LOW, 0);
+    m.write(SHM_BASE_HIGH, 0);
+    assert_eq!(m.read(SHM_BASE_LOW), u32::MAX);
+    assert_eq!(m.read(SHM_BASE_HIGH), u32::MAX);
+}
+
+#[test]
+fn driver_ok_without_queues_reads_back_0x0f() {
+    let mut m = Mmio::new();
+    // Devices refuse to start without queues, as real ones do.
+    lock(&m.state).fail_activation = true;
+    assert!(m.negotiate(F_VERSION_1));
+    m.add_status(DRIVER_OK);
+    assert_eq!(m.status(), 0x0f);
+    assert_eq!(m.activations(), 0);
+    assert_eq!(m.read(INTERRUPT_STATUS), 0);
+    assert!(!m.irq.level());
+    assert_eq!(m.read(CONFIG_GENERATION), 0);
+    assert!(!m.t.common().activated());
+    // Queue registers are read-only after DRIVER_OK, and DRIVER_OK again
+    // starts nothing.
+    m.write(QUEUE_SEL, 0);
+    m.write(QUEUE_READY, 1);
+    assert_eq!(m.read(QUEUE_READY), 0);
+    m.add_status(DRIVER_OK);
+    assert_eq!(m.status(), 0x0f);
+    assert_eq!(m.activations(), 0);
+    // Reset, then a real bring-up.
+    m.write(STATUS, 0);
+    assert_eq!(m.status(), 0);
+    assert_eq!(lock(&m.state).resets, 0, "never activated");
+    lock(&m.state).fail_activation = false;
+    m.bring_up(F_VERSION_1, &[1]);
+    assert_eq!(m.status(), 0x0f);
+    assert_eq!(m.activations(), 1);
+    m.write(STATUS, 0);
+    assert_eq!(lock(&m.state).resets, 1);
+}
+
+#[test]
+fn queue_num_is_checked_at_driver_ok() {
+    // QueueNum is write-only: the device does not present it, so a bad value
+    // is caught when the driver sets DRIVER_OK (NEEDS_RESET), not at the write.
+    for bad in [0u32, 5, 32, 0x1_0000, u32::MAX] {
+        let mut m = Mmio::new();
+        assert!(m.negotiate(F_VERSION_1));
+        let d = m.driver(0, QUEUE_SIZES[0]);
+        m.setup_queue(0, &d);
+        m.write(QUEUE_NUM, bad);
+        assert_eq!(m.read(QUEUE_NUM), 0);
+        assert_eq!(m.read(QUEUE_NUM_MAX), u32::from(QUEUE_SIZES[0]));
+        m.add_status(DRIVER_OK);
+        assert_eq!(m.activations(), 0, "QueueNum {bad:#x}");
+        assert_ne!(m.status() & NEEDS_RESET, 0, "QueueNum {bad:#x}");
+    }
+}
+
+#[test]
+fn config_generation_changes_with_each_configuration_change() {
+    let mut m = Mmio::new();
+    m.bring_up(F_VERSION_1, &[0]);
+    let g0 = m.read(CONFIG_GENERATION);
+    let intr = m.interrupt();
+    assert_eq!(m.read(CONFIG), 0x4433_2211);
+    lock(&m.state).config[0] = 0x99;
+    intr.notify_config();
+    let g1 = m.read(CONFIG_GENERATION);
+    assert_ne!(g1, g0);
+    assert_eq!(m.read(CONFIG_GENERATION), g1, "stable while nothing changes");
+    assert_eq!(m.read(INTERRUPT_STATUS), INT_CONFIG);
+    intr.notify_queue(0);
+    assert_eq!(m.read(CONFIG_GENERATION), g1, "queue interrupts leave it alone");
+    lock(&m.state).status.clone().unwrap().needs_reset();
+    assert_ne!(m.read(CONFIG_GENERATION), g1, "NEEDS_RESET is a configuration change");
+}
+
+#[test]
+fn balloon_target_change_changes_config_generation() {
+    // The balloon's host-side target change is the run-time configuration
+    // change there is: num_pages changes, and so must config_generation.
+    use crate::balloon::Balloon;
+    let (balloon, control) = Balloon::new(false);
+    let mem = guest_memory(MEM_SIZE);
+    let irq = Arc::new(RecordingIrqLine::default());
+    let mut m = Mmio {
+        t: MmioTransport::new(Box::new(balloon), mem.clone(), irq.clone()).unwrap(),
+        // (Unused: the device is the real balloon, not the fake.)
+        state: FakeDevice::new(5).1,
+        irq,
+        mem,
+    };
+    assert!(m.negotiate(F_VERSION_1));
+    let d = m.driver(0, 64);
+    m.setup_queue(0, &d);
+    m.add_status(DRIVER_OK);
+    assert_eq!(m.status(), 0x0f);
+    assert!(m.t.common().activated());
+    let g0 = m.read(CONFIG_GENERATION);
+    assert_eq!(m.read(CONFIG), 0, "num_pages");
+    control.set_target_pages(100);
+    assert_eq!(m.read(INTERRUPT_STATUS), INT_CONFIG);
+    let g1 = m.read(CONFIG_GENERATION);
+    assert_ne!(g1, g0);
+    assert_eq!(m.read(CONFIG), 100);
+    assert_eq!(m.read(CONFIG_GENERATION), g1);
+    control.set_target_pages(50);
+    assert_ne!(m.read(CONFIG_GENERATION), g1);
+    assert_eq!(m.read(CONFIG), 50);
+    m.write(STATUS, 0);
+    assert_eq!(m.status(), 0);
 }
