@@ -15,6 +15,27 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// Performs a read on a byte-wide register file the way an 8-bit ISA device
+/// sees it: an access of several bytes is that many byte reads at consecutive
+/// offsets (as QEMU splits them too), e.g. `inw` on a UART's LSR gives LSR and
+/// MSR.
+pub fn read_bytewise(offset: u64, data: &mut [u8], mut read_byte: impl FnMut(u64) -> u8) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        // An offset past u64::MAX is no register (never wraps round to 0).
+        *byte = offset.checked_add(i as u64).map_or(0xff, &mut read_byte);
+    }
+}
+
+/// The write counterpart of [`read_bytewise`]: e.g. `outw` to the RTC's port
+/// 0x70 writes the index, then the data register.
+pub fn write_bytewise(offset: u64, data: &[u8], mut write_byte: impl FnMut(u64, u8)) {
+    for (i, &byte) in data.iter().enumerate() {
+        if let Some(at) = offset.checked_add(i as u64) {
+            write_byte(at, byte);
+        }
+    }
+}
+
 /// One interrupt request line (an ISA IRQ / GSI) as seen by a device.
 ///
 /// The device reports the level of its output; whoever implements the line

@@ -9,8 +9,10 @@
 use crate::bus::{BusDevice, GuestEvent, GuestEventSink};
 use crate::ratelimit::LogLimiter;
 
-/// The I/O port of the debug exit device.
+/// The first I/O port of the debug exit device.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Its ports, 0xF4-0xF7, as QEMU's `iosize=0x04`: an `outl` to 0xF4 must fit.
+pub const DEBUG_EXIT_PORT_COUNT: u64 = 4;
 
 /// Sends [`GuestEvent::DebugExit`] when the guest writes to it.
 pub struct DebugExit {
@@ -31,11 +33,12 @@ impl BusDevice for DebugExit {
         data.fill(0xff);
     }
 
-    /// A write of any width at offset 0 exits with its first (low) byte,
-    /// which is what `outb`, `outw` and `outl` of a status all agree on.
+    /// A write of any width to any of its ports exits with the first (low)
+    /// byte, which is what `outb`, `outw` and `outl` of a status all agree on
+    /// (QEMU's device, too, ignores the port and the width).
     fn write(&mut self, offset: u64, data: &[u8]) {
         match (offset, data.first()) {
-            (0, Some(&status)) => {
+            (0..DEBUG_EXIT_PORT_COUNT, Some(&status)) => {
                 log::info!("debug exit: guest wrote status {status:#04x}");
                 (self.events)(GuestEvent::DebugExit(status));
             }
@@ -87,9 +90,17 @@ mod tests {
             assert!(buf.iter().all(|&b| b == 0xff));
         }
         dev.write(0, &[]);
-        dev.write(1, &[1]);
+        dev.write(4, &[1]);
         dev.write(u64::MAX, &[1, 2]);
         assert!(events.lock().unwrap().is_empty());
         assert_eq!(DEBUG_EXIT_PORT, 0xf4);
+    }
+
+    #[test]
+    fn every_port_of_the_four_exits() {
+        let (mut dev, events) = device();
+        dev.write(1, &[7]);
+        dev.write(3, &[9]);
+        assert_eq!(*events.lock().unwrap(), vec![GuestEvent::DebugExit(7), GuestEvent::DebugExit(9)]);
     }
 }

@@ -77,6 +77,7 @@ const CMD_SELF_TEST: u8 = 0xaa;
 const CMD_KBD_TEST: u8 = 0xab;
 const CMD_KBD_DISABLE: u8 = 0xad;
 const CMD_KBD_ENABLE: u8 = 0xae;
+const CMD_READ_INPORT: u8 = 0xc0;
 const CMD_READ_OUTPORT: u8 = 0xd0;
 const CMD_WRITE_OUTPORT: u8 = 0xd1;
 const CMD_WRITE_KBD_OBUF: u8 = 0xd2;
@@ -232,6 +233,9 @@ pub struct I8042 {
 
     /// The one-byte output buffer the guest reads at port 0x60.
     obuf: Option<OutByte>,
+    /// The byte last read from port 0x60: reading with the buffer empty
+    /// returns it again, as the chip's data register still holds it.
+    last_data: u8,
     /// Controller replies (and 0xD2/0xD3 bytes), which go first.
     ctrl_queue: VecDeque<OutByte>,
     /// Bytes from the keyboard, held while the keyboard channel is disabled.
@@ -265,6 +269,7 @@ impl I8042 {
             output_port: OUTPORT_DEFAULT,
             awaiting_param: None,
             obuf: None,
+            last_data: 0,
             ctrl_queue: VecDeque::new(),
             kbd_queue: VecDeque::new(),
             aux_queue: VecDeque::new(),
@@ -387,9 +392,15 @@ impl I8042 {
     }
 
     fn read_data(&mut self) -> u8 {
-        // Reading an empty buffer returns the last byte again on real chips;
-        // 0 here is as good, since no driver reads without checking OBF.
-        let v = self.obuf.take().map_or(0, |b| b.value);
+        // Reading an empty buffer returns the last byte again (the chip's
+        // data register, and QEMU, keep it).
+        let v = match self.obuf.take() {
+            Some(b) => {
+                self.last_data = b.value;
+                b.value
+            }
+            None => self.last_data,
+        };
         // Drop the IRQ before loading the next byte so that every byte is a
         // fresh edge for an edge-triggered PIC, as with the real chip's gap.
         self.update_irqs();
@@ -434,6 +445,8 @@ impl I8042 {
             CMD_KBD_DISABLE => self.set_ctr(self.ctr() | CTR_KBD_DISABLE),
             CMD_KBD_ENABLE => self.set_ctr(self.ctr() & !CTR_KBD_DISABLE),
             CMD_READ_OUTPORT => self.push_ctrl(OutByte::kbd(self.output_port_value())),
+            // Input port: bit 7 set = keyboard not inhibited (no keylock), as on QEMU.
+            CMD_READ_INPORT => self.push_ctrl(OutByte::kbd(0x80)),
             CMD_READ_TEST_INPUTS => self.push_ctrl(OutByte::kbd(0)),
             CMD_PULSE_FIRST..=0xff => {
                 // Bits 0-3 select output port lines to pulse low; line 0 is
@@ -593,6 +606,10 @@ mod tests {
         assert_eq!(s & (STATUS_OBF | STATUS_SYS | STATUS_CMD), 0x0d);
         assert_eq!(h.data(), 0x55);
         assert_eq!(h.status() & STATUS_OBF, 0);
+        // The data register keeps its byte: an empty read returns it again.
+        assert_eq!(h.data(), 0x55);
+        h.cmd(CMD_READ_INPORT);
+        h.expect(0x80);
         h.cmd(CMD_KBD_TEST);
         h.expect(0x00);
         h.cmd(CMD_AUX_TEST);

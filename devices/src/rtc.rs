@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use crate::bus::{BusDevice, IrqLine};
+use crate::bus::{read_bytewise, write_bytewise, BusDevice, IrqLine};
 use crate::ratelimit::LogLimiter;
 
 /// The index (address) port; the device also decodes the data port at + 1.
@@ -191,6 +191,10 @@ pub struct Rtc {
     /// The time as the guest is setting it, while register B's SET bit
     /// stops the clock.
     frozen: Option<DateTime>,
+    /// A day of week written while SET is on, read back until SET is cleared.
+    /// The running clock derives the day of week from the date (as QEMU does
+    /// on every update), so writes without SET have no lasting effect.
+    frozen_weekday: Option<u8>,
     /// When register C was last read, to tell which flags have come up since.
     flags_read_at: Duration,
     /// IRQ 8, if the interrupts are wired.
@@ -226,6 +230,7 @@ impl Rtc {
             reg_b: B_DEFAULT,
             offset_secs: 0,
             frozen: None,
+            frozen_weekday: None,
             flags_read_at,
             irq: None,
             irq_asserted: false,
@@ -444,7 +449,11 @@ impl Rtc {
                 flags |= C_AF;
             }
         }
-        if let Some(period) = self.periodic_period_ns() {
+        // The MC146818 sets PF whatever PIE says; QEMU runs the periodic
+        // timer only while PIE is set, so PF is never seen without it there,
+        // and a guest that checks register C exactly after an update or alarm
+        // interrupt expects no PF. rvmm does the same.
+        if let Some(period) = self.periodic_period_ns().filter(|_| self.reg_b & B_PIE != 0) {
             if now.as_nanos() / period > last.as_nanos() / period {
                 flags |= C_PF;
             }
@@ -465,7 +474,10 @@ impl Rtc {
             REG_SECONDS => self.encode(i64::from(self.current_time().second)),
             REG_MINUTES => self.encode(i64::from(self.current_time().minute)),
             REG_HOURS => self.encode_hour(self.current_time().hour),
-            REG_DAY_OF_WEEK => self.encode(i64::from(self.current_time().weekday())),
+            REG_DAY_OF_WEEK => match self.frozen_weekday {
+                Some(raw) => raw,
+                None => self.encode(i64::from(self.current_time().weekday())),
+            },
             REG_DAY_OF_MONTH => self.encode(i64::from(self.current_time().day)),
             REG_MONTH => self.encode(i64::from(self.current_time().month)),
             REG_YEAR => self.encode(self.current_time().year.rem_euclid(100)),
@@ -490,7 +502,8 @@ impl Rtc {
             REG_SECONDS | REG_MINUTES | REG_HOURS | REG_DAY_OF_MONTH | REG_MONTH | REG_YEAR | REG_CENTURY => {
                 self.write_time_field(index, v)
             }
-            REG_DAY_OF_WEEK => log::debug!("rtc: ignoring day-of-week write {v:#x} (derived)"),
+            REG_DAY_OF_WEEK if self.frozen.is_some() => self.frozen_weekday = Some(v),
+            REG_DAY_OF_WEEK => log::debug!("rtc: ignoring day-of-week write {v:#x} (derived from the date)"),
             // UIP is read-only.
             REG_A => {
                 self.rescheduled = true;
@@ -522,6 +535,7 @@ impl Rtc {
         } else if let Some(t) = self.frozen.take() {
             // The clock restarts from whatever the guest wrote meanwhile.
             self.set_running_time(t);
+            self.frozen_weekday = None;
         }
         self.reg_b = v;
     }
@@ -563,25 +577,27 @@ impl Rtc {
 }
 
 impl BusDevice for Rtc {
+    /// Byte ports; a wider access is byte accesses at consecutive ports.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (offset, data) {
-            (OFFSET_DATA, [byte]) => *byte = self.read_register(self.index),
+        read_bytewise(offset, data, |port| match port {
+            OFFSET_DATA => self.read_register(self.index),
             // The index port is write-only.
-            (OFFSET_INDEX, [byte]) => *byte = 0xff,
-            (_, data) => {
-                data.fill(0xff);
-                self.log_bad_access("read", offset, data.len());
+            OFFSET_INDEX => 0xff,
+            _ => {
+                self.log_bad_access("read", port, 1);
+                0xff
             }
-        }
+        });
     }
 
+    /// Byte ports; e.g. `outw` to port 0x70 sets the index, then writes the data.
     fn write(&mut self, offset: u64, data: &[u8]) {
-        match (offset, data) {
+        write_bytewise(offset, data, |port, v| match port {
             // The NMI mask bit has no effect: rvmm does not route NMIs here.
-            (OFFSET_INDEX, [v]) => self.index = v & !INDEX_NMI_DISABLE,
-            (OFFSET_DATA, [v]) => self.write_register(self.index, *v),
-            _ => self.log_bad_access("write", offset, data.len()),
-        }
+            OFFSET_INDEX => self.index = v & !INDEX_NMI_DISABLE,
+            OFFSET_DATA => self.write_register(self.index, v),
+            _ => self.log_bad_access("write", port, 1),
+        });
     }
 }
 
@@ -731,6 +747,20 @@ mod tests {
     }
 
     #[test]
+    fn day_of_week_written_under_set_reads_back_until_the_clock_runs() {
+        let mut h = Harness::at(LEAP_DAY);
+        let implied = h.get(REG_DAY_OF_WEEK);
+        let other = implied % 7 + 1;
+        h.set(REG_B, B_DEFAULT | B_SET);
+        h.set(REG_DAY_OF_WEEK, other);
+        assert_eq!(h.get(REG_DAY_OF_WEEK), other, "reads back while SET holds the clock");
+        h.set(REG_B, B_DEFAULT);
+        assert_eq!(h.get(REG_DAY_OF_WEEK), implied, "the running clock derives it from the date");
+        h.set(REG_DAY_OF_WEEK, other);
+        assert_eq!(h.get(REG_DAY_OF_WEEK), implied);
+    }
+
+    #[test]
     fn nmi_bit_is_stripped() {
         let mut h = Harness::at(LEAP_DAY);
         h.set(0x80 | 0x0f, 0xab);
@@ -791,10 +821,14 @@ mod tests {
         let mut h = Harness::at(LEAP_DAY);
         assert_eq!(h.get(REG_C), 0);
         h.advance_ms(1);
-        assert_eq!(h.get(REG_C), C_PF, "1024 Hz periodic flag");
+        assert_eq!(h.get(REG_C), 0, "no periodic flag without PIE (as on QEMU)");
         h.advance_ms(1000);
-        assert_eq!(h.get(REG_C), C_UF | C_PF);
+        assert_eq!(h.get(REG_C), C_UF);
         assert_eq!(h.get(REG_C), 0, "read clears");
+        h.set(REG_B, B_24H | B_PIE);
+        h.advance_ms(1);
+        assert_eq!(h.get(REG_C), C_IRQF | C_PF, "1024 Hz periodic flag");
+        h.set(REG_B, B_24H);
         h.set(REG_B, B_24H | B_UIE);
         h.set(REG_A, 0x20); // periodic off
         h.advance_ms(1000);
@@ -843,15 +877,30 @@ mod tests {
             assert_eq!(b[0], 0xff);
             h.rtc.write(off, &[0]);
         }
-        for width in [0usize, 2, 4, 8] {
-            for off in [0u64, 1] {
-                let mut buf = vec![0u8; width];
-                h.rtc.read(off, &mut buf);
-                assert!(buf.iter().all(|&b| b == 0xff));
-                h.rtc.write(off, &buf);
-            }
+        for width in [0usize, 8] {
+            let mut buf = vec![0u8; width];
+            h.rtc.read(2, &mut buf);
+            assert!(buf.iter().all(|&b| b == 0xff));
+            h.rtc.write(2, &buf);
         }
         assert_eq!(h.get(0x20), 0x33);
+    }
+
+    #[test]
+    fn wide_accesses_are_byte_accesses_at_consecutive_ports() {
+        let mut h = Harness::at(LEAP_DAY);
+        // outw 0x70, ax: AL is the index, AH the data.
+        h.rtc.write(OFFSET_INDEX, &[0x21, 0x5a]);
+        assert_eq!(h.get(0x21), 0x5a);
+        // inw 0x70: the write-only index port, then the data of the index just set.
+        h.rtc.write(OFFSET_INDEX, &[0x21]);
+        let mut w = [0u8; 2];
+        h.rtc.read(OFFSET_INDEX, &mut w);
+        assert_eq!(w, [0xff, 0x5a]);
+        // Bytes beyond the two ports read as all ones and writes there do nothing.
+        let mut l = [0u8; 4];
+        h.rtc.read(OFFSET_INDEX, &mut l);
+        assert_eq!(l, [0xff, 0x5a, 0xff, 0xff]);
     }
 
     #[test]
@@ -935,7 +984,7 @@ mod tests {
         h.advance_ms(1000);
         assert!(h.rtc.poll_interrupt());
         assert!(irq.level());
-        assert_eq!(h.get(REG_C), C_IRQF | C_AF | C_UF | C_PF);
+        assert_eq!(h.get(REG_C), C_IRQF | C_AF | C_UF);
         assert!(!irq.level());
         // The same time tomorrow.
         assert_eq!(h.rtc.next_interrupt(), Some(Duration::from_secs(LEAP_DAY + 3 + 86_400)));

@@ -671,7 +671,12 @@ fn add_legacy_devices(
         2,
         "ACPI sleep",
     )?;
-    pio.insert(Arc::new(Mutex::new(DebugExit::new(sink))), u64::from(DEBUG_EXIT_PORT), 1, "debug exit")?;
+    pio.insert(
+        Arc::new(Mutex::new(DebugExit::new(sink))),
+        u64::from(DEBUG_EXIT_PORT),
+        devices::debug_exit::DEBUG_EXIT_PORT_COUNT,
+        "debug exit",
+    )?;
 
     Ok((matches!(console_config, ConsoleConfig::Stdio).then_some(com1), rtc_timer))
 }

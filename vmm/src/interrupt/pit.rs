@@ -713,15 +713,11 @@ impl Pit {
 
 impl BusDevice for Pit {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.read_port(offset.wrapping_add(i as u64));
-        }
+        devices::bus::read_bytewise(offset, data, |port| self.read_port(port));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, &byte) in data.iter().enumerate() {
-            self.write_port(offset.wrapping_add(i as u64), byte);
-        }
+        devices::bus::write_bytewise(offset, data, |port, byte| self.write_port(port, byte));
     }
 }
 
