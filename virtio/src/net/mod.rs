@@ -2,8 +2,10 @@
 //! a host tap interface (book chapter 6 builds the networks around it).
 //!
 //! Queues: receiveq/transmitq pairs (rx 2n, tx 2n+1), then the control queue.
-//! [`tap`] is the backend, [`worker`] moves frames between the queues and it.
+//! [`tap`] is the backend, [`worker`] moves frames between the queues and it,
+//! [`filter`] decides which received frames the guest asked for.
 
+pub mod filter;
 pub mod tap;
 pub mod worker;
 
@@ -79,6 +81,7 @@ impl Net {
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
             | (1 << VIRTIO_NET_F_CTRL_VQ)
             | (1 << VIRTIO_NET_F_CTRL_RX)
+            | (1 << VIRTIO_NET_F_CTRL_RX_EXTRA)
             | (1 << VIRTIO_NET_F_CTRL_MAC_ADDR)
             // The tap takes checksum-offloaded and TSO frames from the guest.
             | (1 << VIRTIO_NET_F_CSUM)
@@ -198,7 +201,7 @@ impl VirtioDevice for Net {
             // and resumes at the next kick instead of spinning.
             polled.push((*fd, worker::BACKEND_TOKEN_BASE + i as u64, EventSet::IN | EventSet::EDGE_TRIGGERED));
         }
-        let w = worker::NetWorker::new(
+        let mut w = worker::NetWorker::new(
             memory,
             backends,
             queues,
@@ -209,6 +212,9 @@ impl VirtioDevice for Net {
             status,
             tx,
         );
+        // A new worker has a new receive filter: promiscuous, empty tables, as
+        // a reset requires.
+        w.set_acked_features(self.acked);
         match Worker::spawn("virtio-net", polled, w) {
             Ok(worker) => {
                 self.worker = Some(worker);

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
-    VIRTIO_NET_ERR, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_OK,
+    VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_ALLUNI,
+    VIRTIO_NET_CTRL_RX_NOBCAST, VIRTIO_NET_CTRL_RX_NOMULTI, VIRTIO_NET_CTRL_RX_NOUNI, VIRTIO_NET_CTRL_RX_PROMISC,
+    VIRTIO_NET_ERR, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_OK,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::filter::MAC_TABLE_ENTRIES;
 use super::tap::{NetBackend, SocketBackend};
 use super::worker::NetWorker;
 use super::VNET_HDR_LEN;
@@ -64,7 +68,7 @@ fn harness_with(mergeable: bool, event_idx: bool) -> Harness {
     peer.set_nonblocking(true).unwrap();
     let signals = Arc::new(Signals::default());
     let (returned, _) = std::sync::mpsc::channel();
-    let worker = NetWorker::new(
+    let mut worker = NetWorker::new(
         mem,
         vec![Box::new(backend) as Box<dyn NetBackend>],
         queues,
@@ -75,6 +79,7 @@ fn harness_with(mergeable: bool, event_idx: bool) -> Harness {
         signals.clone(),
         returned,
     );
+    worker.set_acked_features((1 << VIRTIO_NET_F_CTRL_RX) | (1 << VIRTIO_NET_F_CTRL_RX_EXTRA));
     let ctrl = drivers.pop().unwrap();
     let tx = drivers.pop().unwrap();
     let rx = drivers.pop().unwrap();
@@ -272,4 +277,298 @@ fn mac_addr_set_shows_in_the_configuration_space_until_reset() {
     net.reset();
     net.read_config(0, &mut mac);
     assert_eq!(mac, configured, "a reset brings back the configured MAC");
+}
+
+// Receive filtering (5.1.6.5.1 and 5.1.6.5.2).
+
+/// The harness's device MAC.
+const OWN: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const OTHER: [u8; 6] = [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc];
+const BROADCAST: [u8; 6] = [0xff; 6];
+const MULTI: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+const OTHER_MULTI: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 0xfb];
+
+/// An Ethernet frame to `dest` behind a virtio-net header.
+fn frame_to(dest: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(&dest);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    f.extend_from_slice(&[0xab; 46]);
+    f
+}
+
+/// Sends a frame to `dest` through the "tap" with one receive buffer
+/// available; whether the guest got it (a filtered frame is counted, and
+/// leaves the buffer for the next frame).
+fn receives(h: &mut Harness, dest: [u8; 6]) -> bool {
+    if h.rx.avail_idx() == h.rx.used_idx() {
+        let buf = h.rx.alloc(2048);
+        h.rx.add_chain(&[RawDescriptor::writable(buf, 2048)]);
+    }
+    let used = h.rx.used_idx();
+    let filtered = h.worker.counters.rx_filtered;
+    h.peer.send(&frame_to(dest)).unwrap();
+    h.worker.process_rx(0);
+    let got = h.rx.used_idx() != used;
+    assert_eq!(got, h.worker.counters.rx_filtered == filtered, "a frame is either delivered or filtered");
+    got
+}
+
+fn rx_mode(h: &mut Harness, cmd: u32, on: bool) {
+    assert_eq!(u32::from(ctrl(h, VIRTIO_NET_CTRL_RX, cmd, &[u8::from(on)])), VIRTIO_NET_OK, "RX command {cmd}");
+}
+
+/// MAC_TABLE_SET data: le32 count and addresses, unicast then multicast.
+fn mac_tables(unicast: &[[u8; 6]], multicast: &[[u8; 6]]) -> Vec<u8> {
+    let mut d = Vec::new();
+    for table in [unicast, multicast] {
+        d.extend_from_slice(&(table.len() as u32).to_le_bytes());
+        for mac in table {
+            d.extend_from_slice(mac);
+        }
+    }
+    d
+}
+
+#[test]
+fn default_is_promiscuous() {
+    let mut h = harness(true);
+    assert!(h.worker.filter().promisc());
+    for dest in [OTHER, OWN, BROADCAST, MULTI] {
+        assert!(receives(&mut h, dest), "{dest:x?}");
+    }
+    assert_eq!(h.worker.counters.rx_filtered, 0);
+}
+
+#[test]
+fn without_promisc_only_the_asked_for_unicast_arrives() {
+    let mut h = harness(true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_PROMISC, false);
+    assert!(!receives(&mut h, OTHER), "another host's unicast is filtered");
+    assert_eq!(h.worker.counters.rx_filtered, 1);
+    assert_eq!(h.worker.counters.rx_dropped, 0, "filtering is not an error");
+    assert!(receives(&mut h, OWN));
+    assert!(receives(&mut h, BROADCAST));
+    let table = mac_tables(&[OTHER], &[]);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &table)), VIRTIO_NET_OK);
+    assert!(receives(&mut h, OTHER), "in the unicast table");
+    assert!(!receives(&mut h, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcd]));
+    // A MAC the driver sets is the device's own from then on.
+    let new_mac = [2, 0, 0, 0, 0, 9];
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, &new_mac)), VIRTIO_NET_OK);
+    assert!(receives(&mut h, new_mac));
+    assert!(!receives(&mut h, OWN));
+    assert_eq!(h.worker.counters.rx_filtered, 3);
+}
+
+#[test]
+fn multicast_needs_allmulti_or_a_table_entry() {
+    let mut h = harness(true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_PROMISC, false);
+    assert!(!receives(&mut h, MULTI));
+    let table = mac_tables(&[], &[MULTI]);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &table)), VIRTIO_NET_OK);
+    assert!(receives(&mut h, MULTI), "in the multicast table");
+    assert!(!receives(&mut h, OTHER_MULTI));
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_ALLMULTI, true);
+    assert!(receives(&mut h, OTHER_MULTI));
+    assert!(!receives(&mut h, OTHER), "ALLMULTI says nothing about unicast");
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_ALLMULTI, false);
+    assert!(!receives(&mut h, OTHER_MULTI));
+}
+
+#[test]
+fn rx_extra_switches() {
+    let mut h = harness(true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_PROMISC, false);
+    let table = mac_tables(&[OTHER], &[MULTI]);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &table)), VIRTIO_NET_OK);
+
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOBCAST, true);
+    assert!(!receives(&mut h, BROADCAST));
+    assert!(receives(&mut h, MULTI), "NOBCAST leaves other multicast alone");
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOBCAST, false);
+    assert!(receives(&mut h, BROADCAST));
+
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOUNI, true);
+    assert!(!receives(&mut h, OWN), "NOUNI drops even the device's own MAC");
+    assert!(!receives(&mut h, OTHER));
+    assert!(receives(&mut h, BROADCAST));
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOUNI, false);
+
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOMULTI, true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_ALLMULTI, true);
+    assert!(!receives(&mut h, MULTI), "NOMULTI wins over the table and ALLMULTI");
+    assert!(receives(&mut h, BROADCAST), "broadcast is governed by NOBCAST only");
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOMULTI, false);
+    assert!(receives(&mut h, OTHER_MULTI));
+
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_ALLUNI, true);
+    assert!(receives(&mut h, [0x02, 9, 9, 9, 9, 9]));
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_ALLUNI, false);
+    assert!(!receives(&mut h, [0x02, 9, 9, 9, 9, 9]));
+
+    // Promiscuous mode overrides every other switch.
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOUNI, true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_NOBCAST, true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_PROMISC, true);
+    assert!(receives(&mut h, OTHER));
+    assert!(receives(&mut h, BROADCAST));
+}
+
+#[test]
+fn malformed_filter_commands_are_refused_and_change_nothing() {
+    let mut h = harness(true);
+    let good = mac_tables(&[OTHER], &[MULTI]);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &good)), VIRTIO_NET_OK);
+    let before = h.worker.filter().clone();
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let one_missing = {
+        let mut d = mac_tables(&[OTHER], &[]);
+        d[0] = 2;
+        d
+    };
+    let bad: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0, 0, 0],
+        vec![0, 0, 0, 0],                              // no multicast table
+        mac_tables(&[OTHER], &[])[..8].to_vec(),       // unicast entry cut short
+        one_missing,                                   // says 2 unicast entries, has 1
+        trailing,                                      // a byte too many
+        good[..good.len() - 1].to_vec(),               // a byte too few
+        [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0].to_vec(), // 4 billion entries, none there
+        mac_tables(&[], &[MULTI; 2])[..10].to_vec(),
+    ];
+    for data in &bad {
+        assert_eq!(
+            u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, data)),
+            VIRTIO_NET_ERR,
+            "{data:x?}"
+        );
+        assert_eq!(h.worker.filter(), &before, "{data:x?}");
+    }
+    for data in [&[][..], &[2], &[0xff], &[0, 1], &[1, 0]] {
+        assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, data)), VIRTIO_NET_ERR);
+        assert!(h.worker.filter().promisc(), "{data:x?}");
+    }
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_RX, 6, &[1])), VIRTIO_NET_ERR, "no RX command 6");
+}
+
+#[test]
+fn filter_commands_need_their_feature() {
+    let mut h = harness(true);
+    h.worker.set_acked_features(1 << VIRTIO_NET_F_CTRL_RX);
+    for cmd in
+        [VIRTIO_NET_CTRL_RX_ALLUNI, VIRTIO_NET_CTRL_RX_NOMULTI, VIRTIO_NET_CTRL_RX_NOUNI, VIRTIO_NET_CTRL_RX_NOBCAST]
+    {
+        assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_RX, cmd, &[1])), VIRTIO_NET_ERR, "{cmd} needs RX_EXTRA");
+    }
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_ALLMULTI, true);
+
+    h.worker.set_acked_features(0);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[0])), VIRTIO_NET_ERR);
+    let table = mac_tables(&[OTHER], &[]);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &table)), VIRTIO_NET_ERR);
+    assert!(h.worker.filter().promisc());
+    assert!(h.worker.filter().unicast().entries().is_empty());
+}
+
+#[test]
+fn too_many_addresses_accept_all_of_their_kind() {
+    let mut h = harness(true);
+    rx_mode(&mut h, VIRTIO_NET_CTRL_RX_PROMISC, false);
+    let unicast: Vec<[u8; 6]> = (0..=MAC_TABLE_ENTRIES as u8).map(|i| [2, 0, 0, 0, 1, i]).collect();
+    let table = mac_tables(&unicast, &[MULTI]);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &table)), VIRTIO_NET_OK);
+    assert!(h.worker.filter().unicast().overflow());
+    assert!(receives(&mut h, OTHER), "unicast overflow: every unicast");
+    assert!(receives(&mut h, MULTI));
+    assert!(!receives(&mut h, OTHER_MULTI), "the multicast table still filters");
+
+    // A table larger than the 4 KiB other commands may be is still read (in place).
+    let multicast: Vec<[u8; 6]> = (0..700u16).map(|i| [1, 0, 0x5e, 0, (i >> 8) as u8, i as u8]).collect();
+    let table = mac_tables(&[OTHER], &multicast);
+    assert!(table.len() > 4096);
+    assert_eq!(u32::from(ctrl(&mut h, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &table)), VIRTIO_NET_OK);
+    assert!(h.worker.filter().multicast().overflow() && !h.worker.filter().unicast().overflow());
+    assert_eq!(h.worker.filter().unicast().entries(), &[OTHER]);
+    assert!(receives(&mut h, OTHER_MULTI));
+    assert!(!receives(&mut h, [0x02, 9, 9, 9, 9, 9]));
+}
+
+#[test]
+fn filtered_frames_do_not_use_up_receive_buffers() {
+    for mergeable in [true, false] {
+        let mut h = harness(mergeable);
+        rx_mode(&mut h, VIRTIO_NET_CTRL_RX_PROMISC, false);
+        let buf = h.rx.alloc(2048);
+        h.rx.add_chain(&[RawDescriptor::writable(buf, 2048)]);
+        for _ in 0..3 {
+            h.peer.send(&frame_to(OTHER)).unwrap();
+        }
+        // Too short for a destination MAC: dropped as malformed, also without a buffer.
+        h.peer.send(&frame_to(OWN)[..VNET_HDR_LEN + 5]).unwrap();
+        let wanted = frame_to(OWN);
+        h.peer.send(&wanted).unwrap();
+        h.worker.process_rx(0);
+        assert_eq!(h.worker.counters.rx_filtered, 3);
+        assert_eq!(h.worker.counters.rx_dropped, 1);
+        assert_eq!(h.rx.used_idx(), 1, "only the wanted frame took the buffer");
+        assert_eq!(h.rx.used_elem(0).1 as usize, wanted.len());
+        assert_eq!(&h.rx.read(buf, wanted.len())[VNET_HDR_LEN..], &wanted[VNET_HDR_LEN..]);
+    }
+}
+
+#[test]
+fn reset_restores_promiscuous_mode() {
+    use super::{Net, NetConfig};
+    use crate::device::VirtioDevice;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    let (backend, peer) = SocketBackend::pair().unwrap();
+    let mut net = Net::new(vec![Box::new(backend)], NetConfig { mac: OWN, mtu: None }).unwrap();
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_CTRL_VQ) | (1 << VIRTIO_NET_F_CTRL_RX);
+    assert_ne!(net.features() & (1 << VIRTIO_NET_F_CTRL_RX_EXTRA), 0, "RX_EXTRA is offered");
+
+    // First life: the driver turns promiscuous mode off.
+    let (mem, active, mut drivers) = queues(false);
+    let buf = drivers[0].alloc(2048);
+    drivers[0].add_chain(&[RawDescriptor::writable(buf, 2048)]);
+    let kick = active[2].notify.try_clone().unwrap();
+    let signals = Arc::new(Signals::default());
+    net.ack_features(features);
+    net.activate(mem, signals.clone(), signals.clone(), active).unwrap();
+    let command = [VIRTIO_NET_CTRL_RX as u8, VIRTIO_NET_CTRL_RX_PROMISC as u8, 0];
+    let cmd_addr = drivers[2].alloc_with(&command);
+    let ack = drivers[2].alloc(1);
+    drivers[2].add_chain(&[RawDescriptor::readable(cmd_addr, 3), RawDescriptor::writable(ack, 1)]);
+    kick.write(1).unwrap();
+    wait_for("the PROMISC command", || drivers[2].used_idx() == 1);
+    assert_eq!(u32::from(drivers[2].read(ack, 1)[0]), VIRTIO_NET_OK);
+    // Frames keep their order: the first one was filtered when the second arrives.
+    peer.send(&frame_to(OTHER)).unwrap();
+    peer.send(&frame_to(OWN)).unwrap();
+    wait_for("the frame to the device", || drivers[0].used_idx() == 1);
+    assert_eq!(drivers[0].read(buf + VNET_HDR_LEN as u64, 6), OWN);
+
+    // Second life after a reset: promiscuous again, the frame to another MAC arrives.
+    net.reset();
+    let (mem, active, mut drivers) = queues(false);
+    let buf = drivers[0].alloc(2048);
+    drivers[0].add_chain(&[RawDescriptor::writable(buf, 2048)]);
+    net.ack_features(features);
+    net.activate(mem, signals.clone(), signals.clone(), active).unwrap();
+    peer.send(&frame_to(OTHER)).unwrap();
+    wait_for("the frame to another MAC", || drivers[0].used_idx() == 1);
+    assert_eq!(drivers[0].read(buf + VNET_HDR_LEN as u64, 6), OTHER);
+    net.reset();
 }

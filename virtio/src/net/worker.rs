@@ -1,6 +1,10 @@
 //! The virtio-net I/O thread: transmit chains go to the backend with one
 //! writev straight from guest memory; received frames are copied into the
 //! guest's receive buffers, spread over several of them with MRG_RXBUF.
+//!
+//! Receive filtering ([`super::filter`]) happens on the bounce buffer every
+//! frame is read into, before any receive buffer is taken: a frame the guest
+//! did not ask for is counted and forgotten and never uses up a buffer.
 
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
@@ -10,6 +14,7 @@ use virtio_bindings::virtio_net::*;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
+use super::filter::{self, RxFilter};
 use super::tap::NetBackend;
 use super::{SharedMac, VNET_HDR_LEN};
 use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
@@ -30,8 +35,11 @@ pub struct NetCounters {
     pub tx_dropped: u64,
     /// Frames given to the guest.
     pub rx_frames: u64,
-    /// Frames that did not fit a non-mergeable buffer.
+    /// Frames that did not fit a non-mergeable buffer, or were too short to
+    /// hold a virtio-net header and a destination MAC.
     pub rx_dropped: u64,
+    /// Frames the receive filter kept from the guest (not an error).
+    pub rx_filtered: u64,
 }
 
 /// The state of the virtio-net I/O thread.
@@ -42,6 +50,13 @@ pub struct NetWorker {
     ctrl_index: u16,
     mergeable: bool,
     mac: SharedMac,
+    /// The receive filter; its copy of the MAC follows VIRTIO_NET_CTRL_MAC_ADDR_SET,
+    /// the only writer of `mac` while the worker runs.
+    filter: RxFilter,
+    /// VIRTIO_NET_F_CTRL_RX was negotiated: PROMISC, ALLMULTI and MAC_TABLE_SET.
+    ctrl_rx: bool,
+    /// VIRTIO_NET_F_CTRL_RX_EXTRA was negotiated: ALLUNI, NOMULTI, NOUNI, NOBCAST.
+    ctrl_rx_extra: bool,
     active_pairs: u16,
     /// A frame read from a backend that found no receive buffers yet, per pair.
     pending: Vec<Option<Vec<u8>>>,
@@ -70,6 +85,7 @@ impl NetWorker {
         returned: Sender<Vec<Box<dyn NetBackend>>>,
     ) -> Self {
         let pending = backends.iter().map(|_| None).collect();
+        let filter = RxFilter::new(*mac.lock().unwrap_or_else(|e| e.into_inner()));
         NetWorker {
             mem,
             backends,
@@ -77,6 +93,9 @@ impl NetWorker {
             ctrl_index,
             mergeable,
             mac,
+            filter,
+            ctrl_rx: false,
+            ctrl_rx_extra: false,
             active_pairs: 1,
             pending,
             interrupt,
@@ -86,6 +105,19 @@ impl NetWorker {
             counters: NetCounters::default(),
             bounce: vec![0u8; MAX_FRAME],
         }
+    }
+
+    /// Takes the receive-filter commands the driver may use from the acked
+    /// `features` (VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA); without
+    /// this call they are all refused and the filter stays promiscuous.
+    pub fn set_acked_features(&mut self, features: u64) {
+        self.ctrl_rx = features & (1 << VIRTIO_NET_F_CTRL_RX) != 0;
+        self.ctrl_rx_extra = features & (1 << VIRTIO_NET_F_CTRL_RX_EXTRA) != 0;
+    }
+
+    /// The receive filter as the driver set it.
+    pub fn filter(&self) -> &RxFilter {
+        &self.filter
     }
 
     /// The MAC the driver last set through the control queue (or the configured one).
@@ -164,7 +196,25 @@ impl NetWorker {
                     // One bounce buffer for the worker's life: a fresh 64 KiB zeroed
                     // buffer per frame cost more than the copy itself.
                     match self.backends[p].recv(&mut self.bounce) {
-                        Ok(n) => self.bounce[..n].to_vec(),
+                        Ok(n) => {
+                            // Filtered here, on the bounce buffer, so a frame the guest
+                            // did not ask for never takes one of its buffers.
+                            let frame = &self.bounce[..n.min(self.bounce.len())];
+                            let dest =
+                                frame.get(VNET_HDR_LEN..VNET_HDR_LEN + 6).and_then(|d| <&[u8; 6]>::try_from(d).ok());
+                            match dest {
+                                // No destination MAC: not a frame anyone could use.
+                                None => {
+                                    self.counters.rx_dropped += 1;
+                                    continue;
+                                }
+                                Some(dest) if !self.filter.accepts(dest) => {
+                                    self.counters.rx_filtered += 1;
+                                    continue;
+                                }
+                                Some(_) => frame.to_vec(),
+                            }
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             log::warn!("virtio-net: backend read failed: {e}");
@@ -173,9 +223,6 @@ impl NetWorker {
                     }
                 }
             };
-            if frame.len() < VNET_HDR_LEN {
-                continue;
-            }
             match self.deliver(q, frame) {
                 Ok(true) => delivered = true,
                 Ok(false) => break,
@@ -275,9 +322,20 @@ impl NetWorker {
                 Ok(None) => break,
                 Err(e) => return self.fail(&e),
             };
-            let command = chain.read_all_capped(&self.mem, 4096).unwrap_or_default();
-            let ack =
-                if command.len() >= 2 { self.command(command[0], command[1], &command[2..]) } else { VIRTIO_NET_ERR };
+            let mut head = [0u8; 2];
+            let ack = if chain.read_at(&self.mem, 0, &mut head).is_err() {
+                VIRTIO_NET_ERR
+            } else if (u32::from(head[0]), u32::from(head[1])) == (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) {
+                // Read in place: a table may be longer than the copy below allows.
+                self.mac_table_set(&chain)
+            } else {
+                let command = chain.read_all_capped(&self.mem, 4096).unwrap_or_default();
+                if command.len() >= 2 {
+                    self.command(command[0], command[1], &command[2..])
+                } else {
+                    VIRTIO_NET_ERR
+                }
+            };
             let writable = chain.writable_len();
             let used =
                 if writable > 0 && chain.write_at(&self.mem, writable - 1, &[ack as u8]).is_ok() { 1 } else { 0 };
@@ -292,17 +350,47 @@ impl NetWorker {
         }
     }
 
-    fn command(&mut self, class: u8, cmd: u8, data: &[u8]) -> u32 {
-        match (u32::from(class), u32::from(cmd)) {
-            // Receive filtering: the tap passes everything; the switches are acknowledged.
-            (VIRTIO_NET_CTRL_RX, c) if c <= VIRTIO_NET_CTRL_RX_NOBCAST && data.len() == 1 => VIRTIO_NET_OK,
-            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET) if data.len() == 6 => {
-                // The configuration space shows the new MAC before the command
-                // is used (5.1.6.5.2): it reads the same shared value.
-                self.mac.lock().unwrap_or_else(|e| e.into_inner()).copy_from_slice(data);
+    /// VIRTIO_NET_CTRL_MAC_TABLE_SET (5.1.6.5.2), parsed straight from the
+    /// chain: both tables replace the old ones, or nothing changes (ERR).
+    fn mac_table_set(&mut self, chain: &DescriptorChain) -> u32 {
+        if !self.ctrl_rx {
+            return VIRTIO_NET_ERR;
+        }
+        let mem = &self.mem;
+        let len = chain.readable_len().saturating_sub(2);
+        match filter::parse_mac_tables(len, |offset, buf| chain.read_at(mem, offset + 2, buf).is_ok()) {
+            Some((unicast, multicast)) => {
+                self.filter.set_tables(unicast, multicast);
                 VIRTIO_NET_OK
             }
-            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) => VIRTIO_NET_OK,
+            None => VIRTIO_NET_ERR,
+        }
+    }
+
+    /// Every command but MAC_TABLE_SET, with its data copied out of the chain.
+    fn command(&mut self, class: u8, cmd: u8, data: &[u8]) -> u32 {
+        match (u32::from(class), u32::from(cmd)) {
+            // 5.1.6.5.1: one byte, 0 (off) or 1 (on); each command only with its feature.
+            (VIRTIO_NET_CTRL_RX, c) => {
+                let negotiated = match c {
+                    VIRTIO_NET_CTRL_RX_PROMISC | VIRTIO_NET_CTRL_RX_ALLMULTI => self.ctrl_rx,
+                    VIRTIO_NET_CTRL_RX_ALLUNI..=VIRTIO_NET_CTRL_RX_NOBCAST => self.ctrl_rx_extra,
+                    _ => false,
+                };
+                match data {
+                    [on @ (0 | 1)] if negotiated && self.filter.set_rx_mode(c, *on == 1) => VIRTIO_NET_OK,
+                    _ => VIRTIO_NET_ERR,
+                }
+            }
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET) if data.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(data);
+                // The configuration space shows the new MAC before the command
+                // is used (5.1.6.5.2): it reads the same shared value.
+                *self.mac.lock().unwrap_or_else(|e| e.into_inner()) = mac;
+                self.filter.set_mac(mac);
+                VIRTIO_NET_OK
+            }
             (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) if data.len() == 2 => {
                 let pairs = u16::from_le_bytes([data[0], data[1]]);
                 if pairs >= 1 && usize::from(pairs) <= self.backends.len() {
