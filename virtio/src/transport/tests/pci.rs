@@ -303,6 +303,17 @@ impl Pci {
         self.bar_write(entry + 12, 4, 0);
     }
 
+    /// Programs every vector (config and one per queue) with MSG's address and
+    /// data MSG.data + vector, enables MSI-X and returns the vector count.
+    fn program_all_vectors_and_enable(&mut self) -> u16 {
+        let vectors = QUEUE_SIZES.len() as u16 + 1;
+        for v in 0..vectors {
+            self.program_vector(v, MsiMessage { data: MSG.data + u32::from(v), ..MSG });
+        }
+        self.enable_msix(true);
+        vectors
+    }
+
     fn interrupt(&self) -> Arc<dyn VirtioInterrupt> {
         lock(&self.state).interrupt.clone().expect("not activated")
     }
@@ -849,11 +860,7 @@ fn intx_when_msix_is_disabled() {
 #[test]
 fn msix_when_enabled() {
     let mut p = Pci::new();
-    let vectors = QUEUE_SIZES.len() as u16 + 1;
-    for v in 0..vectors {
-        p.program_vector(v, MsiMessage { data: MSG.data + u32::from(v), ..MSG });
-    }
-    p.enable_msix(true);
+    let vectors = p.program_all_vectors_and_enable();
     let updates = p.msi.take();
     assert_eq!(updates.len(), usize::from(vectors), "{updates:?}");
     assert!(updates.contains(&MsiEvent::Update(2, Some(MsiMessage { data: MSG.data + 2, ..MSG }))));
@@ -1369,11 +1376,7 @@ fn queue_msix_vector_of_a_missing_queue_reads_no_vector() {
 #[test]
 fn msix_vectors_can_change_after_driver_ok() {
     let mut p = Pci::new();
-    let vectors = QUEUE_SIZES.len() as u16 + 1;
-    for v in 0..vectors {
-        p.program_vector(v, MsiMessage { data: MSG.data + u32::from(v), ..MSG });
-    }
-    p.enable_msix(true);
+    let vectors = p.program_all_vectors_and_enable();
     p.bring_up(F_VERSION_1, &[0, 1], true);
     p.msi.take();
     let intr = p.interrupt();
