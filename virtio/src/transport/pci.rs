@@ -19,7 +19,7 @@
 //! configuration change either way (4.1.4.5.1); the INTx line is held low
 //! while MSI-X is enabled (PCI 3.0 6.8.2) or Interrupt Disable is set.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{
@@ -76,6 +76,10 @@ pub struct PciInterrupt {
     queue_vectors: Vec<AtomicU16>,
     config_vector: AtomicU16,
     intx: LineInterrupt,
+    /// The command register's Bus Master Enable. MSI-X messages are memory
+    /// writes by the function, so with it clear none are sent (PCIe 7.5.1.1.3;
+    /// QEMU drops them too). INTx is a wire and does not depend on it.
+    bus_master: AtomicBool,
 }
 
 impl PciInterrupt {
@@ -95,7 +99,9 @@ impl PciInterrupt {
                 // is masked while MSI-X is enabled, so the line stays low.
                 self.intx.raise(INT_CONFIG);
             }
-            if vector != VIRTIO_MSI_NO_VECTOR && msix.notify(vector) == MsixNotify::InvalidVector {
+            if !self.bus_master.load(Ordering::SeqCst) {
+                log::debug!("virtio-pci: MSI-X vector {vector} not sent: bus mastering is disabled");
+            } else if vector != VIRTIO_MSI_NO_VECTOR && msix.notify(vector) == MsixNotify::InvalidVector {
                 log::debug!("virtio-pci: interrupt on invalid MSI-X vector {vector}");
             }
             return;
@@ -208,6 +214,7 @@ impl VirtioPciDevice {
             queue_vectors: (0..num_queues).map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR)).collect(),
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
             intx: LineInterrupt::new(intx),
+            bus_master: AtomicBool::new(false),
         });
         Ok(VirtioPciDevice {
             config,
@@ -490,6 +497,7 @@ impl PciDevice for VirtioPciDevice {
         }
         let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
         msix.config_written(&self.config, offset, data.len());
+        self.interrupt.bus_master.store(self.config.bus_master_enabled(), Ordering::SeqCst);
         // INTx stays off the line while Interrupt Disable is set, and while
         // MSI-X is enabled (PCI 3.0 6.8.2): a line that was up when the
         // driver enabled MSI-X drops. Under the MSI-X lock, as in

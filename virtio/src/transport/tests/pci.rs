@@ -1497,3 +1497,21 @@ fn config_generation_changes_with_each_configuration_change() {
         assert_eq!(p.window_read(1), g);
     }
 }
+
+#[test]
+fn no_msix_message_without_bus_mastering() {
+    let mut p = Pci::new();
+    p.program_all_vectors_and_enable();
+    p.bring_up(F_VERSION_1, &[0], true);
+    p.msi.take();
+    let intr = p.interrupt();
+    // MSI-X messages are memory writes: with Bus Master Enable clear, none go out.
+    p.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY_SPACE));
+    intr.notify_queue(0);
+    intr.notify_config();
+    assert!(p.msi.triggers().is_empty());
+    assert!(!p.intx.level(), "and INTx stays off while MSI-X is enabled");
+    p.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER));
+    intr.notify_queue(0);
+    assert_eq!(p.msi.triggers(), vec![1]);
+}
