@@ -177,6 +177,11 @@ impl VsockWorker {
         self.conns.len()
     }
 
+    /// Connections waiting for a receive buffer (at most one entry each).
+    pub fn rx_waiting(&self) -> usize {
+        self.rx_list.len()
+    }
+
     /// Handles every guest packet in the transmit queue, then delivers what
     /// the guest is owed into its receive buffers.
     pub fn process_tx(&mut self) {
@@ -408,6 +413,11 @@ impl VsockWorker {
     fn remove_connection(&mut self, id: u64, rst: bool, why: &str) {
         let Some(conn) = self.conns.remove(&id) else { return };
         self.keys.remove(&(conn.local_port(), conn.peer_port()));
+        // Its turn in the receive round goes too, or ids of connections that
+        // came and went while the guest posted no buffers would pile up.
+        if conn.in_rx_list {
+            self.rx_list.retain(|&other| other != id);
+        }
         if conn.interest.is_some() {
             let _ = self.epoll.ctl(ControlOperation::Delete, conn.fd(), EpollEvent::default());
         }
@@ -448,12 +458,13 @@ impl VsockWorker {
                 Err(e) => return self.fail(&e),
             };
             let room = chain.writable_len();
-            // A header-only buffer can carry a control packet (REQUEST, RESPONSE,
-            // RST, SHUTDOWN, CREDIT_*), which has no payload, but no data.
+            // A header-only buffer carries any packet without payload (REQUEST,
+            // RESPONSE, RST, SHUTDOWN, CREDIT_*); with max_payload 0 no data is
+            // read for it, and if only data is waiting the buffer waits too.
             let max_payload = (room.saturating_sub(PacketHeader::SIZE as u64)).min(MAX_PKT_PAYLOAD as u64) as usize;
-            if room < PacketHeader::SIZE as u64 || (max_payload == 0 && self.control.is_empty()) {
+            if room < PacketHeader::SIZE as u64 {
                 self.counters.rx_bad_buffers += 1;
-                log::debug!("virtio-vsock: a {room}-byte receive buffer cannot hold the next packet");
+                log::debug!("virtio-vsock: a {room}-byte receive buffer cannot hold a packet header");
                 if let Err(e) = self.rx.queue.add_used(&self.mem, chain.head_index, 0) {
                     return self.fail(&e);
                 }

@@ -681,6 +681,31 @@ fn header_only_receive_buffers_carry_control_packets() {
 }
 
 #[test]
+fn header_only_receive_buffers_carry_a_connections_response() {
+    let mut h = harness();
+    let _l = h.listen(94);
+    h.guest.post_rx_sized(1, PacketHeader::SIZE as u32);
+    h.send_op(VSOCK_OP_REQUEST, 6013, 94);
+    assert_eq!(h.guest.rx.used_elem(0).1, PacketHeader::SIZE as u32);
+    assert_eq!(ops(&h.guest.recv()), vec![VSOCK_OP_RESPONSE]);
+    assert_eq!(h.worker.counters.rx_bad_buffers, 0);
+}
+
+#[test]
+fn connections_that_come_and_go_without_receive_buffers_leave_nothing_behind() {
+    // REQUEST (answered by a RESPONSE that waits for a buffer), then RST:
+    // without buffers from the guest, nothing of either may accumulate.
+    let mut h = harness();
+    let _l = h.listen(95);
+    for port in 0..200u32 {
+        h.send_op(VSOCK_OP_REQUEST, 7000 + port, 95);
+        h.send_op(VSOCK_OP_RST, 7000 + port, 95);
+    }
+    assert_eq!(h.worker.connection_count(), 0);
+    assert_eq!(h.worker.rx_waiting(), 0);
+}
+
+#[test]
 fn small_receive_buffers_split_host_data() {
     let mut h = harness();
     let l = h.listen(93);
