@@ -92,8 +92,8 @@ impl ApiServer {
                 let c = balloon.counters();
                 format!(
                     "ok target={} MiB actual={} MiB inflated_pages={} deflated_pages={} reported_pages={}",
-                    u64::from(balloon.target_pages()) * BALLOON_PAGE >> 20,
-                    u64::from(balloon.actual_pages()) * BALLOON_PAGE >> 20,
+                    (u64::from(balloon.target_pages()) * BALLOON_PAGE) >> 20,
+                    (u64::from(balloon.actual_pages()) * BALLOON_PAGE) >> 20,
                     c.inflated_pages,
                     c.deflated_pages,
                     c.reported_pages

@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn an_endless_device_is_too_large_not_read_forever() {
-        let size = (FIRMWARE_MAX_SIZE + 1) as u64;
+        let size = FIRMWARE_MAX_SIZE + 1;
         assert!(
             matches!(FirmwareImage::load(Path::new("/dev/zero")), Err(FirmwareError::TooLarge { size: s, .. }) if s == size)
         );

@@ -57,7 +57,7 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The KVM segment register that a GDT entry describes when loaded with `selector`.
 fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
     let limit = if granularity == 1 { (limit_raw << 12) | 0xfff } else { limit_raw };
