@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -39,6 +40,20 @@ pub enum ConnState {
     AwaitingResponse,
     /// Data may flow.
     Established,
+}
+
+/// The timeouts a connection can be under, after Firecracker's
+/// `CONN_REQUEST_TIMEOUT_MS` and `CONN_SHUTDOWN_TIMEOUT_MS`: without them a
+/// guest that never answers would hold a host client and a connection slot
+/// for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// Host-initiated and the guest has not answered the REQUEST.
+    Request,
+    /// Both directions are over (the guest shut both, or shut sending and we
+    /// sent it our SHUTDOWN), but the connection has not finished: guest data
+    /// is still waiting for the host socket, or the guest owes its RST.
+    Shutdown,
 }
 
 /// Why a connection must be reset (for logs).
@@ -101,6 +116,9 @@ pub struct Connection {
     pub(super) interest: Option<EventSet>,
     /// Whether the connection is in the muxer's list of connections with work for the guest.
     pub(super) in_rx_list: bool,
+    /// The timeout the muxer runs for the connection and when it expires
+    /// (kept here so a change of [`timeout`](Self::timeout) is noticed).
+    pub(super) deadline: Option<(Timeout, Instant)>,
 }
 
 impl Connection {
@@ -132,6 +150,7 @@ impl Connection {
             hung_up: false,
             interest: None,
             in_rx_list: false,
+            deadline: None,
         }
     }
 
@@ -201,6 +220,10 @@ impl Connection {
     }
 
     /// The guest accepted our REQUEST: tell the host client `OK <port>`.
+    ///
+    /// A RESPONSE on an established connection does not get here (the muxer
+    /// drops it); one for a REQUEST not sent yet is a guest that guessed our
+    /// port, and is reset like any packet before the handshake.
     pub fn on_response(&mut self) -> Result<(), Reset> {
         if self.state != ConnState::AwaitingResponse || !self.request_sent {
             return Err(Reset("unexpected RESPONSE"));
@@ -313,6 +336,19 @@ impl Connection {
     /// Whether both directions are over and everything was written: time for the RST.
     pub fn should_close(&self) -> bool {
         self.closing && self.to_host.is_empty() && self.prefix_sent == self.prefix.len()
+    }
+
+    /// The timeout that should run for the connection now, if any. A
+    /// half-closed connection has none: either side may legitimately keep
+    /// sending in the other direction for as long as it likes.
+    pub fn timeout(&self) -> Option<Timeout> {
+        if self.state == ConnState::AwaitingResponse {
+            Some(Timeout::Request)
+        } else if self.guest_shut_send && (self.guest_shut_rcv || self.host_eof) {
+            Some(Timeout::Shutdown)
+        } else {
+            None
+        }
     }
 
     /// Whether host data may be read for the guest at all.

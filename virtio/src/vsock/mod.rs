@@ -16,7 +16,11 @@
 //! - a host program reaches guest port P by connecting to `/path/v.sock`
 //!   (rvmm listens there) and writing `CONNECT P\n`; it reads
 //!   `OK <host port>\n` once the guest accepted, then the socket is the
-//!   stream. If the guest refuses, the socket is closed.
+//!   stream. If the guest refuses, or does not answer within 2 s
+//!   ([`muxer::CONN_REQUEST_TIMEOUT`]), the socket is closed;
+//! - a connection whose both directions are shut but that does not finish
+//!   (the host does not take the guest's last data, or the guest does not
+//!   send its final RST) is reset after 2 s ([`muxer::CONN_SHUTDOWN_TIMEOUT`]).
 //!
 //! [`packet`] is the wire header, [`connection`] one connection's state and
 //! flow control, [`muxer`] the I/O thread that moves packets between the

@@ -11,7 +11,12 @@
 //!
 //! The worker thread polls the three queue eventfds, the listening socket and
 //! one epoll of its own holding every connection's socket (added and removed
-//! as connections come and go; an epoll fd is itself pollable).
+//! as connections come and go; an epoll fd is itself pollable), plus a
+//! timerfd armed for the earliest connection deadline (see [`Timeout`]): a
+//! host-initiated REQUEST the guest does not answer, or a shutdown that does
+//! not finish, ends the connection after [`CONN_REQUEST_TIMEOUT`] or
+//! [`CONN_SHUTDOWN_TIMEOUT`] as in Firecracker. The timer is disarmed while
+//! no connection has a deadline.
 //!
 //! Packets for the guest only go into receive buffers the guest posted. What
 //! waits for buffers is bounded: per connection, a few flags (REQUEST,
@@ -19,7 +24,7 @@
 //! read only when a buffer is in hand); plus a queue of at most
 //! [`CONTROL_QUEUE_CAP`] RSTs, which stops the transmit queue while full.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -27,11 +32,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, Reset, RxPacket, MAX_PKT_PAYLOAD};
+use super::connection::{ConnState, Connection, Reset, RxPacket, Timeout, MAX_PKT_PAYLOAD};
 use super::packet::*;
 use super::{EVENT_QUEUE, HOST_CID, MAX_CONNECTIONS, RX_QUEUE, TX_QUEUE};
 use crate::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
@@ -42,6 +49,14 @@ use crate::worker::WorkerHandler;
 pub const LISTENER_TOKEN: u64 = 3;
 /// Worker token of the connections' epoll.
 pub const CONNECTIONS_TOKEN: u64 = 4;
+/// Worker token of the timerfd of connection deadlines.
+pub const TIMER_TOKEN: u64 = 5;
+/// How long the guest has to answer a host-initiated REQUEST with RESPONSE
+/// or RST (Firecracker's `CONN_REQUEST_TIMEOUT_MS`).
+pub const CONN_REQUEST_TIMEOUT: Duration = Duration::from_millis(2000);
+/// How long a connection whose both directions are over may take to finish
+/// (Firecracker's `CONN_SHUTDOWN_TIMEOUT_MS`).
+pub const CONN_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(2000);
 /// The first host port given to host-initiated connections.
 pub const FIRST_HOST_PORT: u32 = 1024;
 /// Most RSTs waiting for receive buffers; the transmit queue is not processed
@@ -65,7 +80,16 @@ pub struct VsockCounters {
     pub rx_bad_buffers: u64,
     /// Connections reset by the device (RST sent or owed).
     pub resets: u64,
+    /// Of those, connections ended because a [`Timeout`] expired.
+    pub timeouts: u64,
+    /// Well-formed guest packets ignored: a REQUEST or RESPONSE on an
+    /// established connection (counted in `tx_packets` too).
+    pub tx_ignored: u64,
 }
+
+/// Where the muxer reads the time for connection deadlines; injectable so
+/// tests need not wait for timeouts.
+pub type Clock = Box<dyn Fn() -> Instant + Send>;
 
 /// A host client that connected to `uds_path` and has not sent its whole
 /// `CONNECT` line yet.
@@ -102,6 +126,18 @@ pub struct VsockWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     status: Arc<dyn DeviceStatusSink>,
     broken: bool,
+    /// Deadlines of the connections that have one, earliest first, with
+    /// their ids (at most one entry per connection).
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Non-blocking, armed for the first of `deadlines`.
+    timer: TimerFd,
+    /// What `timer` is armed for (None: disarmed), to skip needless syscalls.
+    timer_at: Option<Instant>,
+    /// `timer_at` may be wrong (the timer fired, or arming failed): set it again.
+    timer_stale: bool,
+    clock: Clock,
+    request_timeout: Duration,
+    shutdown_timeout: Duration,
     /// Packet counters.
     pub counters: VsockCounters,
 }
@@ -145,12 +181,19 @@ impl VsockWorker {
             interrupt,
             status,
             broken: false,
+            deadlines: BTreeSet::new(),
+            timer: nonblocking_timerfd()?,
+            timer_at: None,
+            timer_stale: false,
+            clock: Box::new(Instant::now),
+            request_timeout: CONN_REQUEST_TIMEOUT,
+            shutdown_timeout: CONN_SHUTDOWN_TIMEOUT,
             counters: VsockCounters::default(),
         })
     }
 
     /// What the worker thread polls: the queue eventfds (token = queue
-    /// index), the listener and the connections' epoll.
+    /// index), the listener, the connections' epoll and the deadline timer.
     pub fn polled_fds(&self) -> Vec<(RawFd, u64, EventSet)> {
         vec![
             (self.rx.notify_fd(), u64::from(RX_QUEUE), EventSet::IN),
@@ -158,6 +201,7 @@ impl VsockWorker {
             (self.event.notify_fd(), u64::from(EVENT_QUEUE), EventSet::IN),
             (self.listener.as_raw_fd(), LISTENER_TOKEN, EventSet::IN),
             (self.epoll.as_raw_fd(), CONNECTIONS_TOKEN, EventSet::IN),
+            (self.timer.as_raw_fd(), TIMER_TOKEN, EventSet::IN),
         ]
     }
 
@@ -170,6 +214,25 @@ impl VsockWorker {
     /// Lowers (or raises) the connection limit from [`MAX_CONNECTIONS`].
     pub fn set_connection_limit(&mut self, limit: usize) {
         self.max_connections = limit;
+    }
+
+    /// Changes the [`CONN_REQUEST_TIMEOUT`] and [`CONN_SHUTDOWN_TIMEOUT`]
+    /// of connections whose deadline starts from now on.
+    pub fn set_timeouts(&mut self, request: Duration, shutdown: Duration) {
+        self.request_timeout = request;
+        self.shutdown_timeout = shutdown;
+    }
+
+    /// Reads the time from `clock` instead of [`Instant::now`], for
+    /// deadlines that start from now on (tests set it before any connection).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Whether the deadline timer is armed (it is exactly while some
+    /// connection has a deadline).
+    pub fn timer_armed(&self) -> bool {
+        self.timer.is_armed().unwrap_or(false)
     }
 
     /// Open connections (host clients still sending `CONNECT` not included).
@@ -191,6 +254,13 @@ impl VsockWorker {
     /// Delivers what the guest is owed into its receive buffers (after the
     /// guest posted some), then resumes a stalled transmit queue.
     pub fn process_rx(&mut self) {
+        self.service();
+    }
+
+    /// Ends the connections whose deadline passed (as when the timer fires),
+    /// then moves packets as [`process_tx`](Self::process_tx) does.
+    pub fn process_timer(&mut self) {
+        self.expire();
         self.service();
     }
 
@@ -230,6 +300,57 @@ impl VsockWorker {
             }
             self.tx_stalled = false;
         }
+        self.arm_timer();
+    }
+
+    /// Arms the timer for the earliest deadline, or disarms it when there is
+    /// none, unless it already is.
+    fn arm_timer(&mut self) {
+        let next = self.deadlines.first().map(|&(at, _)| at);
+        if next == self.timer_at && !self.timer_stale {
+            return;
+        }
+        let armed = match next {
+            // A zero duration would disarm: a deadline already past fires at once.
+            Some(at) => {
+                self.timer.reset(at.saturating_duration_since((self.clock)()).max(Duration::from_nanos(1)), None)
+            }
+            None => self.timer.clear(),
+        };
+        match armed {
+            Ok(()) => {
+                self.timer_at = next;
+                self.timer_stale = false;
+            }
+            // Retried at the next event; deadlines are checked then too.
+            Err(e) => log::warn!("virtio-vsock: cannot arm the connection timer: {e}"),
+        }
+    }
+
+    /// Ends every connection whose deadline passed.
+    fn expire(&mut self) {
+        // Non-blocking: after a rearm in the same round of events there is
+        // nothing to read, and the deadlines below say what is due anyway.
+        let _ = self.timer.wait();
+        let now = (self.clock)();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            let Some((kind, _)) = conn.deadline.take() else { continue };
+            self.counters.timeouts += 1;
+            let why = match kind {
+                Timeout::Request => Reset("the guest did not answer the REQUEST in time"),
+                Timeout::Shutdown => Reset("the shutdown did not finish in time"),
+            };
+            self.reset_connection(id, why);
+        }
+        // The timer fired (or was read early): arm it again whatever it was
+        // armed for, or a clock behind the timer's would leave it disarmed
+        // with deadlines pending.
+        self.timer_stale = true;
     }
 
     fn tx_all(&mut self) {
@@ -312,6 +433,20 @@ impl VsockWorker {
             Vec::new()
         };
         let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.state() == ConnState::Established && matches!(hdr.op, VSOCK_OP_REQUEST | VSOCK_OP_RESPONSE) {
+            // As Linux (virtio_transport_recv_connected) and Firecracker do: a
+            // duplicate or late handshake packet says nothing about this
+            // connection, and resetting it would let a confused guest kill a
+            // working stream. Its credit fields are not taken either.
+            self.counters.tx_ignored += 1;
+            log::debug!(
+                "virtio-vsock: ignoring {} on open connection {}:{}",
+                op_name(hdr.op),
+                hdr.dst_port,
+                hdr.src_port
+            );
+            return;
+        }
         conn.update_peer_credit(hdr.buf_alloc, hdr.fwd_cnt);
         let result = match hdr.op {
             VSOCK_OP_RESPONSE => conn.on_response(),
@@ -322,7 +457,8 @@ impl VsockWorker {
                 conn.on_credit_request();
                 Ok(())
             }
-            VSOCK_OP_REQUEST => Err(Reset("REQUEST on an open connection")),
+            // Only while we wait for the RESPONSE (both sides connecting at once).
+            VSOCK_OP_REQUEST => Err(Reset("REQUEST on a connection being opened")),
             _ => Err(Reset("unknown operation")),
         };
         match result {
@@ -379,12 +515,30 @@ impl VsockWorker {
         Ok(())
     }
 
-    /// After a change to connection `id`: close it if it is over, update its
-    /// epoll interest, and queue it for the receive path if it has something.
+    /// After a change to connection `id`: close it if it is over, start or
+    /// stop its deadline, update its epoll interest, and queue it for the
+    /// receive path if it has something.
     fn refresh(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.should_close() {
             return self.remove_connection(id, true, "clean disconnect");
+        }
+        let kind = conn.timeout();
+        if conn.deadline.map(|(k, _)| k) != kind {
+            if let Some((_, at)) = conn.deadline.take() {
+                self.deadlines.remove(&(at, id));
+            }
+            if let Some(k) = kind {
+                let after = match k {
+                    Timeout::Request => self.request_timeout,
+                    Timeout::Shutdown => self.shutdown_timeout,
+                };
+                // No deadline past the end of Instant: such a timeout never expires.
+                if let Some(at) = (self.clock)().checked_add(after) {
+                    conn.deadline = Some((k, at));
+                    self.deadlines.insert((at, id));
+                }
+            }
         }
         let want = conn.desired_interest();
         if conn.interest.is_some_and(|have| have != want) {
@@ -417,6 +571,9 @@ impl VsockWorker {
         // came and went while the guest posted no buffers would pile up.
         if conn.in_rx_list {
             self.rx_list.retain(|&other| other != id);
+        }
+        if let Some((_, at)) = conn.deadline {
+            self.deadlines.remove(&(at, id));
         }
         if conn.interest.is_some() {
             let _ = self.epoll.ctl(ControlOperation::Delete, conn.fd(), EpollEvent::default());
@@ -655,6 +812,7 @@ impl WorkerHandler for VsockWorker {
         match token {
             LISTENER_TOKEN => self.accept_clients(),
             CONNECTIONS_TOKEN => self.socket_events(),
+            TIMER_TOKEN => self.expire(),
             t => {
                 let q = match t as u16 {
                     RX_QUEUE => &self.rx,
@@ -668,6 +826,18 @@ impl WorkerHandler for VsockWorker {
         // made packets for the guest or freed room for them.
         self.service();
     }
+}
+
+/// A monotonic timerfd that is non-blocking, so reading one that a rearm
+/// cleared after epoll reported it never stalls the worker.
+fn nonblocking_timerfd() -> std::io::Result<TimerFd> {
+    // SAFETY: timerfd_create with constant arguments; the result is checked.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    Ok(unsafe { TimerFd::from_raw_fd(fd) })
 }
 
 /// `CONNECT <port>` (an optional `\r` before the newline is accepted).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,12 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::{CONN_BUF_ALLOC, CREDIT_UPDATE_THRESHOLD};
-use super::muxer::{port_path, VsockWorker, FIRST_HOST_PORT};
+use super::muxer::{port_path, VsockWorker, CONN_REQUEST_TIMEOUT, CONN_SHUTDOWN_TIMEOUT, FIRST_HOST_PORT};
 use super::packet::*;
 use super::*;
 use crate::device::{ActiveQueue, VirtioDevice};
 use crate::queue::test_utils::{MockDriver, RawDescriptor};
+use crate::worker::Worker;
 
 const GUEST_CID: u64 = 3;
 /// What a Linux guest posts: a header and 4 KiB of payload.
@@ -189,6 +190,34 @@ impl Harness {
     fn host_poll(&mut self) -> Vec<(PacketHeader, Vec<u8>)> {
         self.worker.process_host();
         self.guest.recv()
+    }
+
+    /// Gives the worker a clock that only moves when [`advance`](Self::advance) says.
+    fn fake_clock(&mut self) -> Arc<AtomicU64> {
+        let base = Instant::now();
+        let elapsed_ms = Arc::new(AtomicU64::new(0));
+        let e = elapsed_ms.clone();
+        self.worker.set_clock(Box::new(move || base + Duration::from_millis(e.load(Ordering::SeqCst))));
+        elapsed_ms
+    }
+
+    /// Moves the fake clock on by `d` and lets the worker handle what expired,
+    /// as when its timer fires; returns the packets the guest received.
+    fn advance(&mut self, clock: &AtomicU64, d: Duration) -> Vec<(PacketHeader, Vec<u8>)> {
+        clock.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+        self.worker.process_timer();
+        self.guest.recv()
+    }
+
+    /// A host client that sent `CONNECT port`, and the REQUEST the guest got
+    /// for it (the guest must have receive buffers).
+    fn client_connect(&mut self, port: u32) -> (UnixStream, PacketHeader) {
+        let mut client = UnixStream::connect(&self.uds).unwrap();
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        client.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+        let got = self.host_poll();
+        assert_eq!(ops(&got), vec![VSOCK_OP_REQUEST]);
+        (client, got[0].0)
     }
 }
 
@@ -615,20 +644,220 @@ fn malformed_packets_are_dropped_safely() {
 }
 
 #[test]
-fn protocol_violations_reset_the_connection() {
+fn stray_request_or_response_on_an_open_connection_is_ignored() {
+    // As in Linux's virtio_transport_recv_connected and Firecracker: dropped,
+    // the connection untouched (credit fields included).
     let mut h = harness();
     let l = h.listen(91);
     let mut host = h.connect_from_guest(&l, 6010, 91);
-    // A second REQUEST on an open connection.
-    h.send_op(VSOCK_OP_REQUEST, 6010, 91);
+    let mut req = guest_hdr(VSOCK_OP_REQUEST, 6010, 91);
+    req.buf_alloc = 0;
+    h.send(req, &[]);
+    h.send_op(VSOCK_OP_RESPONSE, 6010, 91);
+    assert!(h.guest.recv().is_empty(), "nothing answered");
+    assert_eq!(h.worker.counters.tx_ignored, 2);
+    assert_eq!(h.worker.counters.resets, 0);
+    assert_eq!(h.worker.connection_count(), 1);
+    // Data still flows both ways, with the guest's credit as it was.
+    h.send(guest_hdr(VSOCK_OP_RW, 6010, 91), b"still");
+    let mut b = [0u8; 5];
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still");
+    host.write_all(b"here").unwrap();
+    let got = h.host_poll();
+    assert_eq!(ops(&got), vec![VSOCK_OP_RW]);
+    assert_eq!(got[0].1, b"here");
+
+    // A host-initiated connection: a second RESPONSE is ignored too.
+    let (mut client, req) = h.client_connect(92);
+    h.send_op(VSOCK_OP_RESPONSE, 92, req.src_port);
+    h.send_op(VSOCK_OP_RESPONSE, 92, req.src_port);
+    assert!(h.guest.recv().is_empty());
+    let want = format!("OK {}\n", req.src_port);
+    let mut ok = vec![0u8; want.len()];
+    client.read_exact(&mut ok).unwrap();
+    assert_eq!(ok, want.as_bytes(), "one OK line");
+    assert_eq!(h.worker.counters.tx_ignored, 3);
+    assert_eq!(h.worker.connection_count(), 2);
+}
+
+#[test]
+fn protocol_violations_reset_the_connection() {
+    let mut h = harness();
+    let l = h.listen(91);
+    // An unknown operation on an open connection.
+    let mut host = h.connect_from_guest(&l, 6011, 91);
+    h.send_op(42, 6011, 91);
     assert_eq!(ops(&h.guest.recv()), vec![VSOCK_OP_RST]);
     assert!(host_sees_eof(&mut host));
-    // A RESPONSE nobody asked for.
-    let mut host = h.connect_from_guest(&l, 6011, 91);
-    h.send_op(VSOCK_OP_RESPONSE, 6011, 91);
+    // A REQUEST crossing ours (both sides connecting at once).
+    let (mut client, req) = h.client_connect(93);
+    h.send_op(VSOCK_OP_REQUEST, 93, req.src_port);
     assert_eq!(ops(&h.guest.recv()), vec![VSOCK_OP_RST]);
+    assert!(host_sees_eof(&mut client));
+    assert_eq!(h.worker.connection_count(), 0);
+    assert_eq!(h.worker.counters.tx_ignored, 0);
+}
+
+#[test]
+fn unanswered_host_request_times_out_with_rst() {
+    let mut h = harness();
+    let clock = h.fake_clock();
+    h.guest.post_rx(4);
+    assert!(!h.worker.timer_armed(), "no timer while nothing is pending");
+    let (mut client, req) = h.client_connect(52);
+    assert!(h.worker.timer_armed());
+    assert!(h.advance(&clock, CONN_REQUEST_TIMEOUT - Duration::from_millis(1)).is_empty());
+    assert_eq!(h.worker.connection_count(), 1, "not yet");
+    let got = h.advance(&clock, Duration::from_millis(1));
+    assert_eq!(ops(&got), vec![VSOCK_OP_RST], "the guest forgets the REQUEST too");
+    assert_eq!((got[0].0.src_port, got[0].0.dst_port), (req.src_port, 52));
+    assert!(host_sees_eof(&mut client));
+    assert_eq!(h.worker.connection_count(), 0);
+    assert_eq!(h.worker.counters.timeouts, 1);
+    assert!(!h.worker.timer_armed());
+    // A late RESPONSE is for no connection: refused.
+    h.send_op(VSOCK_OP_RESPONSE, 52, req.src_port);
+    assert_eq!(ops(&h.guest.recv()), vec![VSOCK_OP_RST]);
+}
+
+#[test]
+fn undelivered_host_request_times_out_without_rst() {
+    // A guest that posts no receive buffers never learns of the REQUEST: the
+    // client and the slot are freed, and the guest is told nothing.
+    let mut h = harness();
+    h.worker.set_connection_limit(1);
+    let clock = h.fake_clock();
+    let mut client = UnixStream::connect(&h.uds).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    h.worker.process_host();
+    assert_eq!(h.worker.connection_count(), 1);
+    h.advance(&clock, CONN_REQUEST_TIMEOUT);
+    assert!(host_sees_eof(&mut client));
+    assert_eq!(h.worker.connection_count(), 0);
+    h.guest.post_rx(4);
+    h.worker.process_rx();
+    assert!(h.guest.recv().is_empty());
+    // The slot is free again.
+    h.client_connect(53);
+}
+
+#[test]
+fn answered_host_request_has_no_deadline() {
+    let mut h = harness();
+    let clock = h.fake_clock();
+    h.guest.post_rx(4);
+    let (mut client, req) = h.client_connect(52);
+    h.send_op(VSOCK_OP_RESPONSE, 52, req.src_port);
+    assert!(!h.worker.timer_armed());
+    assert!(h.advance(&clock, 10 * CONN_REQUEST_TIMEOUT).is_empty());
+    assert_eq!(h.worker.connection_count(), 1);
+    let want = format!("OK {}\n", req.src_port);
+    let mut ok = vec![0u8; want.len()];
+    client.read_exact(&mut ok).unwrap();
+    assert_eq!(ok, want.as_bytes());
+    // Neither does a half-closed connection: the guest may still send.
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = h.host_poll();
+    assert_eq!(ops(&got), vec![VSOCK_OP_SHUTDOWN]);
+    assert_eq!(got[0].0.flags, VSOCK_SHUTDOWN_SEND);
+    assert!(!h.worker.timer_armed());
+    assert!(h.advance(&clock, 10 * CONN_SHUTDOWN_TIMEOUT).is_empty());
+    h.send(guest_hdr(VSOCK_OP_RW, 52, req.src_port), b"late");
+    let mut b = [0u8; 4];
+    client.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"late");
+    assert_eq!(h.worker.counters.timeouts, 0);
+}
+
+#[test]
+fn shutdown_stuck_on_a_host_that_does_not_read_is_forced_closed() {
+    let mut h = harness();
+    let clock = h.fake_clock();
+    let l = h.listen(82);
+    let mut host = h.connect_from_guest(&l, 6002, 82);
+    h.guest.post_rx(64);
+    let data = pattern(CONN_BUF_ALLOC as usize, 5);
+    for chunk in data.chunks(4096) {
+        h.send(guest_hdr(VSOCK_OP_RW, 6002, 82), chunk);
+    }
+    assert!(h.worker.buffered_bytes() > 0, "the socket is full");
+    h.guest.recv();
+    let mut sd = guest_hdr(VSOCK_OP_SHUTDOWN, 6002, 82);
+    sd.flags = VSOCK_SHUTDOWN_RCV | VSOCK_SHUTDOWN_SEND;
+    h.send(sd, &[]);
+    assert!(h.guest.recv().is_empty(), "no RST while data waits for the host");
+    assert!(h.worker.timer_armed());
+    assert!(h.advance(&clock, CONN_SHUTDOWN_TIMEOUT - Duration::from_millis(1)).is_empty());
+    assert_eq!(ops(&h.advance(&clock, Duration::from_millis(1))), vec![VSOCK_OP_RST]);
+    assert_eq!(h.worker.connection_count(), 0);
+    assert_eq!(h.worker.buffered_bytes(), 0, "what the host did not take is dropped");
+    assert!(!h.worker.timer_armed());
+    // The socket is closed: the host reads what reached it, then EOF.
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert!(got.len() < data.len() && data.starts_with(&got));
+    assert_eq!((h.worker.counters.timeouts, h.worker.counters.resets), (1, 1));
+}
+
+#[test]
+fn guest_that_never_answers_our_shutdown_is_reset() {
+    let mut h = harness();
+    let clock = h.fake_clock();
+    let l = h.listen(85);
+    let mut host = h.connect_from_guest(&l, 6005, 85);
+    let mut sd = guest_hdr(VSOCK_OP_SHUTDOWN, 6005, 85);
+    sd.flags = VSOCK_SHUTDOWN_SEND;
+    h.send(sd, &[]);
+    assert!(!h.worker.timer_armed(), "half-closed: the host may still send");
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = h.host_poll();
+    assert_eq!(ops(&got), vec![VSOCK_OP_SHUTDOWN]);
+    assert_eq!(got[0].0.flags, VSOCK_SHUTDOWN_RCV | VSOCK_SHUTDOWN_SEND);
+    // The guest owes its RST; it never comes.
+    assert!(h.worker.timer_armed());
+    assert_eq!(ops(&h.advance(&clock, CONN_SHUTDOWN_TIMEOUT)), vec![VSOCK_OP_RST]);
     assert!(host_sees_eof(&mut host));
     assert_eq!(h.worker.connection_count(), 0);
+    assert_eq!(h.worker.counters.timeouts, 1);
+}
+
+#[test]
+fn the_timer_follows_the_earliest_deadline() {
+    let mut h = harness();
+    let clock = h.fake_clock();
+    h.guest.post_rx(8);
+    let (mut c1, _) = h.client_connect(1);
+    clock.fetch_add(1000, Ordering::SeqCst);
+    let (mut c2, r2) = h.client_connect(2);
+    // The first expires alone; the second still has a second to go.
+    assert_eq!(ops(&h.advance(&clock, Duration::from_millis(1000))), vec![VSOCK_OP_RST]);
+    assert!(host_sees_eof(&mut c1));
+    assert_eq!(h.worker.connection_count(), 1);
+    assert!(h.worker.timer_armed());
+    // Answered: nothing left, no timer.
+    h.send_op(VSOCK_OP_RESPONSE, 2, r2.src_port);
+    assert!(!h.worker.timer_armed());
+    assert!(h.advance(&clock, Duration::from_millis(5000)).is_empty());
+    c2.write_all(b"x").unwrap();
+    assert_eq!(ops(&h.host_poll()), vec![VSOCK_OP_RW]);
+}
+
+#[test]
+fn worker_thread_wakes_for_an_expired_request_on_its_timerfd() {
+    let Harness { mut guest, mut worker, uds, _dir, .. } = harness();
+    worker.set_timeouts(Duration::from_millis(50), Duration::from_millis(50));
+    guest.post_rx(4);
+    let mut client = UnixStream::connect(&uds).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    let fds = worker.polled_fds();
+    let start = Instant::now();
+    // start() takes the waiting client; nothing else wakes the thread.
+    let _w = Worker::spawn("vsock-test", fds, worker).unwrap();
+    assert!(host_sees_eof(&mut client));
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    assert!(wait_for(|| guest.rx.used_idx() == 2));
+    assert_eq!(ops(&guest.recv()), vec![VSOCK_OP_REQUEST, VSOCK_OP_RST]);
 }
 
 #[test]
