@@ -59,7 +59,8 @@ pub use chain::{ChainReader, ChainWriter, Descriptor, DescriptorChain, READ_ALL_
 
 use std::fmt;
 use std::num::Wrapping;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
@@ -481,6 +482,10 @@ pub struct Queue {
     /// Used entries added since the last [`Queue::needs_notification`]; more
     /// than 16 bits so that 65536 of them are not mistaken for none.
     num_added: u32,
+    /// The driver stopped the queue while the device runs (virtio-mmio
+    /// QueueReady = 0): shared by the transport's copy and the device's, so
+    /// the device sees it at its next [`pop`](Queue::pop).
+    stopped: Arc<AtomicBool>,
 }
 
 impl Queue {
@@ -507,7 +512,21 @@ impl Queue {
             next_avail: Wrapping(0),
             next_used: Wrapping(0),
             num_added: 0,
+            stopped: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Stops the queue for good (until a device reset): every copy of it, the
+    /// running device's included, pops nothing more. In-flight chains still
+    /// complete.
+    pub fn stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.ready = false;
+    }
+
+    /// Whether the driver stopped the queue (see [`stop`](Self::stop)).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// The largest size the driver may set.
@@ -690,7 +709,7 @@ impl Queue {
     /// popped yet.
     pub fn has_available(&self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
         self.check_usable()?;
-        Ok(self.avail_idx(mem)? != self.next_avail)
+        Ok(!self.stopped() && self.avail_idx(mem)? != self.next_avail)
     }
 
     /// Takes the next available chain, fully validated; `None` if the ring
@@ -708,6 +727,9 @@ impl Queue {
     /// moved past its ring entry.
     pub fn pop(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DescriptorChain>, QueueError> {
         self.check_usable()?;
+        if self.stopped() {
+            return Ok(None);
+        }
         let mut avail_idx = self.avail_idx(mem)?;
         if self.event_idx && avail_idx == self.next_avail {
             if !self.enable_notification(mem)? {

@@ -109,6 +109,10 @@ impl MmioTransport {
             // an invalid queue/size rather than truncating them into valid ones.
             reg::QUEUE_SEL => c.queue_select = u16::try_from(value).unwrap_or(u16::MAX),
             reg::QUEUE_NUM => with_queue(c, |q| q.set_size(u16::try_from(value).unwrap_or(0))),
+            // "To stop using the queue the driver MUST write zero (0x0) to
+            // QueueReady and MUST read the value back" (4.2.2.2): after
+            // DRIVER_OK that stops the running queue, which then reads 0.
+            reg::QUEUE_READY if value == 0 && c.stop_selected_queue() => {}
             reg::QUEUE_READY => with_queue(c, |q| q.set_ready(value == 1)),
             reg::QUEUE_NOTIFY => c.notify_queue(value),
             reg::INTERRUPT_ACK => self.interrupt.acknowledge(value),

@@ -160,6 +160,23 @@ impl VirtioCommon {
         self.queues.get(usize::from(self.queue_select))
     }
 
+    /// Stops the selected queue while the device runs (virtio-mmio: the
+    /// driver wrote 0 to QueueReady after DRIVER_OK, 4.2.2.2); false if
+    /// there is no such queue or the device is not running. Before DRIVER_OK
+    /// the driver just clears the ready bit.
+    pub fn stop_selected_queue(&mut self) -> bool {
+        if !self.driver_ok {
+            return false;
+        }
+        match self.queues.get_mut(usize::from(self.queue_select)) {
+            Some(q) => {
+                q.stop();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The selected queue for writing: only before DRIVER_OK, as the spec requires.
     pub fn selected_queue_mut(&mut self) -> Option<&mut Queue> {
         if self.driver_ok {

@@ -568,7 +568,7 @@ fn queue_registers_are_ignored_after_driver_ok() {
     m.write(QUEUE_DESC_HIGH, 1);
     m.write(QUEUE_DRIVER_LOW, 0x9000);
     m.write(QUEUE_DEVICE_LOW, 0xa000);
-    m.write(QUEUE_READY, 0);
+    m.write(QUEUE_READY, 2);
     assert_eq!(m.read(QUEUE_READY), 1);
     // An idle queue cannot be brought up either.
     m.write(QUEUE_SEL, 1);
@@ -581,6 +581,33 @@ fn queue_registers_are_ignored_after_driver_ok() {
     assert_eq!(q.avail_ring(), drivers[0].avail_ring());
     assert_eq!(q.used_ring(), drivers[0].used_ring());
     assert_eq!(m.activations(), 1);
+}
+
+#[test]
+fn queue_ready_0_after_driver_ok_stops_the_running_queue() {
+    // 4.2.2.2: "To stop using the queue the driver MUST write zero (0x0) to
+    // QueueReady and MUST read the value back to ensure synchronization."
+    let mut m = Mmio::new();
+    let mut drivers = m.bring_up(F_VERSION_1, &[0, 1]);
+    let mem = drivers[0].memory().clone();
+    drivers[0].add_buffers(&[b"before"], &[]);
+    m.write(QUEUE_SEL, 0);
+    m.write(QUEUE_READY, 0);
+    assert_eq!(m.read(QUEUE_READY), 0, "reads back 0: the driver's synchronization");
+    drivers[0].add_buffers(&[b"after"], &[]);
+    // The running device's copy of queue 0 pops nothing more; queue 1 still works.
+    let mut s = lock(&m.state);
+    let active = s.activations.last_mut().expect("activated");
+    assert!(active[0].queue.pop(&mem).unwrap().is_none());
+    drivers[1].add_buffers(&[b"q1"], &[]);
+    assert!(active[1].queue.pop(&mem).unwrap().is_some());
+    drop(s);
+    // Writing 1 does not bring it back; a reset does.
+    m.write(QUEUE_READY, 1);
+    assert_eq!(m.read(QUEUE_READY), 0);
+    m.write(STATUS, 0);
+    let q = m.t.common().selected_queue().unwrap();
+    assert!(!q.stopped() && !q.ready());
 }
 
 /// Sets up queue 0 with `tweak` applied after a valid layout, then DRIVER_OK.
