@@ -20,10 +20,15 @@
 //! other processes falls on all of them alike. The result is a table of
 //! min / median / p90 per VMM, as plain text or (`--markdown`) Markdown.
 //!
+//! With `--exits [N]` it measures the cost of a VM exit instead (see [`exits`]): the probe
+//! makes N port reads and N ECAM reads, each an exit to the VMM, under rvmm (with
+//! `--stats`, for rvmm's own dispatch time) and QEMU q35, against an `exits=0` baseline.
+//!
 //! rvmm must be built in release mode (`cargo build --release`); the program looks for
 //! `rvmm` next to its own executable unless `--rvmm PATH` is given.
 
 mod args;
+mod exits;
 mod host;
 mod measure;
 mod stats;
@@ -33,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+use exits::ExitPair;
 use measure::{Ended, Outcome};
 use rvmm_tests::seabios::{MBR_EXIT_STATUS, MBR_MARKER};
 use stats::Summary;
@@ -60,6 +66,11 @@ With --firmware, boots PC firmware (SeaBIOS) from a 1 MiB disk whose MBR prints
 `rvmm-mbr: hello` and powers off, under rvmm and under QEMU's pc machine; start-up
 is then the time to the MBR's line (firmware and boot included).
 
+With --exits [N], measures what a VM exit costs: the probe (command line `quick
+exits=N`) reads port 0xf4 N times and 00:00.0's ID through ECAM N times; against a
+baseline run with exits=0, under rvmm (with --stats: rvmm's own dispatch time per
+exit) and QEMU q35, it prints the round trip per exit and rvmm's share of it.
+
 Build first: cargo build --release   (then: target/release/rvmm-bench --runs 20)
 
 options:
@@ -71,6 +82,8 @@ options:
   --firmware [PATH]  boot firmware from the MBR disk instead of the probe; PATH is
                      the firmware image (default: $RVMM_SEABIOS, else
                      /usr/share/seabios/bios-256k.bin)
+  --exits [N]        measure the exit round trip with N port and N MMIO exits per
+                     run (default N 20000; QEMU runs q35 only)
   --no-qemu          measure rvmm only
   --no-q35           skip QEMU's q35 machine (SeaBIOS makes it slow; probe only)
   --timeout SECS     kill a run that takes longer (default 60)
@@ -94,6 +107,8 @@ pub struct Options {
     /// `--firmware [PATH]`: boot firmware from the MBR disk instead of the probe. The
     /// inner `None` stands for the default SeaBIOS image.
     pub firmware: Option<Option<PathBuf>>,
+    /// `--exits [N]`: measure the exit round trip with N port and N MMIO exits per run.
+    pub exits: Option<u32>,
     /// Skip QEMU altogether.
     pub no_qemu: bool,
     /// Skip QEMU's q35 machine.
@@ -115,6 +130,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
         qemu: None,
         kernel: None,
         firmware: None,
+        exits: None,
         no_qemu: false,
         no_q35: false,
         timeout: Duration::from_secs(60),
@@ -143,6 +159,17 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
                 };
                 o.firmware = Some(path);
             }
+            "--exits" => {
+                // N is optional, as --firmware's path.
+                let n = match args.peek() {
+                    Some(v) if !v.to_string_lossy().starts_with('-') => {
+                        let v = args.next().unwrap_or_default();
+                        args::parse_whole("--exits", &v.to_string_lossy(), 1, exits::MAX_EXITS)?
+                    }
+                    _ => exits::DEFAULT_EXITS,
+                };
+                o.exits = Some(n);
+            }
             "--timeout" => {
                 let secs = parse_count("--timeout", &value("--timeout")?, 1)?;
                 o.timeout = Duration::from_secs(secs as u64);
@@ -156,15 +183,19 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Options, 
     if o.firmware.is_some() && o.kernel.is_some() {
         return Err(ArgsExit::Usage("--kernel and --firmware exclude each other".to_string()));
     }
+    if o.exits.is_some() && o.firmware.is_some() {
+        return Err(ArgsExit::Usage("--exits and --firmware exclude each other".to_string()));
+    }
+    if o.exits.is_some() && o.no_q35 && !o.no_qemu {
+        return Err(ArgsExit::Usage(
+            "--exits runs QEMU on q35 only (microvm has no ECAM); skip QEMU with --no-qemu".to_string(),
+        ));
+    }
     Ok(o)
 }
 
 fn parse_count(name: &str, v: &OsString, min: usize) -> Result<usize, ArgsExit> {
-    let s = v.to_string_lossy();
-    match s.trim().parse::<usize>() {
-        Ok(n) if n >= min && n <= 100_000 => Ok(n),
-        _ => Err(ArgsExit::Usage(format!("{name} {s}: expected a whole number from {min} to 100000"))),
-    }
+    args::parse_whole(name, &v.to_string_lossy(), min, 100_000)
 }
 
 /// What the VMMs boot.
@@ -175,6 +206,15 @@ pub enum Guest {
     Probe {
         /// The probe image.
         kernel: PathBuf,
+    },
+    /// The PVH probe with the command line `quick exits=N`: after [`QUICK_LINE`] it makes
+    /// N port and N MMIO exits, prints `exits: pio=N mmio=N ...` and writes 0 to the
+    /// debug exit port.
+    Exits {
+        /// The probe image.
+        kernel: PathBuf,
+        /// N.
+        exits: u32,
     },
     /// PC firmware booting the disk of `rvmm_tests::seabios::write_boot_disk`: its MBR
     /// prints [`MBR_MARKER`] and writes [`MBR_EXIT_STATUS`] to the debug exit port.
@@ -190,24 +230,41 @@ impl Guest {
     /// The console text whose first byte ends start-up.
     pub fn startup_marker(&self) -> &'static [u8] {
         match self {
-            Guest::Probe { .. } => measure::PROBE_MARKER,
+            Guest::Probe { .. } | Guest::Exits { .. } => measure::PROBE_MARKER,
             Guest::Firmware { .. } => MBR_MARKER.as_bytes(),
         }
     }
 
     /// The console text a successful run shows.
-    pub fn line(&self) -> &'static str {
+    pub fn line(&self) -> String {
         match self {
-            Guest::Probe { .. } => QUICK_LINE,
-            Guest::Firmware { .. } => MBR_MARKER,
+            Guest::Probe { .. } => QUICK_LINE.to_string(),
+            Guest::Exits { exits, .. } => format!("{}pio={exits} mmio=", exits::EXITS_PREFIX),
+            Guest::Firmware { .. } => MBR_MARKER.to_string(),
         }
     }
 
     /// The status the guest writes to the debug exit port 0xf4.
     pub fn exit_status(&self) -> u8 {
         match self {
-            Guest::Probe { .. } => 0,
+            Guest::Probe { .. } | Guest::Exits { .. } => 0,
             Guest::Firmware { .. } => MBR_EXIT_STATUS,
+        }
+    }
+
+    /// The probe's command line.
+    pub fn cmdline(&self) -> String {
+        match self {
+            Guest::Exits { exits, .. } => format!("{CMDLINE} exits={exits}"),
+            _ => CMDLINE.to_string(),
+        }
+    }
+
+    /// The same guest with `exits=n` (the baseline is `exits=0`).
+    pub fn with_exits(&self, n: u32) -> Guest {
+        match self {
+            Guest::Exits { kernel, .. } => Guest::Exits { kernel: kernel.clone(), exits: n },
+            other => other.clone(),
         }
     }
 }
@@ -268,11 +325,13 @@ pub struct Target {
     pub accel_note: Option<String>,
     /// The measured runs.
     pub runs: Vec<Run>,
+    /// The measured rounds of `--exits`.
+    pub exit_pairs: Vec<ExitPair>,
 }
 
 impl Target {
     fn new(vmm: Vmm, program: PathBuf) -> Target {
-        Target { vmm, program, accel: Accel::Kvm, accel_note: None, runs: Vec::new() }
+        Target { vmm, program, accel: Accel::Kvm, accel_note: None, runs: Vec::new(), exit_pairs: Vec::new() }
     }
 
     /// The column heading: `rvmm`, `QEMU microvm (KVM)`, ...
@@ -293,21 +352,28 @@ impl Target {
     pub fn args(&self, guest: &Guest) -> Vec<OsString> {
         let s = |x: &str| OsString::from(x);
         let kernel = match guest {
-            Guest::Probe { kernel } => kernel,
+            Guest::Probe { kernel } | Guest::Exits { kernel, .. } => kernel,
             Guest::Firmware { bios, disk } => return self.firmware_args(bios, disk),
         };
+        let cmdline = guest.cmdline();
         match self.vmm {
-            Vmm::Rvmm => vec![
-                s("run"),
-                s("--kernel"),
-                kernel.as_os_str().to_owned(),
-                s("--cmdline"),
-                s(CMDLINE),
-                s("--memory"),
-                s(MEMORY),
-                s("--console"),
-                s("stdio"),
-            ],
+            Vmm::Rvmm => {
+                let mut a = vec![
+                    s("run"),
+                    s("--kernel"),
+                    kernel.as_os_str().to_owned(),
+                    s("--cmdline"),
+                    s(&cmdline),
+                    s("--memory"),
+                    s(MEMORY),
+                    s("--console"),
+                    s("stdio"),
+                ];
+                if let Guest::Exits { .. } = guest {
+                    a.push(s("--stats"));
+                }
+                a
+            }
             Vmm::Qemu { machine } => vec![
                 s("-M"),
                 s(machine),
@@ -323,7 +389,7 @@ impl Target {
                 s("-kernel"),
                 kernel.as_os_str().to_owned(),
                 s("-append"),
-                s(CMDLINE),
+                s(&cmdline),
                 s("-device"),
                 s(DEBUG_EXIT_DEVICE),
             ],
@@ -411,8 +477,33 @@ impl Target {
 
     /// Spawns one run and checks that the guest did what it should.
     pub fn run_once(&self, guest: &Guest, timeout: Duration) -> Result<Run, String> {
+        self.run_outcome(guest, timeout).map(|(run, _)| run)
+    }
+
+    /// [`Target::run_once`], also returning everything the run measured and printed.
+    pub fn run_outcome(&self, guest: &Guest, timeout: Duration) -> Result<(Run, Outcome), String> {
         let outcome = measure::run_once(&mut self.command(guest), guest.startup_marker(), timeout)?;
-        self.check(&outcome, guest).map_err(|why| format!("{}: {why}\n{}", self.label(), describe(&outcome)))
+        let run = self.check(&outcome, guest).map_err(|why| self.failed(why, &outcome))?;
+        Ok((run, outcome))
+    }
+
+    /// The error message of a run that did not do what it should.
+    fn failed(&self, why: String, outcome: &Outcome) -> String {
+        format!("{}: {why}\n{}", self.label(), describe(outcome))
+    }
+
+    /// One `--exits` round: the `exits=N` run and the `exits=0` baseline, in the order
+    /// given by `baseline_first`.
+    pub fn run_exit_pair(&self, guest: &Guest, baseline_first: bool, timeout: Duration) -> Result<ExitPair, String> {
+        let baseline = guest.with_exits(0);
+        let (full, base) = if baseline_first {
+            let (_, base) = self.run_outcome(&baseline, timeout)?;
+            (self.run_outcome(guest, timeout)?.1, base)
+        } else {
+            let (_, full) = self.run_outcome(guest, timeout)?;
+            (full, self.run_outcome(&baseline, timeout)?.1)
+        };
+        ExitPair::new(&full, &base, self.vmm == Vmm::Rvmm).map_err(|why| self.failed(why, &full))
     }
 
     fn check(&self, o: &Outcome, guest: &Guest) -> Result<Run, String> {
@@ -570,6 +661,14 @@ impl Report {
         Summary::of(&v).map(|s| s.median)
     }
 
+    /// The tables: for `--exits`, [`exits_tables`]; else [`Report::table`].
+    pub fn tables(&self) -> Vec<Vec<Vec<String>>> {
+        match self.guest {
+            Guest::Exits { exits, .. } => exits_tables(&self.targets, exits),
+            _ => vec![self.table()],
+        }
+    }
+
     /// The table: a heading row, then one row per metric; cells are min / median / p90.
     pub fn table(&self) -> Vec<Vec<String>> {
         let estimate = self.guest_estimate_kib();
@@ -619,6 +718,12 @@ impl Report {
             Guest::Probe { kernel } => {
                 format!("{} (PVH entry), command line `{CMDLINE}`, {MEMORY} RAM, 1 vCPU", kernel.display())
             }
+            Guest::Exits { kernel, .. } => format!(
+                "{} (PVH entry), command line `{}` and, as the baseline, `{}`; {MEMORY} RAM, 1 vCPU",
+                kernel.display(),
+                self.guest.cmdline(),
+                self.guest.with_exits(0).cmdline()
+            ),
             Guest::Firmware { bios, .. } => format!(
                 "firmware {} booting a {} KiB raw disk on virtio-blk (PCI) whose MBR prints `{}` on COM1 \
                  and writes {MBR_EXIT_STATUS} to port 0xf4; {MEMORY} RAM, 1 vCPU",
@@ -628,22 +733,51 @@ impl Report {
             ),
         };
         f.push(("guest".to_string(), guest));
-        f.push((
-            "runs".to_string(),
-            format!(
+        let runs = match self.guest {
+            Guest::Exits { .. } => format!(
+                "{} measured per VMM, each a pair of runs (exits=N and exits=0, the order alternating), \
+                 interleaved, after {} discarded warm-up run(s) each",
+                self.runs.0, self.runs.1
+            ),
+            _ => format!(
                 "{} measured per VMM, interleaved, after {} discarded warm-up run(s) each",
                 self.runs.0, self.runs.1
             ),
-        ));
+        };
+        f.push(("runs".to_string(), runs));
         f
     }
 
     /// The notes printed below the table: definitions, caveats and the exact commands.
     pub fn notes(&self) -> Vec<String> {
+        let mut n = match self.guest {
+            Guest::Exits { exits, .. } => exits_notes(exits),
+            _ => self.latency_notes(),
+        };
+        for t in &self.targets {
+            if let Some(why) = &t.accel_note {
+                n.push(format!("{}: {why}", t.label()));
+            }
+        }
+        for t in &self.targets {
+            n.push(format!(
+                "{}: `{}` (exit code {})",
+                t.label(),
+                t.command_line(&self.guest),
+                t.expected_exit(&self.guest)
+            ));
+        }
+        n
+    }
+
+    /// The notes of the start-up and memory tables.
+    fn latency_notes(&self) -> Vec<String> {
         let startup = match &self.guest {
-            Guest::Probe { .. } => "start-up latency: from spawn to the read() that delivered the first byte of \
+            Guest::Probe { .. } | Guest::Exits { .. } => {
+                "start-up latency: from spawn to the read() that delivered the first byte of \
                                     `rvmm-probe:` on the VMM's stdout (the guest's COM1)."
-                .to_string(),
+                    .to_string()
+            }
             Guest::Firmware { .. } => format!(
                 "start-up latency: from spawn to the read() that delivered the first byte of \
                  `{}` on the VMM's stdout (the guest's COM1): the firmware's whole run, its boot \
@@ -668,7 +802,7 @@ impl Report {
         if let Some(g) = self.guest_estimate_kib() {
             if self.targets.iter().any(|t| t.vmm != Vmm::Rvmm) {
                 let why = match self.guest {
-                    Guest::Probe { .. } => {
+                    Guest::Probe { .. } | Guest::Exits { .. } => {
                         "QEMU's firmware (qboot on microvm, SeaBIOS on q35) and its transparent huge \
                          pages for guest RAM make it touch more guest RAM than rvmm"
                     }
@@ -684,19 +818,6 @@ impl Report {
                 ));
             }
         }
-        for t in &self.targets {
-            if let Some(why) = &t.accel_note {
-                n.push(format!("{}: {why}", t.label()));
-            }
-        }
-        for t in &self.targets {
-            n.push(format!(
-                "{}: `{}` (exit code {})",
-                t.label(),
-                t.command_line(&self.guest),
-                t.expected_exit(&self.guest)
-            ));
-        }
         n
     }
 
@@ -704,6 +825,7 @@ impl Report {
     pub fn plain(&self) -> String {
         let mut out = String::from(match self.guest {
             Guest::Probe { .. } => "rvmm-bench: `rvmm run` vs QEMU on the quick probe guest\n\n",
+            Guest::Exits { .. } => "rvmm-bench: the cost of a VM exit, rvmm vs QEMU\n\n",
             Guest::Firmware { .. } => "rvmm-bench: `rvmm run --firmware` vs QEMU: firmware booting an MBR disk\n\n",
         });
         let facts = self.facts();
@@ -712,27 +834,28 @@ impl Report {
             out.push_str(&format!("{:<w$}  {v}\n", format!("{k}:")));
         }
         out.push('\n');
-        let table = self.table();
-        let cols = table.first().map_or(0, Vec::len);
-        let widths: Vec<usize> = (0..cols)
-            .map(|c| table.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
-            .collect();
-        for (i, row) in table.iter().enumerate() {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(c, (s, &w))| if c == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
+        for table in self.tables() {
+            let cols = table.first().map_or(0, Vec::len);
+            let widths: Vec<usize> = (0..cols)
+                .map(|c| table.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
                 .collect();
-            out.push_str(cells.join("   ").trim_end());
-            out.push('\n');
-            if i == 0 {
-                let total = widths.iter().sum::<usize>() + 3 * widths.len().saturating_sub(1);
-                out.push_str(&"-".repeat(total));
+            for (i, row) in table.iter().enumerate() {
+                let cells: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .enumerate()
+                    .map(|(c, (s, &w))| if c == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
+                    .collect();
+                out.push_str(cells.join("   ").trim_end());
                 out.push('\n');
+                if i == 0 {
+                    let total = widths.iter().sum::<usize>() + 3 * widths.len().saturating_sub(1);
+                    out.push_str(&"-".repeat(total));
+                    out.push('\n');
+                }
             }
+            out.push('\n');
         }
-        out.push('\n');
         for note in self.notes() {
             out.push_str(&format!("- {note}\n"));
         }
@@ -746,15 +869,17 @@ impl Report {
             out.push_str(&format!("- **{k}:** {}\n", md_escape(&v)));
         }
         out.push('\n');
-        for (i, row) in self.table().iter().enumerate() {
-            let cells: Vec<String> = row.iter().map(|c| md_escape(c)).collect();
-            out.push_str(&format!("| {} |\n", cells.join(" | ")));
-            if i == 0 {
-                let seps: Vec<&str> = (0..row.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
-                out.push_str(&format!("| {} |\n", seps.join(" | ")));
+        for table in self.tables() {
+            for (i, row) in table.iter().enumerate() {
+                let cells: Vec<String> = row.iter().map(|c| md_escape(c)).collect();
+                out.push_str(&format!("| {} |\n", cells.join(" | ")));
+                if i == 0 {
+                    let seps: Vec<&str> = (0..row.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
+                    out.push_str(&format!("| {} |\n", seps.join(" | ")));
+                }
             }
+            out.push('\n');
         }
-        out.push('\n');
         for note in self.notes() {
             out.push_str(&format!("- {}\n", md_escape(&note)));
         }
@@ -764,6 +889,107 @@ impl Report {
 
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
+}
+
+/// The `--exits` tables: the summary (min / median / p90 per VMM) and one row per round.
+fn exits_tables(targets: &[Target], n: u32) -> Vec<Vec<Vec<String>>> {
+    let of = |t: &Target, f: &dyn Fn(&ExitPair) -> Option<f64>| -> Option<Summary> {
+        let v: Vec<f64> = t.exit_pairs.iter().filter_map(f).collect();
+        Summary::of(&v)
+    };
+    let mut head = vec!["metric (min / median / p90)".to_string()];
+    head.extend(targets.iter().map(Target::label));
+    let row = |name: String, cell: &dyn Fn(&Target) -> String| {
+        let mut r = vec![name];
+        r.extend(targets.iter().map(cell));
+        r
+    };
+    // A cell that only rvmm's `--stats` can fill.
+    let rvmm_only = |t: &Target, f: &dyn Fn(&ExitPair) -> Option<f64>, decimals: usize, prefix: &str| {
+        if t.vmm == Vmm::Rvmm {
+            fmt3(of(t, f), decimals, prefix)
+        } else {
+            "not measured".to_string()
+        }
+    };
+    let summary = vec![
+        head,
+        row("round trip per exit, µs (between the guest's lines)".into(), &|t| {
+            fmt3(of(t, &|p| Some(p.round_trip_us())), 2, "")
+        }),
+        row("round trip per exit, µs (whole life: noisy)".into(), &|t| {
+            fmt3(of(t, &|p| Some(p.round_trip_life_us())), 2, "")
+        }),
+        row("rvmm dispatch per exit, mean, ns".into(), &|t| rvmm_only(t, &|p| p.dispatch.map(|d| d.mean_ns), 0, "")),
+        row("rvmm dispatch per exit, median, ns (estimate)".into(), &|t| {
+            rvmm_only(t, &|p| p.dispatch.and_then(|d| d.median_ns), 0, "~")
+        }),
+        row("rvmm dispatch share of the round trip, %".into(), &|t| rvmm_only(t, &ExitPair::dispatch_share, 1, "")),
+        row(format!("exits counted by --stats, exits={n} minus exits=0 (expected {})", 2 * u64::from(n)), &|t| {
+            rvmm_only(t, &|p| p.dispatch.map(|d| d.counted as f64), 0, "")
+        }),
+        row(format!("whole-life latency, ms, exits={n}"), &|t| fmt3(of(t, &|p| Some(p.life_ms.0)), 1, "")),
+        row("whole-life latency, ms, exits=0".into(), &|t| fmt3(of(t, &|p| Some(p.life_ms.1)), 1, "")),
+    ];
+    let mut head = vec!["run".to_string()];
+    for t in targets {
+        head.push(format!("{}: round trip, µs (between lines / whole life)", t.label()));
+        if t.vmm == Vmm::Rvmm {
+            head.push(format!("{}: dispatch, ns (mean / median est.)", t.label()));
+            head.push(format!("{}: exits counted (0xf4 reads + ECAM reads)", t.label()));
+        }
+    }
+    let rounds = targets.iter().map(|t| t.exit_pairs.len()).max().unwrap_or(0);
+    let mut per_run = vec![head];
+    for i in 0..rounds {
+        let mut r = vec![(i + 1).to_string()];
+        for t in targets {
+            let p = t.exit_pairs.get(i);
+            r.push(p.map_or("n/a".into(), |p| format!("{:.2} / {:.2}", p.round_trip_us(), p.round_trip_life_us())));
+            if t.vmm == Vmm::Rvmm {
+                let d = p.and_then(|p| p.dispatch);
+                r.push(d.map_or("n/a".into(), |d| match d.median_ns {
+                    Some(m) => format!("{:.0} / ~{m:.0}", d.mean_ns),
+                    None => format!("{:.0} / n/a", d.mean_ns),
+                }));
+                r.push(d.map_or("n/a".into(), |d| format!("{} ({} + {})", d.counted, d.port_reads, d.ecam_reads)));
+            }
+        }
+        per_run.push(r);
+    }
+    vec![summary, per_run]
+}
+
+/// The definitions below the `--exits` tables.
+fn exits_notes(n: u32) -> Vec<String> {
+    vec![
+        format!(
+            "the guest: after `{QUICK_LINE}`, the probe maps the low 4 GiB and finds ECAM in the ACPI MCFG, then \
+             makes {n} `inb` from port 0xf4 (the debug exit device) and {n} 32-bit MMIO reads of 00:00.0's \
+             vendor/device ID through ECAM, unrolled by 8, and prints `exits: pio={n} mmio={n} ...`. The \
+             baseline (exits=0) does the same but for the reads."
+        ),
+        format!(
+            "round trip per exit: (time(exits={n}) - time(exits=0)) / {} (/ {n} if the guest found no ECAM). \
+             Time between the guest's lines: from the read() that delivered the first byte of `rvmm-probe:` to \
+             the one that delivered `exits:` on the VMM's stdout; this leaves out boot (SeaBIOS on q35 varies \
+             by tens of ms) and teardown (rvmm's VM destruction varies by ms). Whole life: spawn to exit, which \
+             includes both, so on q35 its noise is larger than the exits' time. The round trip is the guest's \
+             exiting instruction, KVM's exit and entry, and the VMM's handling.",
+            2 * u64::from(n)
+        ),
+        "rvmm dispatch: rvmm's `--stats` handling time, from KVM_RUN's return to the end of the exit's \
+         handling (just before the next KVM_RUN), measured by rvmm itself. Per round: (total time of the \
+         exits=N run - total of the exits=0 run) / (their difference in exits); the median is estimated from \
+         the difference of the two log2 histograms by interpolating within the bucket."
+            .to_string(),
+        "exits counted: what --stats counted in the exits=N run minus the exits=0 run; it is 2N plus the \
+         COM1 exits of the longer `exits:` line (an LSR read and a data write per extra character). In \
+         brackets: the debug-exit port reads and ECAM reads of the exits=N run, N each."
+            .to_string(),
+        "dispatch share: rvmm's mean dispatch time / the round trip (between the guest's lines), per round."
+            .to_string(),
+    ]
 }
 
 fn main() -> ExitCode {
@@ -815,7 +1041,11 @@ fn guest_of(o: &Options) -> Result<(Guest, Option<TempFile>), String> {
                 kernel.display()
             ));
         }
-        return Ok((Guest::Probe { kernel }, None));
+        let guest = match o.exits {
+            Some(exits) => Guest::Exits { kernel, exits },
+            None => Guest::Probe { kernel },
+        };
+        return Ok((guest, None));
     };
     let bios = match firmware {
         Some(p) if p.is_file() => p.clone(),
@@ -857,6 +1087,8 @@ fn bench(o: &Options) -> Result<Report, String> {
                     targets.push(Target::new(Vmm::Qemu { machine: "q35" }, qemu));
                 }
             }
+            // q35: microvm has no PCI host, so no ECAM for the MMIO exits.
+            Guest::Exits { .. } => targets.push(Target::new(Vmm::Qemu { machine: "q35" }, qemu)),
             // The i440FX machine, like rvmm's under --firmware.
             Guest::Firmware { .. } => targets.push(Target::new(Vmm::Qemu { machine: "pc" }, qemu)),
         }
@@ -888,8 +1120,14 @@ fn bench(o: &Options) -> Result<Report, String> {
     for round in 0..o.runs {
         eprintln!("rvmm-bench: run {}/{}", round + 1, o.runs);
         for t in &mut targets {
-            let run = t.run_once(&guest, o.timeout)?;
-            t.runs.push(run);
+            if let Guest::Exits { .. } = guest {
+                // Alternate which run of the pair goes first, so that drift falls on both.
+                let pair = t.run_exit_pair(&guest, round % 2 == 0, o.timeout)?;
+                t.exit_pairs.push(pair);
+            } else {
+                let run = t.run_once(&guest, o.timeout)?;
+                t.runs.push(run);
+            }
         }
     }
     Ok(Report {
@@ -937,6 +1175,50 @@ mod tests {
         assert_eq!(parse_args(args(&[])).unwrap().firmware, None);
         assert!(matches!(parse_args(args(&["--firmware", "--kernel", "k"])), Err(ArgsExit::Usage(_))));
         assert!(matches!(parse_args(args(&["--kernel", "k", "--firmware"])), Err(ArgsExit::Usage(_))));
+    }
+
+    #[test]
+    fn exits_option() {
+        assert_eq!(parse_args(args(&[])).unwrap().exits, None);
+        let o = parse_args(args(&["--exits"])).unwrap();
+        assert_eq!(o.exits, Some(exits::DEFAULT_EXITS));
+        let o = parse_args(args(&["--exits", "500", "--runs", "3"])).unwrap();
+        assert_eq!((o.exits, o.runs), (Some(500), 3));
+        // An option right after --exits is not its N.
+        let o = parse_args(args(&["--exits", "--markdown"])).unwrap();
+        assert!(o.exits == Some(exits::DEFAULT_EXITS) && o.markdown);
+        assert_eq!(parse_args(args(&["--exits", "1000000"])).unwrap().exits, Some(1_000_000));
+        for bad in ["0", "1000001", "x", "-5", "2.5"] {
+            assert!(matches!(parse_args(args(&["--exits", bad])), Err(ArgsExit::Usage(_))), "{bad}");
+        }
+        assert!(matches!(parse_args(args(&["--exits", "--firmware"])), Err(ArgsExit::Usage(_))));
+        assert!(matches!(parse_args(args(&["--exits", "--no-q35"])), Err(ArgsExit::Usage(_))));
+        assert!(parse_args(args(&["--exits", "--no-q35", "--no-qemu"])).is_ok());
+        assert!(parse_args(args(&["--exits", "9", "--kernel", "/p.elf"])).is_ok());
+        // The shared parser's message.
+        match parse_args(args(&["--exits", "0"])) {
+            Err(ArgsExit::Usage(m)) => assert_eq!(m, "--exits 0: expected a whole number from 1 to 1000000"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exits_targets() {
+        let g = Guest::Exits { kernel: PathBuf::from("/p.elf"), exits: 500 };
+        let rvmm = Target::new(Vmm::Rvmm, PathBuf::from("rvmm"));
+        let qemu = Target::new(Vmm::Qemu { machine: "q35" }, PathBuf::from("qemu"));
+        assert_eq!(
+            words(&rvmm, &g).join(" "),
+            "run --kernel /p.elf --cmdline quick exits=500 --memory 256M --console stdio --stats"
+        );
+        assert!(words(&qemu, &g).windows(2).any(|w| w == ["-append", "quick exits=500"]));
+        let base = g.with_exits(0);
+        assert_eq!(base.cmdline(), "quick exits=0");
+        assert_eq!((g.line(), base.line()), ("exits: pio=500 mmio=".to_string(), "exits: pio=0 mmio=".to_string()));
+        assert_eq!((rvmm.expected_exit(&g), qemu.expected_exit(&g)), (0, 1));
+        assert!(rvmm.command_line(&g).contains("--cmdline 'quick exits=500'"));
+        // The default guest's command line is unchanged.
+        assert_eq!(Guest::Probe { kernel: PathBuf::from("/p.elf") }.cmdline(), "quick");
     }
 
     fn words(t: &Target, g: &Guest) -> Vec<String> {
@@ -990,6 +1272,7 @@ mod tests {
             max_rss_kib: 5000,
             ended: Ended::Code(code),
             stdout: stdout.to_vec(),
+            stdout_reads: vec![(0, Duration::from_millis(2800))],
             stderr: b"[INFO  vmm::vm] guest memory resident at exit: 640 KiB\n".to_vec(),
         };
         let ok = b"SeaBIOS (version x)\r\nBooting from Hard Disk..rvmm-mbr: hello\r\n";

@@ -53,6 +53,9 @@ pub struct Outcome {
     pub ended: Ended,
     /// Everything the process wrote to stdout.
     pub stdout: Vec<u8>,
+    /// For each read from stdout: the offset in `stdout` where its bytes start, and the
+    /// time from spawn to its return.
+    pub stdout_reads: Vec<(usize, Duration)>,
     /// Everything the process wrote to stderr.
     pub stderr: Vec<u8>,
 }
@@ -119,8 +122,23 @@ pub fn run_once(cmd: &mut Command, marker: &[u8], timeout: Duration) -> Result<O
         max_rss_kib: u64::try_from(exit.rusage.ru_maxrss).unwrap_or(0),
         ended: exit.ended,
         stdout: watch.out,
+        stdout_reads: watch.chunks.iter().map(|&(o, at)| (o, at.saturating_duration_since(start))).collect(),
         stderr: watch.err,
     })
+}
+
+impl Outcome {
+    /// Spawn to the read that delivered the first byte of `text` on stdout, if it appeared
+    /// (measured as start-up latency is, for any text).
+    pub fn arrival(&self, text: &[u8]) -> Option<Duration> {
+        let pos = find(&self.stdout, text)?;
+        delivered_at(&self.stdout_reads, pos)
+    }
+}
+
+/// When the read that delivered byte `pos` returned, from (offset, time) per read.
+fn delivered_at<T: Copy>(reads: &[(usize, T)], pos: usize) -> Option<T> {
+    reads.iter().rev().find(|(o, _)| *o <= pos).map(|(_, at)| *at)
 }
 
 /// The reaped process.
@@ -237,7 +255,7 @@ impl Watch {
                     if let Some(p) = find(&self.out[from..], &self.marker) {
                         let pos = from + p;
                         // The read that delivered the marker's first byte.
-                        let at = self.chunks.iter().rev().find(|(o, _)| *o <= pos).map_or(t, |(_, at)| *at);
+                        let at = delivered_at(&self.chunks, pos).unwrap_or(t);
                         self.startup = Some(at.saturating_duration_since(self.start));
                     }
                 }
@@ -365,6 +383,11 @@ mod tests {
         // Start-up ends with the read that delivered the marker's first byte, before the sleep.
         let s = o.startup.unwrap();
         assert!(s + Duration::from_millis(100) <= o.whole_life, "{s:?} {:?}", o.whole_life);
+        // Any text's arrival is timed the same way: `br: hello` came after the sleep.
+        assert_eq!(o.arrival(b"rvmm-mbr: hello"), Some(s));
+        let later = o.arrival(b"br: hello").unwrap();
+        assert!(later >= s + Duration::from_millis(150) && later <= o.whole_life, "{later:?}");
+        assert_eq!(o.arrival(b"absent"), None);
         assert!(find(&o.stdout, PROBE_MARKER).is_none());
     }
 

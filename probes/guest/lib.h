@@ -126,6 +126,8 @@ struct probe_opts {
 	int balloon;	/* drive a virtio-balloon device */
 	u32 balloon_pages;	/* balloon-pages=N: pages to give back (default 1024) */
 	u32 balloon_wait;	/* balloon-wait=SECONDS: each wait for the host's target (default 10) */
+	int exits_set;	/* exits=N: N port reads of 0xf4 and N ECAM reads before exiting */
+	u32 exits;	/* (rvmm-bench --exits: the VMM's exit round trip) */
 };
 extern struct probe_opts opts;
 
