@@ -35,7 +35,7 @@ enum CommandArgs {
     },
     /// Send one command to a running VM's --api-socket and print the answer.
     ///
-    /// Commands: `balloon [MIB]`, `balloon-stats`, `stats`, `quit`.
+    /// Commands: `pause`, `resume`, `state`, `balloon [MIB]`, `balloon-stats`, `stats`, `quit`.
     Ctl {
         /// The VM's --api-socket path.
         socket: PathBuf,

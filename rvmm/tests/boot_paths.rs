@@ -286,3 +286,50 @@ fn sigusr1_prints_stats_while_running() {
     assert!(err.contains("exit statistics") && err.contains("io-out"), "{err}");
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
 }
+
+#[test]
+fn pause_and_resume_through_the_control_socket() {
+    let socket = scratch("pause.sock");
+    let _ = std::fs::remove_file(&socket);
+    // `exits=N` keeps the probe reading port 0xf4 for a while: every read is an
+    // exit. The second vCPU sits in KVM_RUN waiting for a SIPI: pausing kicks it out.
+    let args = [
+        "--kernel",
+        rvmm_probes::PVH_ELF,
+        "--cpus",
+        "2",
+        "--api-socket",
+        socket.to_str().unwrap(),
+        "--cmdline",
+        "quick exits=2000000",
+    ];
+    let (mut child, _) = spawn_until(&args, "rvmm-probe: quick");
+    let ctl = |words: &[&str]| -> String {
+        let out = std::process::Command::new(RVMM).arg("ctl").arg(&socket).args(words).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Reads of port 0xf4 so far (the device's line appears after its first access).
+    let port_reads = || -> u64 {
+        let stats = ctl(&["stats"]);
+        assert!(stats.starts_with("ok"), "{stats}");
+        stats
+            .lines()
+            .find(|l| l.contains("debug exit"))
+            .and_then(|l| l.split_whitespace().rev().nth(3))
+            .map_or(0, |n| n.parse().unwrap_or_else(|_| panic!("{stats}")))
+    };
+    assert_eq!(ctl(&["state"]), "ok running");
+    assert_eq!(ctl(&["pause"]), "ok paused");
+    assert_eq!(ctl(&["state"]), "ok paused");
+    let paused_at = port_reads();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(port_reads(), paused_at, "the guest ran while paused");
+    assert_eq!(ctl(&["resume"]), "ok running");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(port_reads() > paused_at, "the guest did not run again after resume");
+    // Quitting a paused VM works too.
+    assert_eq!(ctl(&["pause"]), "ok paused");
+    assert!(ctl(&["quit"]).starts_with("ok"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -8,6 +8,9 @@
 //! | `balloon MIB` | set the balloon's target to MIB MiB (the guest gives that much back) |
 //! | `balloon-stats` | ask the guest for fresh memory statistics; answers the last ones |
 //! | `stats` | the exit statistics, as `--stats` prints them |
+//! | `pause` | stop every vCPU (and the guest's kvmclock) until `resume`; answers once none runs |
+//! | `resume` | let the vCPUs run again |
+//! | `state` | `running` or `paused` |
 //! | `quit` | end the VM (exit code 0) |
 //!
 //! Answers start with `ok` or `error`.
@@ -20,8 +23,12 @@ use std::time::Duration;
 use virtio::balloon::BalloonControl;
 use vmm_sys_util::epoll::EventSet;
 
+use crate::cpu::pause::PauseControl;
 use crate::event_loop::{EventHandler, Watch};
 use crate::exit::{ExitSignal, VmExit};
+
+/// How long `pause` waits for the vCPUs to leave guest code.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bytes per balloon page.
 const BALLOON_PAGE: u64 = 4096;
@@ -34,6 +41,8 @@ pub struct ApiContext {
     pub stats: Box<dyn Fn() -> String + Send>,
     /// Where `quit` goes.
     pub exit: Arc<ExitSignal>,
+    /// The vCPUs' pause and resume.
+    pub pause: PauseControl,
 }
 
 /// The listening socket's handler in the main event loop.
@@ -73,6 +82,17 @@ impl ApiServer {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("stats"), None, None) => format!("ok\n{}", (self.context.stats)()),
+            (Some("pause"), None, None) => match self.context.pause.pause(PAUSE_TIMEOUT) {
+                Ok(()) => "ok paused".to_string(),
+                Err(e) => format!("error: {e}"),
+            },
+            (Some("resume"), None, None) => {
+                self.context.pause.resume();
+                "ok running".to_string()
+            }
+            (Some("state"), None, None) => {
+                format!("ok {}", if self.context.pause.is_paused() { "paused" } else { "running" })
+            }
             (Some("quit"), None, None) => {
                 self.context.exit.request(VmExit::UserQuit);
                 "ok".into()
@@ -107,7 +127,7 @@ impl ApiServer {
                 let stats: Vec<String> = balloon.stats().iter().map(|(tag, value)| format!("{tag}={value}")).collect();
                 format!("ok {}", stats.join(" "))
             }
-            _ => format!("error: unknown command '{line}' (balloon [MIB], balloon-stats, stats, quit)"),
+            _ => format!("error: unknown command '{line}' (balloon [MIB], balloon-stats, stats, pause, resume, state, quit)"),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::boot::pci_acpi::MmioDeviceDescription;
 use crate::boot::{self, BootConfig, BootInfo, BootProtocol, EntryPoint, ACPI_SLEEP_CONTROL_PORT};
 use crate::bus::{Bus, BusError};
 use crate::console::{self, ConsoleConfig, ConsoleInput, EscapeDecoder};
+use crate::cpu::pause::{PauseControl, PauseGate};
 use crate::cpu::{CpuConfig, CpuError, Vcpu, VcpuContext, VcpuHandle};
 use virtio::transport::mmio::MMIO_WINDOW_SIZE;
 
@@ -249,8 +250,10 @@ pub struct Vm {
     /// The firmware image's read-only slot, if any (must live as long as the VM).
     _rom: Option<GuestMemoryMmap>,
     // The VM fd must outlive the vCPUs and the irq lines that refer to it.
-    _vm: Arc<VmFd>,
+    vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
+    /// The vCPUs' shared pause gate (the control socket's `pause`/`resume`).
+    pause_gate: Arc<PauseGate>,
 }
 
 /// Signal number that ended the VM, set by the signal handler (0 = none).
@@ -493,6 +496,7 @@ impl Vm {
             memory: memory.clone(),
             exit: exit.clone(),
             user_irqchip: irqchip.user().cloned(),
+            pause: Arc::new(PauseGate::default()),
         };
         let vcpus = (0..config.cpus)
             .map(|id| Vcpu::new(&vm, id, &cpu_config, boot_info.entry, context.clone()))
@@ -513,7 +517,8 @@ impl Vm {
             api_socket: config.api_socket,
             boot_info,
             _rom: rom,
-            _vm: vm,
+            pause_gate: context.pause.clone(),
+            vm,
             memory,
         })
     }
@@ -558,10 +563,15 @@ impl Vm {
                     Some(path) => match bind_api_socket(path) {
                         Ok(listener) => {
                             let (stats, buses) = (self.vcpu_stats.clone(), self.buses.clone());
+                            let vcpus = handles
+                                .iter()
+                                .filter_map(|h| Some((h.id(), h.state_cell(), h.kicker()?)))
+                                .collect();
                             let context = ApiContext {
                                 balloon: self.balloon.clone(),
                                 stats: Box::new(move || stats::report(&stats, &bus_counters(&buses))),
                                 exit: self.exit.clone(),
+                                pause: PauseControl::new(self.pause_gate.clone(), vcpus).with_clock(self.vm.clone()),
                             };
                             Some(ApiServer::new(listener, context))
                         }

@@ -3,13 +3,15 @@
 //! emulate"); anything that ends the VM is reported to the [`ExitSignal`].
 //!
 //! A vCPU moves through [`VcpuState`]: `Created` (configured, thread not yet
-//! started) -> `Running` (inside the run loop) -> `Stopped` (the loop returned).
+//! started) -> `Running` (inside the run loop) <-> `Paused` (waiting on the
+//! VM's [`pause::PauseGate`]) -> `Stopped` (the loop returned).
 //! Other threads never touch a vCPU's registers: they ask it to stop by setting
 //! a flag and kicking its thread with a signal, whose handler sets
 //! `kvm_run.immediate_exit` so KVM_RUN returns at once (chapter 1.2).
 
 pub mod cpuid;
 pub mod msr;
+pub mod pause;
 pub mod regs;
 
 use std::cell::Cell;
@@ -103,6 +105,8 @@ pub enum VcpuState {
     Running = 1,
     /// The run loop has returned; the thread is ending.
     Stopped = 2,
+    /// Out of KVM_RUN, waiting for the VM to be resumed.
+    Paused = 3,
 }
 
 impl VcpuState {
@@ -110,6 +114,7 @@ impl VcpuState {
         match v {
             0 => VcpuState::Created,
             1 => VcpuState::Running,
+            3 => VcpuState::Paused,
             _ => VcpuState::Stopped,
         }
     }
@@ -128,6 +133,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitSignal>,
     /// The user-space PIC and IOAPIC, with a split irqchip.
     pub user_irqchip: Option<Arc<UserIrqChip>>,
+    /// The VM's pause gate, shared by all its vCPUs.
+    pub pause: Arc<pause::PauseGate>,
 }
 
 /// One configured vCPU, before its thread starts.
@@ -215,11 +222,12 @@ impl Vcpu {
         let id = self.id;
         let state = self.state.clone();
         let stop = self.stop.clone();
+        let pause = self.context.pause.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || self.run())
             .map_err(|source| CpuError::Spawn { vcpu: id, source })?;
-        Ok(VcpuHandle { id, thread: Some(thread), state, stop })
+        Ok(VcpuHandle { id, thread: Some(thread), state, stop, pause })
     }
 
     fn set_state(&self, state: VcpuState) {
@@ -232,6 +240,12 @@ impl Vcpu {
         KVM_RUN_PTR.with(|p| p.set(run_ptr));
         self.set_state(VcpuState::Running);
         while !self.stop.load(Ordering::SeqCst) {
+            if self.context.pause.requested() {
+                self.set_state(VcpuState::Paused);
+                self.context.pause.wait(&self.stop);
+                self.set_state(VcpuState::Running);
+                continue;
+            }
             if self.id == 0 {
                 self.inject_pic_interrupt(run_ptr);
             }
@@ -451,6 +465,7 @@ pub struct VcpuHandle {
     thread: Option<JoinHandle<()>>,
     state: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
+    pause: Arc<pause::PauseGate>,
 }
 
 impl VcpuHandle {
@@ -462,6 +477,11 @@ impl VcpuHandle {
     /// The vCPU's current state.
     pub fn state(&self) -> VcpuState {
         VcpuState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// The shared cell the vCPU writes its state to, for a [`pause::PauseControl`].
+    pub fn state_cell(&self) -> Arc<AtomicU8> {
+        self.state.clone()
     }
 
     /// A function that kicks this vCPU out of KVM_RUN (or HLT) without stopping
@@ -479,6 +499,8 @@ impl VcpuHandle {
     /// Asks the vCPU to leave its run loop and kicks it out of KVM_RUN.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        // A paused vCPU sleeps on the gate, not in KVM_RUN.
+        self.pause.wake();
         if let Some(thread) = &self.thread {
             if self.state() != VcpuState::Stopped {
                 // Fails only if the thread already ended, which is what we want anyway.
