@@ -127,7 +127,9 @@ impl ApiServer {
                 let stats: Vec<String> = balloon.stats().iter().map(|(tag, value)| format!("{tag}={value}")).collect();
                 format!("ok {}", stats.join(" "))
             }
-            _ => format!("error: unknown command '{line}' (balloon [MIB], balloon-stats, stats, pause, resume, state, quit)"),
+            _ => format!(
+                "error: unknown command '{line}' (balloon [MIB], balloon-stats, stats, pause, resume, state, quit)"
+            ),
         }
     }
 }

@@ -563,10 +563,8 @@ impl Vm {
                     Some(path) => match bind_api_socket(path) {
                         Ok(listener) => {
                             let (stats, buses) = (self.vcpu_stats.clone(), self.buses.clone());
-                            let vcpus = handles
-                                .iter()
-                                .filter_map(|h| Some((h.id(), h.state_cell(), h.kicker()?)))
-                                .collect();
+                            let vcpus =
+                                handles.iter().filter_map(|h| Some((h.id(), h.state_cell(), h.kicker()?))).collect();
                             let context = ApiContext {
                                 balloon: self.balloon.clone(),
                                 stats: Box::new(move || stats::report(&stats, &bus_counters(&buses))),
