@@ -13,10 +13,13 @@
 //! - Line settings (divisor, LCR word length, parity, stop bits) are stored and
 //!   read back but do not change how bytes travel; there are no parity, framing
 //!   or break errors, only overruns (which loopback mode can produce).
-//! - The character timeout (IIR 0xCC) has no 4-character timer: host input
-//!   arrives in bursts that fill the RX FIFO as far as it goes, so when the FIFO
-//!   holds fewer bytes than the trigger level nothing more is on its way and the
-//!   timeout is reported at once.
+//! - With FIFOs, received data below the trigger level is reported by the
+//!   character timeout (IIR 0xCC) 4 character times after the last byte came in
+//!   or was read, at the programmed divisor and word format, as on the chip and
+//!   in QEMU. The model computes the deadline from an injectable clock
+//!   ([`Serial::with_clock`]); a register read after it sees the timeout at
+//!   once, and the VMM's timer thread raises the IRQ at the deadline
+//!   ([`Serial::time_to_next_interrupt`], [`Serial::poll_interrupt`]).
 //!
 //! Host input is never lost to a full FIFO: [`Serial::queue_input`] parks bytes in
 //! a host-side buffer that refills the 16-byte RX FIFO as the guest drains it, as
@@ -25,6 +28,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::bus::{read_bytewise, write_bytewise, BusDevice, IrqLine};
 use crate::ratelimit::LogLimiter;
@@ -110,6 +114,12 @@ const MSR_DELTAS: u8 = 0x0f;
 /// null-modem peer that is always present and always ready to receive.
 const MSR_HOST_INPUTS: u8 = MSR_CTS | MSR_DSR | MSR_DCD;
 
+/// A monotonic clock: time since some fixed point.
+pub type Clock = Box<dyn Fn() -> Duration + Send>;
+
+/// The UART's input clock (1.8432 MHz / 16): the baud rate at divisor 1.
+const BAUD_BASE: u64 = 115_200;
+
 /// A 16550A UART; see the module documentation for what is modelled.
 pub struct Serial {
     irq: Arc<dyn IrqLine>,
@@ -137,6 +147,13 @@ pub struct Serial {
     rx: VecDeque<u8>,
     /// Host input that has not fit into the RX FIFO yet.
     pending: VecDeque<u8>,
+    /// When the character timeout falls due (FIFO mode, data in the receiver).
+    rx_timeout_at: Option<Duration>,
+    /// The character timeout fell due and no byte has come or gone since.
+    timeout_pending: bool,
+    /// An access armed a new timeout deadline the timer thread must learn of.
+    rescheduled: bool,
+    clock: Clock,
 
     bad_access: LogLimiter,
     dropped_input: LogLimiter,
@@ -165,9 +182,75 @@ impl Serial {
             last_rbr: 0,
             rx: VecDeque::with_capacity(RX_FIFO_SIZE),
             pending: VecDeque::new(),
+            rx_timeout_at: None,
+            timeout_pending: false,
+            rescheduled: false,
+            clock: {
+                let start = Instant::now();
+                Box::new(move || start.elapsed())
+            },
             bad_access: LogLimiter::new(),
             dropped_input: LogLimiter::new(),
         }
+    }
+
+    /// Reads time from `clock` instead of the host's monotonic clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Whether an access since the last call armed a timeout deadline that
+    /// comes sooner than any before (clears the flag): the timer thread must
+    /// re-read [`time_to_next_interrupt`](Self::time_to_next_interrupt).
+    pub fn take_rescheduled(&mut self) -> bool {
+        std::mem::take(&mut self.rescheduled)
+    }
+
+    /// How long until the character timeout interrupt is due, if one is
+    /// armed and the guest enabled receive interrupts.
+    pub fn time_to_next_interrupt(&self) -> Option<Duration> {
+        let at = self.rx_timeout_at.filter(|_| self.ier & IER_RDA != 0)?;
+        Some(at.saturating_sub((self.clock)()))
+    }
+
+    /// Called by the timer thread: raises the character timeout if it is due.
+    pub fn poll_interrupt(&mut self) {
+        if self.rx_timeout_at.is_some_and(|at| (self.clock)() >= at) {
+            self.rx_timeout_at = None;
+            self.timeout_pending = !self.rx.is_empty();
+            self.update_irq();
+        }
+    }
+
+    /// The time one character takes on the line at the programmed divisor and
+    /// word format: start bit, 5-8 data bits, parity, 1 or 2 stop bits.
+    fn char_time(&self) -> Duration {
+        let divisor = u64::from(u16::from_le_bytes([self.dll, self.dlm])).max(1);
+        let data_bits = 5 + u64::from(self.lcr & 0x03);
+        let parity = u64::from(self.lcr & 0x08 != 0);
+        let stop = if self.lcr & 0x04 != 0 { 2 } else { 1 };
+        let bits = 1 + data_bits + parity + stop;
+        Duration::from_nanos(bits * divisor * 1_000_000_000 / BAUD_BASE)
+    }
+
+    /// A byte came into or left the receiver: the character timeout starts
+    /// over (FIFO mode with data left) or is off.
+    fn restart_rx_timeout(&mut self) {
+        self.timeout_pending = false;
+        let was_armed = self.rx_timeout_at.is_some();
+        self.rx_timeout_at =
+            (self.fifo_enabled() && !self.rx.is_empty()).then(|| (self.clock)() + 4 * self.char_time());
+        // A later deadline needs no kick: the thread wakes at the old one and
+        // re-reads the new one.
+        if !was_armed && self.rx_timeout_at.is_some() {
+            self.rescheduled = true;
+        }
+    }
+
+    /// Whether the character timeout is due (FIFO mode, data in the receiver).
+    fn timeout_due(&self) -> bool {
+        self.timeout_pending || self.rx_timeout_at.is_some_and(|at| (self.clock)() >= at)
     }
 
     /// Delivers bytes typed on the host to the guest.
@@ -234,18 +317,24 @@ impl Serial {
         let room = self.rx_capacity().saturating_sub(self.rx.len());
         let n = room.min(self.pending.len());
         self.rx.extend(self.pending.drain(..n));
+        if n > 0 {
+            self.restart_rx_timeout();
+        }
     }
 
     /// The highest-priority pending, enabled interrupt as an IIR code (bits 0-3).
     fn interrupt_id(&self) -> u8 {
         if self.ier & IER_RLS != 0 && self.lsr_errors != 0 {
             IIR_RLS
-        } else if self.ier & IER_RDA != 0 && !self.rx.is_empty() {
-            if self.fifo_enabled() && self.rx.len() < self.rx_trigger() {
-                IIR_CTI
-            } else {
-                IIR_RDA
-            }
+        } else if self.ier & IER_RDA != 0 && !self.rx.is_empty() && self.fifo_enabled() && self.timeout_due() {
+            // Checked before the trigger level, as QEMU does: data nobody
+            // read for 4 character times is a timeout even above it.
+            IIR_CTI
+        } else if self.ier & IER_RDA != 0
+            && !self.rx.is_empty()
+            && (!self.fifo_enabled() || self.rx.len() >= self.rx_trigger())
+        {
+            IIR_RDA
         } else if self.ier & IER_THRE != 0 && self.thr_ipending {
             IIR_THRE
         } else if self.ier & IER_MS != 0 && self.msr & MSR_DELTAS != 0 {
@@ -293,6 +382,7 @@ impl Serial {
     fn read_rbr(&mut self) -> u8 {
         if let Some(b) = self.rx.pop_front() {
             self.last_rbr = b;
+            self.restart_rx_timeout();
         }
         self.fill_rx();
         self.update_irq();
@@ -335,6 +425,7 @@ impl Serial {
     fn receive_loopback(&mut self, b: u8) {
         if self.rx.len() < self.rx_capacity() {
             self.rx.push_back(b);
+            self.restart_rx_timeout();
         } else {
             self.lsr_errors |= LSR_OE;
             if !self.fifo_enabled() {
@@ -386,6 +477,11 @@ impl Serial {
         if (old ^ self.ier) & IER_THRE != 0 {
             self.thr_ipending = self.ier & IER_THRE != 0;
         }
+        // Enabling receive interrupts with a timeout armed gives the timer
+        // thread a deadline to wait for.
+        if old & IER_RDA == 0 && self.ier & IER_RDA != 0 && self.rx_timeout_at.is_some() {
+            self.rescheduled = true;
+        }
         self.update_irq();
     }
 
@@ -405,6 +501,7 @@ impl Serial {
             // With FCR0 clear the other bits are not programmed.
             self.fcr = 0;
         }
+        self.restart_rx_timeout();
         self.fill_rx();
         self.update_irq();
     }
@@ -527,14 +624,22 @@ mod tests {
         uart: Serial,
         irq: Arc<RecordingIrqLine>,
         out: SharedBuf,
+        /// The UART's clock, in nanoseconds, moved by hand.
+        now_ns: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Harness {
         fn new() -> Self {
             let irq = Arc::new(RecordingIrqLine::default());
             let out = SharedBuf::default();
-            let uart = Serial::new(irq.clone(), Some(Box::new(out.clone())));
-            Self { uart, irq, out }
+            let now_ns = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000_000));
+            let clock_ns = now_ns.clone();
+            let uart = Serial::new(irq.clone(), Some(Box::new(out.clone())))
+                .with_clock(Box::new(move || Duration::from_nanos(clock_ns.load(std::sync::atomic::Ordering::SeqCst))));
+            Self { uart, irq, out, now_ns }
+        }
+        fn advance(&self, d: Duration) {
+            self.now_ns.fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
         }
         fn rd(&mut self, off: u64) -> u8 {
             let mut b = [0u8];
@@ -715,26 +820,49 @@ mod tests {
     #[test]
     fn trigger_level_and_character_timeout() {
         let mut h = Harness::new();
+        // 115200 baud, 8N1: a character takes 86.8 us, the timeout 4 of them.
+        h.wr(REG_LCR, LCR_DLAB | 0x03);
+        h.wr(REG_DATA, 1);
+        h.wr(REG_IER, 0);
+        h.wr(REG_LCR, 0x03);
+        let timeout = 4 * Duration::from_nanos(10 * 1_000_000_000 / 115_200);
         h.wr(REG_IIR_FCR, 0x81); // FIFO on, trigger 8
         h.wr(REG_IER, IER_RDA);
         assert!(!h.irq.level());
         h.uart.queue_input(b"abc");
-        assert_eq!(h.rd(REG_IIR_FCR), 0xcc, "below trigger: character timeout");
-        assert!(h.irq.level());
+        assert!(h.uart.take_rescheduled(), "the timer thread must learn of the deadline");
+        assert_eq!(h.uart.time_to_next_interrupt(), Some(timeout));
+        assert_eq!(h.rd(REG_IIR_FCR), 0xc1, "below trigger: nothing yet");
+        assert!(!h.irq.level());
+        h.advance(timeout - Duration::from_nanos(1));
+        h.uart.poll_interrupt();
+        assert!(!h.irq.level(), "not before 4 character times");
+        h.advance(Duration::from_nanos(1));
+        h.uart.poll_interrupt();
+        assert!(h.irq.level(), "the timer thread raises the timeout");
+        assert_eq!(h.rd(REG_IIR_FCR), 0xcc, "character timeout");
+        // More data, reaching the trigger: data available, and the timeout starts over.
         h.uart.queue_input(b"defgh");
         assert_eq!(h.rd(REG_IIR_FCR), 0xc4, "at trigger: data available");
         assert_eq!(h.rd(REG_DATA), b'a');
+        assert_eq!(h.rd(REG_IIR_FCR), 0xc1, "a read restarts the timeout");
+        assert!(!h.irq.level());
+        // A register read after the deadline sees the timeout without the thread.
+        h.advance(timeout);
         assert_eq!(h.rd(REG_IIR_FCR), 0xcc);
         for _ in 0..7 {
             h.rd(REG_DATA);
         }
         assert_eq!(h.rd(REG_IIR_FCR), 0xc1);
         assert!(!h.irq.level());
+        assert_eq!(h.uart.time_to_next_interrupt(), None, "nothing left to time out");
         // Each trigger level.
         for (fcr, trigger) in [(0x01u8, 1usize), (0x41, 4), (0x81, 8), (0xc1, 14)] {
             h.wr(REG_IIR_FCR, fcr | FCR_CLEAR_RX);
             h.uart.queue_input(&vec![b'z'; trigger - 1]);
             if trigger > 1 {
+                assert_eq!(h.rd(REG_IIR_FCR), 0xc1, "trigger {trigger}");
+                h.advance(timeout);
                 assert_eq!(h.rd(REG_IIR_FCR), 0xcc, "trigger {trigger}");
             }
             h.uart.queue_input(b"z");

@@ -382,7 +382,7 @@ u64 probe_ram_total(void)
 /* Command line tokens */
 
 static int opt_quick, opt_echo, opt_exit_set, opt_fault;
-static u32 opt_rx, opt_exit;
+static u32 opt_rx, opt_exit, opt_rx_fifo;
 struct probe_opts opts = {
 	.pcimem = 0xe0000000UL,
 	.pcimem_size = 0x10000000UL,
@@ -539,6 +539,8 @@ static void parse_cmdline(void)
 		else if (token_is(t, len, "fault"))
 			opt_fault = 1;
 		else if (token_num(t, len, "rx=", &opt_rx))
+			;
+		else if (token_num(t, len, "rx-fifo=", &opt_rx_fifo))
 			;
 		else if (token_num(t, len, "exit=", &opt_exit))
 			opt_exit_set = 1;
@@ -1467,6 +1469,16 @@ void probe_main(u32 boot_kind, u64 boot_info)
 	if (opt_rx || opt_echo) {
 		if (!irq_rx_setup())	/* rx with pic or ioapic: irq.c routes COM1 */
 			rx_setup();
+		if (opt_rx_fifo) {
+			/* rx-fifo=1|4|8|14: the RX trigger level. Below it, bytes
+			 * arrive by the character timeout (IIR 0xCC), 4 character
+			 * times after the last one. The FIFO is not cleared. */
+			u8 level = opt_rx_fifo >= 14 ? 0xc0 : opt_rx_fifo >= 8 ? 0x80 : opt_rx_fifo >= 4 ? 0x40 : 0x00;
+			outb(COM1 + 2, (u8)(0x01 | level));
+			puts("serial-rx-fifo: trigger=");
+			put_dec(level == 0xc0 ? 14 : level == 0x80 ? 8 : level == 0x40 ? 4 : 1);
+			puts("\n");
+		}
 		irqs = 1;
 	}
 	if (opt_rx)

@@ -156,6 +156,20 @@ fn serial_input_reaches_the_guest_by_interrupt() {
 }
 
 #[test]
+fn serial_input_below_the_fifo_trigger_arrives_by_the_character_timeout() {
+    // 6 bytes against a trigger of 14: no data-available interrupt ever; the
+    // bytes come through the character timeout, which COM1's timer thread
+    // raises 4 character times after the last byte.
+    let out = VmRunner::new(rvmm_run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "rx=6 rx-fifo=14"]))
+        .timeout(TIMEOUT)
+        .send_after("serial-rx-fifo: trigger=14", b"hello\x02")
+        .run()
+        .unwrap();
+    assert_eq!(out.report().get("serial-rx"), Some("hello\\x02"), "{}", out.describe());
+    assert_exit(&out, 0);
+}
+
+#[test]
 fn debug_exit_status_is_the_exit_code() {
     let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "exit=7"]);
     assert!(out.report().ok(), "{}", out.describe());

@@ -37,13 +37,18 @@ fn qemu_or_skip(test: &str) -> Option<PathBuf> {
 
 /// Boots the PVH probe on q35 with `cmdline`, typing [`RX_BYTES`] once it is up if `rx`.
 fn boot(test: &str, cmdline: &str, rx: bool) -> Option<(Report, VmOutput)> {
+    boot_typing_after(test, cmdline, rx.then_some("rvmm-probe: boot="))
+}
+
+/// [`boot`], typing [`RX_BYTES`] once the probe printed `after`.
+fn boot_typing_after(test: &str, cmdline: &str, after: Option<&str>) -> Option<(Report, VmOutput)> {
     let qemu = qemu_or_skip(test)?;
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut probe = QemuProbe::new(Path::new(rvmm_probes::PVH_ELF));
     probe.append = Some(cmdline);
     let mut runner = VmRunner::new(qemu_probe_command(&qemu, &probe)).timeout(TIMEOUT);
-    if rx {
-        runner = runner.send_after("rvmm-probe: boot=", RX_BYTES);
+    if let Some(after) = after {
+        runner = runner.send_after(after, RX_BYTES);
     }
     let out = runner.run().expect("spawn qemu");
     assert!(!out.timed_out, "QEMU timed out\n{}", out.describe());
@@ -148,5 +153,16 @@ fn serial_irq4_through_the_8259a() {
     assert_eq!(r.field("pic-irqs", "vector"), Some("0x34"), "{}", d());
     assert_eq!(r.field("pic-irqs", "isr"), Some("0x10"), "{}", d());
     check_lvt0(&r, &out);
+    assert_passed(&r, &out);
+}
+
+/// The probe's `rx-fifo=14`: input below the trigger level arrives through the
+/// character-timeout interrupt, as the same test checks on rvmm.
+#[test]
+fn serial_input_below_the_fifo_trigger_by_character_timeout() {
+    // Typed once the trigger is 14, so that no byte can come by data-available.
+    let Some((r, out)) = boot_typing_after("rx_fifo", "rx=3 rx-fifo=14", Some("serial-rx-fifo:")) else { return };
+    assert_eq!(r.get("serial-rx-fifo"), Some("trigger=14"), "{}", out.describe());
+    assert_eq!(r.get("serial-rx"), Some(RX_SHOWN), "{}", out.describe());
     assert_passed(&r, &out);
 }

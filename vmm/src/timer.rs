@@ -1,5 +1,5 @@
 //! Host timers for device models that raise interrupts on their own schedule
-//! (the split irqchip's 8254 PIT, the CMOS RTC).
+//! (the split irqchip's 8254 PIT, the CMOS RTC, the 16550A's character timeout).
 //!
 //! Such a model answers two questions and nothing else: "has a guest access
 //! just moved your next deadline?" ([`Rescheduling`]) and, from the timer
@@ -24,10 +24,79 @@ pub trait Rescheduling: BusDevice {
     fn take_rescheduled(&mut self) -> bool;
 }
 
+/// A device model with its own interrupt deadline, woken by a timer thread
+/// ([`add_timed_device`]).
+pub trait TimedDevice: Rescheduling + Send + 'static {
+    /// Raises whatever interrupt is due now.
+    fn poll_interrupt(&mut self);
+    /// How long until the next interrupt is due (`None`: nothing armed).
+    fn time_to_next_interrupt(&self) -> Option<Duration>;
+}
+
 impl Rescheduling for devices::rtc::Rtc {
     fn take_rescheduled(&mut self) -> bool {
         devices::rtc::Rtc::take_rescheduled(self)
     }
+}
+
+impl TimedDevice for devices::rtc::Rtc {
+    fn poll_interrupt(&mut self) {
+        devices::rtc::Rtc::poll_interrupt(self);
+    }
+    fn time_to_next_interrupt(&self) -> Option<Duration> {
+        devices::rtc::Rtc::time_to_next_interrupt(self)
+    }
+}
+
+impl Rescheduling for devices::serial::Serial {
+    fn take_rescheduled(&mut self) -> bool {
+        devices::serial::Serial::take_rescheduled(self)
+    }
+}
+
+impl TimedDevice for devices::serial::Serial {
+    fn poll_interrupt(&mut self) {
+        devices::serial::Serial::poll_interrupt(self);
+    }
+    fn time_to_next_interrupt(&self) -> Option<Duration> {
+        devices::serial::Serial::time_to_next_interrupt(self)
+    }
+}
+
+/// The shortest timer the thread arms: a late interrupt is better than a spin.
+const MIN_DELAY: Duration = Duration::from_micros(50);
+
+/// A [`TimedDevice`] on a bus with its timer thread running.
+pub struct TimedPorts {
+    /// The timer thread; dropping it stops the thread.
+    pub timer: Worker,
+    /// Wakes the thread: for changes that do not come through the bus (e.g.
+    /// host input), after the device's `take_rescheduled` says so.
+    pub kick: Arc<EventFd>,
+}
+
+/// Registers `device` on `bus` at `base..base + len` (named `name`) so that
+/// accesses that move its deadline wake its timer thread, and starts that
+/// thread, which raises the device's interrupts when they fall due.
+pub fn add_timed_device<D: TimedDevice>(
+    bus: &crate::bus::Bus,
+    device: Arc<Mutex<D>>,
+    base: u64,
+    len: u64,
+    name: &str,
+) -> Result<TimedPorts, crate::vm::VmError> {
+    use crate::vm::VmError;
+    let timer_error = |source| VmError::DeviceTimer { device: name.to_string(), source };
+    let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(timer_error)?);
+    let ports = ReschedulingPorts::new(device.clone(), kick.clone());
+    bus.insert(Arc::new(Mutex::new(ports)), base, len, name)?;
+    let timer = spawn_timer(&name.to_ascii_lowercase(), kick.clone(), move || {
+        let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+        device.poll_interrupt();
+        device.time_to_next_interrupt().map(|d| d.max(MIN_DELAY))
+    })
+    .map_err(timer_error)?;
+    Ok(TimedPorts { timer, kick })
 }
 
 /// A device on the bus that wakes its timer thread (through `kick`) after

@@ -15,6 +15,7 @@ use devices::serial::{Serial, COM1, COM2, COM3, COM4, SERIAL_PORT_COUNT};
 use devices::{BusDevice, GuestEvent, GuestEventSink, IrqLine, RecordingIrqLine};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::register_signal_handler;
 
 use crate::boot::firmware::{FirmwareError, FirmwareImage, FirmwareMachine};
@@ -193,9 +194,14 @@ pub enum VmError {
         /// The error.
         source: std::io::Error,
     },
-    /// The RTC's interrupt timer could not be set up.
-    #[error("RTC timer: {0}")]
-    RtcTimer(std::io::Error),
+    /// A device's interrupt timer thread (RTC, COM1) could not be set up.
+    #[error("{device} timer: {source}")]
+    DeviceTimer {
+        /// Which device.
+        device: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Console set-up (raw mode, epoll, signals).
     #[error("console: {0}")]
     Console(std::io::Error),
@@ -236,8 +242,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     /// The user-space PIT's timer thread (split irqchip); stopped when the VM is dropped.
     _pit_timer: Option<virtio::worker::Worker>,
-    /// The RTC's interrupt timer thread.
-    _rtc_timer: virtio::worker::Worker,
+    /// The timer threads of COM1's character timeout and the RTC's interrupts.
+    _legacy_timers: [virtio::worker::Worker; 2],
     user_irqchip: Option<Arc<UserIrqChip>>,
     vcpu_stats: Vec<Arc<VcpuStats>>,
     buses: [Arc<Bus>; 2],
@@ -402,12 +408,10 @@ impl Vm {
         let pio_bus = Arc::new(Bus::new("pio"));
         let mmio_bus = Arc::new(Bus::new("mmio"));
         let firmware_cpus = config.firmware.as_ref().map(|_| config.cpus);
-        let (serial_input, rtc_timer) =
+        let (serial_input, legacy_timers) =
             add_legacy_devices(&irqchip, &pio_bus, &exit, &config.console, &layout, firmware_cpus)?;
         let console_input: Option<ConsoleSink> = match (serial_input, virtio_console_input) {
-            (Some(serial), _) => {
-                Some(Arc::new(move |bytes: &[u8]| serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(bytes)))
-            }
+            (Some(serial), _) => Some(Arc::new(move |bytes: &[u8]| serial.queue_input(bytes))),
             (None, Some(input)) => Some(Arc::new(move |bytes: &[u8]| input.queue_input(bytes))),
             (None, None) => None,
         };
@@ -506,7 +510,7 @@ impl Vm {
         Ok(Vm {
             vcpus,
             _pit_timer: pit_timer,
-            _rtc_timer: rtc_timer,
+            _legacy_timers: legacy_timers,
             user_irqchip: irqchip.user().cloned(),
             vcpu_stats,
             buses: [pio_bus, mmio_bus],
@@ -629,9 +633,29 @@ fn add_debugcon(pio: &Bus, target: &DebugconTarget) -> Result<(), VmError> {
     Ok(())
 }
 
+/// COM1 as the host console feeds it.
+struct SerialInput {
+    serial: Arc<Mutex<Serial>>,
+    /// COM1's timer thread, woken when input arms the character timeout.
+    kick: Arc<EventFd>,
+}
+
+impl SerialInput {
+    fn queue_input(&self, bytes: &[u8]) {
+        let rescheduled = {
+            let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+            serial.queue_input(bytes);
+            serial.take_rescheduled()
+        };
+        if rescheduled {
+            let _ = self.kick.write(1);
+        }
+    }
+}
+
 /// Registers COM1-COM4, the i8042, the RTC, the ACPI sleep register and the debug exit port.
 /// With `firmware_cpus`, the CMOS also gets the bytes PC firmware reads.
-/// Returns COM1 when its input comes from stdin, and the RTC's timer thread.
+/// Returns COM1 when its input comes from stdin, and the timer threads of COM1 and the RTC.
 fn add_legacy_devices(
     irqchip: &IrqChip,
     pio: &Bus,
@@ -639,14 +663,18 @@ fn add_legacy_devices(
     console_config: &ConsoleConfig,
     layout: &MemoryLayout,
     firmware_cpus: Option<u8>,
-) -> Result<(Option<Arc<Mutex<Serial>>>, virtio::worker::Worker), VmError> {
+) -> Result<(Option<SerialInput>, [virtio::worker::Worker; 2]), VmError> {
     let sink = guest_event_sink(exit);
     let output = console::open_output(console_config).map_err(|source| match console_config {
         ConsoleConfig::File(path) => VmError::ConsoleFile { path: path.clone(), source },
         _ => VmError::Console(source),
     })?;
     let com1 = Arc::new(Mutex::new(Serial::new(irqchip.line(u32::from(COM1.1)), output)));
-    pio.insert(com1.clone(), u64::from(COM1.0), u64::from(SERIAL_PORT_COUNT), "COM1")?;
+    // COM1's character timeout raises its IRQ from a timer thread. The other
+    // ports have no input but loopback, and a guest polling them sees the
+    // timeout at its next register read.
+    let com1_ports =
+        crate::timer::add_timed_device(pio, com1.clone(), u64::from(COM1.0), u64::from(SERIAL_PORT_COUNT), "COM1")?;
     // COM2 has IRQ 3 to itself; COM3 and COM4 share IRQ 4 and 3 with COM1 and COM2
     // on a PC, so they stay unwired rather than fight over the line's level.
     let com2_irq: Arc<dyn IrqLine> = irqchip.line(u32::from(COM2.1));
@@ -686,7 +714,8 @@ fn add_legacy_devices(
         "debug exit",
     )?;
 
-    Ok((matches!(console_config, ConsoleConfig::Stdio).then_some(com1), rtc_timer))
+    let input = SerialInput { serial: com1, kick: com1_ports.kick };
+    Ok((matches!(console_config, ConsoleConfig::Stdio).then_some(input), [com1_ports.timer, rtc_timer]))
 }
 
 /// The CMOS memory-size bytes PC firmware keeps (read by BIOSes and old loaders).
