@@ -1335,6 +1335,171 @@ mod tests {
         assert_eq!(guest(&mem, high, 4), [0; 4]);
     }
 
+    /// Guest memory of the random test: two regions with a hole between.
+    const FUZZ_R0: (u64, usize) = (0, 0x4000);
+    const FUZZ_R1: (u64, usize) = (0x8000, 0x2000);
+
+    fn fuzz_snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
+        let mut v = guest(mem, FUZZ_R0.0, FUZZ_R0.1);
+        v.extend(guest(mem, FUZZ_R1.0, FUZZ_R1.1));
+        v
+    }
+
+    /// The DMA transfer a kick at `access` asks for, as guest memory holds it:
+    /// the ranges it may write (its status word, its data range for a read).
+    fn fuzz_allowed(mem: &GuestMemoryMmap, access: u64) -> Vec<(u64, u64)> {
+        let mut allowed = vec![(access, access.saturating_add(4))];
+        let mut raw = [0u8; 16];
+        if mem.read_slice(&mut raw, GuestAddress(access)).is_ok() {
+            let length = u32::from_be_bytes(raw[4..8].try_into().unwrap());
+            let address = u64::from_be_bytes(raw[8..16].try_into().unwrap());
+            allowed.push((address, address.saturating_add(u64::from(length))));
+        }
+        allowed
+    }
+
+    #[test]
+    fn random_port_and_dma_traffic_never_panics_nor_writes_outside_the_transfer() {
+        // Random port accesses of every width at every offset, selector
+        // writes, and DMA transfers whose control structures and data ranges
+        // lie in RAM, straddle the end of a region, sit in the hole or near
+        // 2^64, with every combination of control bits and lengths up to
+        // 4 GiB. No panic; guest memory changes only in the status word of a
+        // kicked transfer and the data range it names; a completed transfer
+        // reports 0 or the error bit; the device still answers afterwards.
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(FUZZ_R0.0), FUZZ_R0.1), (GuestAddress(FUZZ_R1.0), FUZZ_R1.1)])
+                .unwrap();
+        let mut d = FwCfg::new(mem.clone());
+        d.set_ram_size(256 << 20).unwrap();
+        let small = d.add_file("etc/small", (0..100).collect()).unwrap();
+        let big = d.add_file("etc/big", (0..5000u32).map(|i| i as u8).collect()).unwrap();
+        let empty = d.add_file("etc/empty", Vec::new()).unwrap();
+        let mut x: u64 = 0xf3c9_0000_0000_0001;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let ends = [FUZZ_R0.1 as u64, FUZZ_R1.0 + FUZZ_R1.1 as u64];
+        let (mut transfers, mut errors) = (0u32, 0u32);
+        let mut before = fuzz_snapshot(&mem);
+        for _ in 0..4000 {
+            let r = next();
+            let key = [FW_CFG_SIGNATURE, FW_CFG_ID, FW_CFG_FILE_DIR, FW_CFG_RAM_SIZE, small, big, empty, r as u16]
+                [(r >> 16) as usize % 8];
+            let width = [0usize, 1, 2, 3, 4, 4, 8, 8, 9][(r >> 24) as usize % 9];
+            let offset = [0u64, 1, 2, 3, 4, 8, 9, 11, 12, 16, u64::MAX][(r >> 32) as usize % 11];
+            let mut allowed = Vec::new();
+            let mut kicked = None;
+            match r % 8 {
+                0 | 1 => {
+                    let mut buf = vec![0u8; width];
+                    d.read(offset, &mut buf);
+                }
+                2 => select(&mut d, key),
+                3 => {
+                    // Any write, including ones that start a transfer from
+                    // whatever memory holds at the address they name.
+                    let v = next().to_be_bytes();
+                    let data = &v[..width.min(8)];
+                    let access = match (offset, data.len()) {
+                        (OFFSET_DMA_LOW, 4) => Some(
+                            (u64::from(d.dma_high) << 32) | u64::from(u32::from_be_bytes(data.try_into().unwrap())),
+                        ),
+                        (OFFSET_DMA_HIGH, 8) => Some(u64::from_be_bytes(v)),
+                        _ => None,
+                    };
+                    if let Some(a) = access {
+                        allowed = fuzz_allowed(&mem, a);
+                    }
+                    d.write(offset, data);
+                }
+                _ => {
+                    // A structured transfer.
+                    let q = next();
+                    let control = match q % 6 {
+                        0 => q as u32,
+                        1 => (u32::from(key) << 16) | DMA_CTL_SELECT | DMA_CTL_READ,
+                        2 => DMA_CTL_READ,
+                        3 => DMA_CTL_SKIP,
+                        4 => DMA_CTL_WRITE | DMA_CTL_ERROR,
+                        _ => (u32::from(key) << 16) | DMA_CTL_SELECT,
+                    };
+                    let length = [0u32, 1, 4, 100, 5000, 0x1_0000, u32::MAX, (q >> 8) as u32][(q >> 16) as usize % 8];
+                    let end = ends[(q >> 20) as usize % 2];
+                    let address = match (q >> 24) % 6 {
+                        0 => q >> 40 & 0x3fff,
+                        1 => FUZZ_R1.0 + (q >> 40 & 0x1fff),
+                        2 => end - (q >> 40 & 0xff),
+                        3 => 0x4000 + (q >> 40 & 0x3fff),
+                        4 => u64::MAX - (q >> 40 & 0xff),
+                        _ => 0,
+                    };
+                    let access = match (q >> 30) % 5 {
+                        0 | 1 => (q >> 44) & 0x3ff0,
+                        2 => end - 8,
+                        3 => end + 0x100,
+                        _ => q >> 4,
+                    };
+                    let mut s = control.to_be_bytes().to_vec();
+                    s.extend_from_slice(&length.to_be_bytes());
+                    s.extend_from_slice(&address.to_be_bytes());
+                    // Only the part in RAM is written, as a guest could.
+                    for (i, b) in s.iter().enumerate() {
+                        let _ = mem.write_slice(&[*b], GuestAddress(access.wrapping_add(i as u64)));
+                    }
+                    before = fuzz_snapshot(&mem);
+                    allowed = fuzz_allowed(&mem, access);
+                    match (q >> 34) % 3 {
+                        // The low half alone (as SeaBIOS does) only when no
+                        // high half is left over from a random write.
+                        0 if access >> 32 == 0 && d.dma_high == 0 => {
+                            d.write(OFFSET_DMA_LOW, &(access as u32).to_be_bytes())
+                        }
+                        1 => {
+                            d.write(OFFSET_DMA_HIGH, &((access >> 32) as u32).to_be_bytes());
+                            d.write(OFFSET_DMA_LOW, &(access as u32).to_be_bytes());
+                        }
+                        _ => d.write(OFFSET_DMA_HIGH, &access.to_be_bytes()),
+                    }
+                    kicked = Some(access);
+                }
+            }
+            let after = fuzz_snapshot(&mem);
+            if after != before {
+                // Byte by byte only inside the 64-byte chunks that changed.
+                let changed = before.chunks(64).zip(after.chunks(64)).enumerate().filter(|(_, (a, b))| a != b);
+                let bytes = changed.flat_map(|(c, (a, b))| (0..a.len()).map(move |j| (c * 64 + j, a[j], b[j])));
+                for (i, a, b) in bytes {
+                    if a != b {
+                        let addr =
+                            if i < FUZZ_R0.1 { FUZZ_R0.0 + i as u64 } else { FUZZ_R1.0 + (i - FUZZ_R0.1) as u64 };
+                        assert!(
+                            allowed.iter().any(|&(s, e)| (s..e).contains(&addr)),
+                            "byte at {addr:#x} written outside {allowed:x?}"
+                        );
+                    }
+                }
+            }
+            before = after;
+            if let Some(access) = kicked {
+                let mut c = [0u8; 4];
+                if mem.read_slice(&mut c, GuestAddress(access)).is_ok() {
+                    let status = u32::from_be_bytes(c);
+                    assert!(status == 0 || status == DMA_CTL_ERROR, "status {status:#x} at {access:#x}");
+                    transfers += 1;
+                    errors += status;
+                }
+            }
+        }
+        assert!(transfers > 500 && errors > 100 && transfers - errors > 100, "{transfers} {errors}");
+        // Still serving.
+        assert_eq!(read_item(&mut d, FW_CFG_SIGNATURE, 4), b"QEMU");
+        assert_eq!(read_item(&mut d, small, 3), [0, 1, 2]);
+    }
+
     #[test]
     fn dma_without_operation_completes() {
         let (mut d, mem) = dev();

@@ -843,4 +843,63 @@ mod tests {
         bare.write(OFFSET_COMMAND, &[CMD_WRITE_AUX_OBUF]);
         bare.write(OFFSET_DATA, &[1]);
     }
+    #[test]
+    fn random_port_traffic_never_panics_and_the_queues_stay_bounded() {
+        // Random commands (resets and pulses included), data bytes, reads,
+        // accesses of every width at every offset and host keyboard bytes: no
+        // panic, every queue stays capped, IRQ 1 and 12 are up only with a byte
+        // of their channel in the output buffer, only reset events come out,
+        // and reading port 0x60 drains everything in a bounded number of reads.
+        let mut h = Harness::new();
+        let mut x: u64 = 0x8042_0000_0000_0001;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x >> 8) as u8;
+            match x % 10 {
+                0 | 1 => h.cmd(v),
+                2 | 3 => h.put(v),
+                4 => {
+                    let offset = [0u64, 1, 2, 3, 4, 5, 8, u64::MAX][(x >> 16) as usize % 8];
+                    let width = (x >> 24) as usize % 9;
+                    if x & (1 << 40) != 0 {
+                        h.kbc.read(offset, &mut vec![0u8; width]);
+                    } else {
+                        h.kbc.write(offset, &vec![v; width]);
+                    }
+                }
+                5 => h.kbc.queue_keyboard_bytes(&vec![v; (x >> 32) as usize % 600]),
+                _ => {
+                    h.data();
+                }
+            }
+            assert!(h.kbc.ctrl_queue.len() <= MAX_QUEUED);
+            assert!(h.kbc.kbd_queue.len() <= MAX_QUEUED);
+            assert!(h.kbc.aux_queue.len() <= MAX_QUEUED);
+            let s = h.status();
+            if h.irq1.level() {
+                assert_eq!(s & (STATUS_OBF | STATUS_AUX_OBF), STATUS_OBF, "IRQ 1 without a keyboard byte");
+            }
+            if h.irq12.level() {
+                assert_eq!(
+                    s & (STATUS_OBF | STATUS_AUX_OBF),
+                    STATUS_OBF | STATUS_AUX_OBF,
+                    "IRQ 12 without an aux byte"
+                );
+            }
+        }
+        let events = h.events();
+        assert!(!events.is_empty() && events.iter().all(|e| *e == GuestEvent::Reset));
+        // Both channels on, interrupts off: everything queued comes out.
+        h.cmd(CMD_WRITE_RAM);
+        h.put(0);
+        let mut reads = 0;
+        while h.status() & STATUS_OBF != 0 {
+            h.data();
+            reads += 1;
+            assert!(reads <= 3 * MAX_QUEUED + 1, "port 0x60 never drains");
+        }
+        assert!(!h.irq1.level() && !h.irq12.level());
+    }
 }

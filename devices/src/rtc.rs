@@ -1009,4 +1009,79 @@ mod tests {
         let now = Duration::from_nanos(h.now_ns.load(Ordering::SeqCst));
         assert_eq!(next.as_secs() - now.as_secs(), 10, "14:00:00 is 10 s after 13:59:50");
     }
+    #[test]
+    fn random_register_traffic_never_panics() {
+        // Random indexes (NMI bit included), register writes of any value in
+        // any mode (BCD, binary, 12-hour, SET), alarms, rates, wide accesses at
+        // every offset, and time jumping by up to a day, from 1970, 2024 and
+        // 2524: no panic; IRQ 8 goes up only when an interrupt is polled due,
+        // and reading register C lowers it; a scheduled interrupt that is not
+        // yet due is in the future.
+        let mut raised = 0u32;
+        for (seed, start) in [(1u64, LEAP_DAY), (2, 0), (3, 17_500_000_000)] {
+            let mut h = Harness::at(start);
+            let irq = Arc::new(RecordingIrqLine::default());
+            h.rtc = std::mem::take(&mut h.rtc).with_irq(irq.clone());
+            let mut x: u64 = 0x0146_8180_0000_0000 | seed;
+            for _ in 0..5000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let v = (x >> 8) as u8;
+                let reg = [
+                    REG_SECONDS,
+                    REG_MINUTES,
+                    REG_HOURS,
+                    REG_DAY_OF_WEEK,
+                    REG_DAY_OF_MONTH,
+                    REG_MONTH,
+                    REG_YEAR,
+                    REG_CENTURY,
+                    REG_SECONDS_ALARM,
+                    REG_MINUTES_ALARM,
+                    REG_HOURS_ALARM,
+                    REG_A,
+                    REG_B,
+                    REG_B,
+                    REG_C,
+                    REG_D,
+                    v,
+                ][(x >> 16) as usize % 17];
+                match x % 10 {
+                    0..=2 => h.set(reg, v),
+                    3 | 4 => {
+                        h.get(reg);
+                    }
+                    5 => {
+                        let offset = [0u64, 1, 2, 3, u64::MAX][(x >> 24) as usize % 5];
+                        let width = (x >> 32) as usize % 9;
+                        if x & (1 << 40) != 0 {
+                            h.rtc.read(offset, &mut vec![0u8; width]);
+                        } else {
+                            h.rtc.write(offset, &vec![v; width]);
+                        }
+                    }
+                    6 => h.rtc.set_cmos_byte(v, (x >> 48) as u8),
+                    7 => h.advance_ms([0, 1, 7, 500, 1000, 3_600_000, 86_400_000][(x >> 24) as usize % 7]),
+                    _ => {
+                        let level = irq.level();
+                        let due = h.rtc.poll_interrupt();
+                        raised += u32::from(due);
+                        assert!(!due || irq.level(), "due but IRQ 8 low");
+                        assert!(due || irq.level() == level, "IRQ 8 moved without a due interrupt");
+                        let now = Duration::from_nanos(h.now_ns.load(Ordering::SeqCst));
+                        if let Some(at) = h.rtc.next_interrupt() {
+                            assert!(due || at > now, "an interrupt due at {at:?} was not raised at {now:?}");
+                        }
+                        let _ = h.rtc.time_to_next_interrupt();
+                        h.rtc.take_rescheduled();
+                    }
+                }
+                if reg == REG_C && x % 10 <= 4 && x % 10 >= 3 {
+                    assert!(!irq.level(), "reading C lowers IRQ 8");
+                }
+            }
+        }
+        assert!(raised > 50, "{raised} interrupts");
+    }
 }

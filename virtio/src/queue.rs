@@ -50,6 +50,8 @@
 #![warn(missing_docs)]
 
 mod chain;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 #[cfg(test)]
@@ -849,7 +851,9 @@ impl Queue {
     ///
     /// Returns whether chains were made available meanwhile: the driver may
     /// have checked before seeing the change, so the device must pop again
-    /// rather than wait for a notification that will not come.
+    /// rather than wait for a notification that will not come. Never for a
+    /// [stopped](Self::stop) queue, which pops nothing: a device that pops
+    /// again whenever this says so would otherwise spin forever.
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
         self.check_usable()?;
         if self.event_idx {
@@ -866,7 +870,7 @@ impl Queue {
         // The store above must be visible before re-reading avail.idx (the
         // driver bumps avail.idx, then reads our suppression fields).
         fence(Ordering::SeqCst);
-        Ok(self.avail_idx(mem)? != self.next_avail)
+        Ok(!self.stopped() && self.avail_idx(mem)? != self.next_avail)
     }
 
     /// Tells the driver not to notify the device of new available buffers

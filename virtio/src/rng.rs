@@ -214,6 +214,52 @@ mod tests {
     }
 
     #[test]
+    fn garbage_chains_never_panic() {
+        // Random chains: each is completed with exactly its writable length
+        // (capped) written, or the device is marked broken.
+        use crate::queue::test_utils::{ChainFuzzer, XorShift};
+        use crate::queue::VIRTQ_DESC_F_WRITE;
+        let mut rng = XorShift::new(0x0e46_0000_0000_0001);
+        let new = || {
+            // 64 descriptors: a batch of chains never reuses slots of another.
+            let (mut driver, w, signals) = worker(64);
+            let mut fz = ChainFuzzer::new(&mut driver, 0x4_0000);
+            fz.fatal_percent = 2;
+            (driver, w, signals, fz)
+        };
+        let (mut driver, mut w, mut signals, mut fz) = new();
+        let (mut rebuilds, mut filled) = (0u32, 0u64);
+        for _ in 0..1500 {
+            let mut expected = std::collections::HashMap::new();
+            let used_before = driver.used_idx();
+            for _ in 0..1 + rng.below(3) {
+                let n = rng.below(64) as usize;
+                let junk = rng.bytes(n);
+                let (head, descs) = fz.add(&mut rng, &mut driver, &junk);
+                let writable: u64 =
+                    descs.iter().filter(|d| d.flags & VIRTQ_DESC_F_WRITE != 0).map(|d| u64::from(d.len)).sum();
+                expected.insert(u32::from(head), writable.min(MAX_BYTES_PER_REQUEST as u64) as u32);
+            }
+            w.process();
+            if signals.1.load(Ordering::SeqCst) > 0 {
+                rebuilds += 1;
+                (driver, w, signals, fz) = new();
+                continue;
+            }
+            assert_eq!(driver.used_idx(), driver.avail_idx(), "every chain completed");
+            let mut i = used_before;
+            while i != driver.used_idx() {
+                let (id, len) = driver.used_elem(i);
+                assert_eq!(Some(&len), expected.get(&id), "chain {id}");
+                filled += u64::from(len);
+                i = i.wrapping_add(1);
+            }
+        }
+        assert!((1..200).contains(&rebuilds), "{rebuilds} rebuilds");
+        assert!(filled > 1_000_000, "{filled} bytes");
+    }
+
+    #[test]
     fn malformed_chain_needs_reset() {
         let (mut driver, mut w, signals) = worker(16);
         driver.add_chain(&[RawDescriptor::writable(0x7000_0000, 16)]);

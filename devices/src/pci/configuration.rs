@@ -1067,4 +1067,72 @@ mod tests {
         assert_eq!(c.bar_mapping(1), Some(0xc000));
         assert_eq!(c.bar_mapping(3), None);
     }
+    #[test]
+    fn random_config_writes_keep_the_header_sane() {
+        // Random reads and writes of every width at the command and status
+        // registers, the BARs (sizing patterns included), the capabilities and
+        // anywhere else: no panic; identity, header type and the capability
+        // list never change; every BAR that moves is reported with its old and
+        // new place and nothing else is; a mapped BAR is aligned to its size.
+        let mut c = mem_dev();
+        c.add_bar(4, PciBar { kind: PciBarKind::Mem32, size: 0x10_0000, prefetchable: true, addr: 0 }).unwrap();
+        c.add_capability(&[1, 2, 3], 0x09).unwrap();
+        c.add_capability_with_mask(&[0; 6], &[0, 0xff, 0xff, 0, 0, 0], 0x11).unwrap();
+        let identity = |c: &PciConfiguration| -> Vec<u8> {
+            let mut v: Vec<u8> =
+                (0..4).chain(8..0x10).chain(0x2c..0x30).chain([0x34, 0x3d]).map(|o| c.read_u8(o)).collect();
+            // The capability list: (position, ID) pairs.
+            let mut ptr = c.read_u8(CAPABILITIES_POINTER);
+            while ptr != 0 {
+                v.extend([ptr, c.read_u8(ptr.into())]);
+                ptr = c.read_u8(u16::from(ptr) + 1);
+            }
+            v
+        };
+        let id = identity(&c);
+        let mut x: u64 = 0xc0f1_0000_0000_0001;
+        let mut moves = 0u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let offset = match x % 8 {
+                0 | 1 => COMMAND + (x >> 8) as u16 % 4,
+                2..=4 => BAR0 + (x >> 8) as u16 % 24,
+                5 => 0x3c + (x >> 8) as u16 % 0x20,
+                6 => (x >> 8) as u16 % 0x1000,
+                _ => (x >> 8) as u16,
+            };
+            let width = [1usize, 2, 4, 4, 4, 0, 3, 8][(x >> 24) as usize % 8];
+            let value = match (x >> 32) % 4 {
+                0 => u64::MAX,
+                1 => 0,
+                _ => x.rotate_left(17),
+            };
+            if x & (1 << 60) != 0 {
+                c.read_config(offset, &mut vec![0u8; width]);
+                continue;
+            }
+            let before: Vec<Option<u64>> = (0..6).map(|i| c.bar_mapping(i)).collect();
+            let changes = c.write_config(offset, &value.to_le_bytes()[..width.min(8)]);
+            let after: Vec<Option<u64>> = (0..6).map(|i| c.bar_mapping(i)).collect();
+            for i in 0..6 {
+                let reported: Vec<_> = changes.iter().filter(|r| usize::from(r.index) == i).collect();
+                if before[i] == after[i] {
+                    assert!(reported.is_empty(), "BAR {i} reported but did not move: {changes:?}");
+                } else {
+                    assert_eq!(reported.len(), 1, "BAR {i} moved {:?} -> {:?} unreported", before[i], after[i]);
+                    assert_eq!((reported[0].old, reported[0].new), (before[i], after[i]));
+                    moves += 1;
+                }
+                if let Some(a) = after[i] {
+                    let size = c.bar(i).unwrap().size;
+                    assert_eq!(a % size, 0, "BAR {i} at {a:#x} not aligned to {size:#x}");
+                    assert!(a.checked_add(size).is_some());
+                }
+            }
+            assert_eq!(identity(&c), id, "identity or capability list changed");
+        }
+        assert!(moves > 100, "{moves} BAR moves");
+    }
 }

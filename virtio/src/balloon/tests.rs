@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::queue::test_utils::{MockDriver, RawDescriptor};
+use crate::queue::test_utils::{ChainFuzzer, MockDriver, RawDescriptor, XorShift};
 
 #[derive(Default)]
 struct Signals {
@@ -496,4 +496,121 @@ fn a_full_ring_of_work_is_split_with_a_self_kick() {
     // A kick with nothing new does nothing.
     h.worker.ready(1, EventSet::IN);
     assert_eq!(h.driver(QueueRole::Deflate).used_idx(), 16);
+}
+
+/// A guest address the balloon tests care about: a page (or a bit off one)
+/// of the two RAM regions, the odd region, the hole, or anywhere.
+fn garbage_addr(rng: &mut XorShift) -> u64 {
+    let page = rng.below(256) * BALLOON_PAGE_SIZE;
+    match rng.below(12) {
+        0..=4 => RAM_A + page,
+        5..=7 => RAM_B + page,
+        8 => ODD + rng.pick(&[0, BALLOON_PAGE_SIZE]),
+        9 => HOLE + page,
+        10 => RAM_B - BALLOON_PAGE_SIZE + rng.below(3) * 0x800,
+        _ => rng.next_u64() & !0xfff,
+    }
+}
+
+#[test]
+fn garbage_requests_never_panic_nor_release_pages_the_guest_did_not_name() {
+    // Random inflate, deflate, stats and free page report chains: no panic,
+    // every chain is completed (the stats one held), and no page of RAM is
+    // released unless the guest named it (in a PFN list or a reported range),
+    // or the device is marked broken.
+    let mut rng = XorShift::new(0xba11_0000_0000_0001);
+    let roles = [QueueRole::Inflate, QueueRole::Deflate, QueueRole::Stats, QueueRole::Reporting];
+    let new = || {
+        let mut h = harness(all_features());
+        let fz: Vec<ChainFuzzer> = roles
+            .iter()
+            .map(|&r| {
+                let mut f = ChainFuzzer::new(h.driver(r), 0x2_0000);
+                f.fatal_percent = 1;
+                f
+            })
+            .collect();
+        h.fill(RAM_A, MB, 0x77);
+        h.fill(RAM_B, MB, 0x77);
+        (h, fz)
+    };
+    let (mut h, mut fz) = new();
+    let mut named = std::collections::HashSet::new();
+    let (mut rebuilds, mut released_pages) = (0u32, 0u64);
+    for i in 0..1500u32 {
+        let which = rng.below(4) as usize;
+        let role = roles[which];
+        if role == QueueRole::Reporting && rng.chance(60) {
+            // Ranges of whole pages (and some not) where RAM is and is not.
+            let descs: Vec<RawDescriptor> = (0..1 + rng.below(4))
+                .map(|_| {
+                    let addr = garbage_addr(&mut rng);
+                    let len = rng.pick(&[0, 0x1000, 0x3000, 0x800, 0x10_0000]) as u32;
+                    RawDescriptor::writable(addr, len)
+                })
+                .collect();
+            for d in &descs {
+                named.extend((d.addr..d.addr.saturating_add(u64::from(d.len))).step_by(0x1000).map(|a| a >> 12));
+            }
+            h.driver(role).add_chain(&descs);
+        } else {
+            let header: Vec<u8> = match role {
+                QueueRole::Inflate | QueueRole::Deflate => (0..rng.below(128))
+                    .flat_map(|_| {
+                        let pfn = (garbage_addr(&mut rng) >> 12) as u32;
+                        if role == QueueRole::Inflate {
+                            named.insert(u64::from(pfn));
+                        }
+                        pfn.to_le_bytes()
+                    })
+                    .collect(),
+                _ => {
+                    let n = rng.below(400) as usize;
+                    rng.bytes(n)
+                }
+            };
+            let (_, descs) = fz[which].add(&mut rng, h.driver(role), &header);
+            if role == QueueRole::Reporting {
+                for d in &descs {
+                    named.extend((d.addr..d.addr + u64::from(d.len)).step_by(0x1000).map(|a| a >> 12));
+                }
+            }
+        }
+        if rng.chance(10) {
+            h.control.request_stats();
+            h.worker.ready(STATS_REQUEST_TOKEN, EventSet::IN);
+        }
+        h.kick(role);
+        if h.resets() > 0 {
+            rebuilds += 1;
+            named.clear();
+            (h, fz) = new();
+            continue;
+        }
+        for r in [QueueRole::Inflate, QueueRole::Deflate, QueueRole::Reporting] {
+            let d = h.driver(r);
+            assert_eq!(d.used_idx(), d.avail_idx(), "every {r:?} chain completed");
+        }
+        let d = h.driver(QueueRole::Stats);
+        assert!(d.avail_idx().wrapping_sub(d.used_idx()) <= 1, "at most one stats buffer held");
+        if i % 50 == 49 {
+            // Every page that changed was named by the guest (and was released:
+            // it reads back as zeros).
+            let (filled, zero) = ([0x77u8; 0x1000], [0u8; 0x1000]);
+            for base in [RAM_A, RAM_B] {
+                let mut buf = vec![0u8; MB];
+                h.mem.read_slice(&mut buf, GuestAddress(base)).unwrap();
+                for (p, page) in buf.chunks(0x1000).enumerate() {
+                    if page != filled {
+                        let pfn = (base >> 12) + p as u64;
+                        assert!(named.contains(&pfn), "page {pfn:#x} released but never named");
+                        assert!(page == zero, "page {pfn:#x} partly changed");
+                        released_pages += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!((1..200).contains(&rebuilds), "{rebuilds} rebuilds");
+    assert!(released_pages > 100, "{released_pages} pages released");
 }

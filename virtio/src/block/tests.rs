@@ -12,7 +12,7 @@ use super::disk::{create_engine, DiskFile, EngineKind};
 use super::request::*;
 use super::worker::BlockWorker;
 use crate::device::ActiveQueue;
-use crate::queue::test_utils::{guest_memory, MockDriver, RawDescriptor};
+use crate::queue::test_utils::{guest_memory, ChainFuzzer, MockDriver, RawDescriptor, XorShift};
 
 use crate::queue::test_utils::RecordingSignals as Signals;
 
@@ -288,4 +288,117 @@ fn host_io_error_is_ioerr_and_the_device_keeps_going() {
     assert_eq!(h.request(VIRTIO_BLK_T_IN, 8, &[], 512).0, VIRTIO_BLK_S_IOERR);
     assert_eq!(h.request(VIRTIO_BLK_T_IN, 0, &[], 512).0, VIRTIO_BLK_S_OK);
     assert_eq!(h.signals.resets.load(Ordering::SeqCst), 0);
+}
+
+/// A random request header (and for some types a discard segment after it):
+/// every request type and some unknown ones, sectors in range, at its edge,
+/// past it and near 2^64.
+fn garbage_request(rng: &mut XorShift, sectors: u64) -> Vec<u8> {
+    let any = rng.next_u64();
+    let kind = rng.pick(&[
+        VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_FLUSH,
+        VIRTIO_BLK_T_GET_ID,
+        VIRTIO_BLK_T_DISCARD,
+        VIRTIO_BLK_T_WRITE_ZEROES,
+        any as u32,
+    ]);
+    let sector_pick = [rng.below(sectors), sectors - 1, sectors, u64::MAX, u64::MAX / 512, any >> 7];
+    let mut h = header(kind, rng.pick(&sector_pick));
+    h[4..8].copy_from_slice(&((any >> 32) as u32).to_le_bytes());
+    if rng.chance(50) {
+        let n = rng.below(2 * sectors) as u32;
+        let count = rng.pick(&[0, 1, n, u32::MAX, super::MAX_DISCARD_SECTORS + 1]);
+        let flags = rng.pick(&[0, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, 2, any as u32 ^ 0x5a5a]);
+        h.extend(segment(rng.pick(&sector_pick), count, flags));
+    }
+    h
+}
+
+#[test]
+fn garbage_chains_never_panic_and_never_touch_the_disk_outside_its_range() {
+    // Random requests in random chains against a disk of 16 sectors whose
+    // file has 300 more bytes (a partial sector the guest never sees): no
+    // panic, every chain completed with a status (or the queue marked
+    // broken), those 300 bytes untouched, a read-only disk not written at
+    // all, and the device still serving good requests between the bad ones.
+    const SECTORS: u64 = FUZZ_SECTORS;
+    let mut statuses = [0u32; 3];
+    let mut rng = XorShift::new(0xb10c_f022_0000_0001);
+    let mut rebuilds = 0u32;
+    let (mut h, mut fz, mut read_only, mut content) = fuzz_disk(&mut rng, rebuilds);
+    for i in 0..1200u32 {
+        let batch = if rng.chance(80) { 1 } else { 2 + rng.below(4) };
+        let mut chains = Vec::new();
+        let published = h.driver.avail_idx();
+        for _ in 0..batch {
+            let req = garbage_request(&mut rng, SECTORS);
+            chains.push(fz.add(&mut rng, &mut h.driver, &req));
+        }
+        h.worker.process_queue(0);
+        h.worker.finish_in_flight();
+        assert_eq!(h.worker.in_flight(), 0);
+        let file = h.file();
+        assert_eq!(file.len(), content.len(), "the file changed size");
+        assert!(file[SECTORS as usize * 512..].iter().all(|&b| b == 0xa5), "bytes past the last sector written");
+        if read_only {
+            assert!(file == content, "a read-only disk was written");
+        }
+        if h.signals.resets.load(Ordering::SeqCst) > 0 {
+            // A chain the queue refused: the device stops and needs a reset.
+            rebuilds += 1;
+            drop(h);
+            (h, fz, read_only, content) = fuzz_disk(&mut rng, rebuilds);
+            continue;
+        }
+        assert_eq!(h.driver.used_idx(), h.driver.avail_idx(), "every chain completed");
+        if batch == 1 {
+            // One request alone: its status byte (the last writable byte) holds a status.
+            let (id, len) = h.driver.used_elem(published);
+            let (head, descs) = &chains[0];
+            assert_eq!(id, u32::from(*head));
+            let status = descs.iter().rev().find(|d| d.flags & crate::queue::VIRTQ_DESC_F_WRITE != 0 && d.len > 0);
+            match status {
+                Some(d) => {
+                    assert!(len >= 1);
+                    let s = h.driver.read(d.addr + u64::from(d.len) - 1, 1)[0];
+                    assert!([VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP].contains(&s), "status {s}");
+                    statuses[usize::from(s)] += 1;
+                }
+                None => assert_eq!(len, 0, "no status byte, nothing written"),
+            }
+        }
+        if i % 16 == 0 {
+            // Good requests still work, and read what the file holds.
+            let sector = rng.below(SECTORS);
+            let (status, used, buf) = h.request(VIRTIO_BLK_T_IN, sector, &[], 512);
+            assert_eq!((status, used), (VIRTIO_BLK_S_OK, 513));
+            let file = h.file();
+            assert_eq!(h.driver.read(buf, 512), file[sector as usize * 512..][..512].to_vec());
+            content = file;
+        }
+        if !read_only {
+            content = h.file();
+        }
+    }
+    // Some chains were refused by the queue, most were not; every status came up.
+    assert!((1..200).contains(&rebuilds), "{rebuilds} rebuilds");
+    assert!(statuses.iter().all(|&n| n > 20), "{statuses:?}");
+}
+
+const FUZZ_SECTORS: u64 = 16;
+
+/// A fresh harness for [`garbage_chains_never_panic_and_never_touch_the_disk_outside_its_range`]:
+/// a disk of 16 sectors plus a 300-byte tail of 0xa5, read-only one time in four.
+fn fuzz_disk(rng: &mut XorShift, n: u32) -> (Harness, ChainFuzzer, bool, Vec<u8>) {
+    let read_only = rng.chance(25);
+    let mut h = harness(&format!("fuzz-{n}"), FUZZ_SECTORS, read_only, EngineKind::Threads);
+    let mut content = pattern(FUZZ_SECTORS as usize * 512, n as u8);
+    content.extend([0xa5u8; 300]);
+    std::fs::write(&h.path, &content).unwrap();
+    let mut fz = ChainFuzzer::new(&mut h.driver, 0x2_0000);
+    fz.fatal_percent = 2;
+    fz.len_multiple = 512;
+    (h, fz, read_only, content)
 }

@@ -125,6 +125,13 @@ impl NetWorker {
         *self.mac.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Frames read from the backends and held for receive buffers (at most
+    /// one per pair).
+    #[cfg(test)]
+    pub(crate) fn pending_frames(&self) -> usize {
+        self.pending.iter().flatten().count()
+    }
+
     fn fail(&mut self, what: &dyn std::fmt::Display) {
         if !self.broken {
             log::warn!("virtio-net: {what}; the device needs a reset");
@@ -245,11 +252,15 @@ impl NetWorker {
             let chain = match active.queue.pop(&self.mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => {
-                    // Out of buffers: give back what was taken and wait for the driver.
+                    // Out of buffers: ask for a kick on the driver's next
+                    // buffer, then give back what was taken and wait. Asked
+                    // before the give-back, or the taken buffers would count
+                    // as new ones and the retry below would recurse forever.
+                    let more = active.queue.enable_notification(&self.mem);
                     for _ in &chains {
                         active.queue.undo_pop();
                     }
-                    return match active.queue.enable_notification(&self.mem) {
+                    return match more {
                         Ok(true) => {
                             // Buffers arrived meanwhile: try again right away.
                             let _ = active.queue.disable_notification(&self.mem);

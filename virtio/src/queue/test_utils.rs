@@ -352,3 +352,220 @@ impl crate::device::DeviceStatusSink for RecordingSignals {
         self.resets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A small deterministic PRNG (xorshift64) for randomized "never panics"
+/// tests: fixed seeds, so a failure reproduces; no dependency.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator seeded with `seed` (0 is replaced: xorshift never leaves 0).
+    pub fn new(seed: u64) -> Self {
+        XorShift(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n` (0 if `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+
+    /// True `percent` times out of 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One of `items` (which must not be empty).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+
+    /// A buffer length up to `max`: often 0 or 1, mostly small, sometimes
+    /// anything up to `max`.
+    pub fn len_up_to(&mut self, max: u32) -> u32 {
+        match self.below(8) {
+            0 => 0,
+            1 => 1.min(max),
+            2 => max,
+            3 | 4 => self.below(u64::from(max.min(64)) + 1) as u32,
+            5 => self.below(u64::from(max.min(4096)) + 1) as u32,
+            _ => self.below(u64::from(max) + 1) as u32,
+        }
+    }
+}
+
+/// Makes random descriptor chains for device tests ("garbage in, no panic
+/// out"): the device-readable part starts with a header the test chooses
+/// (device-specific request bytes), split over 1-3 descriptors at random
+/// points and sometimes cut short; then random readable and writable
+/// buffers of random lengths (0, 1, small, large) at random places of a
+/// scratch area; sometimes all of it behind an indirect table; and, at
+/// [`fatal_percent`](Self::fatal_percent), a malformation the queue itself
+/// rejects (a buffer outside guest memory, a huge length, a readable buffer
+/// after a writable one, a descriptor loop), which a device answers with
+/// NEEDS_RESET.
+///
+/// Everything the chain points at lies in the scratch area (allocated once
+/// from the driver's data area), except the deliberately bad buffers. The
+/// header and indirect table of a chain go in one of 16 rotating slots, so
+/// up to 16 chains can be in flight at once without overwriting each other;
+/// their descriptors take the driver's table slots in turn (see
+/// [`MockDriver::write_chain`]), so chains in flight overwrite each other's
+/// once they need more descriptors than the queue size (at most 10 each).
+#[derive(Debug, Clone)]
+pub struct ChainFuzzer {
+    scratch: u64,
+    len: u64,
+    slot: u64,
+    /// Percentage of chains made malformed at the queue level.
+    pub fatal_percent: u64,
+    /// If above 1, half of the buffer lengths are rounded down to a multiple
+    /// of it (512 makes block requests of whole sectors).
+    pub len_multiple: u32,
+}
+
+/// Header slots, then indirect-table slots, at the start of the scratch area.
+const FUZZ_SLOTS: u64 = 16;
+const FUZZ_SLOT_SIZE: u64 = 512;
+const FUZZ_DATA: u64 = 2 * FUZZ_SLOTS * FUZZ_SLOT_SIZE;
+
+impl ChainFuzzer {
+    /// Allocates a scratch area of `len` bytes (at least 32 KiB) from
+    /// `driver`'s data area.
+    pub fn new(driver: &mut MockDriver, len: u32) -> Self {
+        assert!(u64::from(len) >= FUZZ_DATA + 0x4000, "scratch area too small");
+        let scratch = driver.alloc(len);
+        ChainFuzzer { scratch, len: u64::from(len), slot: 0, fatal_percent: 0, len_multiple: 1 }
+    }
+
+    /// The scratch area: `(address, length)`.
+    pub fn scratch(&self) -> (u64, u64) {
+        (self.scratch, self.len)
+    }
+
+    /// A random buffer inside the data part of the scratch area.
+    fn buffer(&self, rng: &mut XorShift, writable: bool) -> RawDescriptor {
+        let data_len = self.len - FUZZ_DATA;
+        let mut len = rng.len_up_to(data_len as u32);
+        if self.len_multiple > 1 && rng.chance(50) {
+            len = len / self.len_multiple * self.len_multiple;
+        }
+        let addr = self.scratch + FUZZ_DATA + rng.below(data_len - u64::from(len) + 1);
+        if writable {
+            RawDescriptor::writable(addr, len)
+        } else {
+            RawDescriptor::readable(addr, len)
+        }
+    }
+
+    /// Writes one random chain whose readable part starts with `header` (at
+    /// most 512 bytes of it) and makes it available; returns its head and
+    /// its buffers in chain order, as the device sees them if the chain is
+    /// valid (an indirect table flattened).
+    pub fn add(&mut self, rng: &mut XorShift, driver: &mut MockDriver, header: &[u8]) -> (u16, Vec<RawDescriptor>) {
+        let slot = self.slot;
+        self.slot = (self.slot + 1) % FUZZ_SLOTS;
+        let mem = driver.memory().clone();
+        let header = &header[..header.len().min(FUZZ_SLOT_SIZE as usize)];
+        let header_addr = self.scratch + slot * FUZZ_SLOT_SIZE;
+        mem.write_slice(header, GuestAddress(header_addr)).unwrap();
+        let mut descs = Vec::new();
+        if !header.is_empty() {
+            // Sometimes cut short: the device sees a truncated header.
+            let hlen = if rng.chance(8) { rng.below(header.len() as u64) } else { header.len() as u64 };
+            let mut cuts: Vec<u64> = (1..1 + rng.below(3)).map(|_| rng.below(hlen + 1)).collect();
+            cuts.push(0);
+            cuts.push(hlen);
+            cuts.sort_unstable();
+            for w in cuts.windows(2) {
+                descs.push(RawDescriptor::readable(header_addr + w[0], (w[1] - w[0]) as u32));
+            }
+        }
+        for _ in 0..rng.below(3) {
+            descs.push(self.buffer(rng, false));
+        }
+        for _ in 0..rng.below(4) {
+            descs.push(self.buffer(rng, true));
+        }
+        if descs.is_empty() {
+            let writable = rng.chance(50);
+            descs.push(self.buffer(rng, writable));
+        }
+        let fatal = rng.chance(self.fatal_percent);
+        if fatal {
+            let i = rng.below(descs.len() as u64) as usize;
+            match rng.below(4) {
+                0 => {
+                    descs[i].addr = rng.pick(&[0xdead_0000_0000u64, u64::MAX - 7, 1 << 40]);
+                    descs[i].len = descs[i].len.max(1);
+                }
+                1 => descs[i].len = u32::MAX,
+                2 => {
+                    // A readable buffer after a writable one.
+                    descs[0].flags |= VIRTQ_DESC_F_WRITE;
+                    descs.push(self.buffer(rng, false));
+                }
+                _ => {
+                    // A loop: the last descriptor continues at the head.
+                    descs.truncate(usize::from(driver.size()));
+                    let head = driver.write_chain(&descs);
+                    let last = (head + descs.len() as u16 - 1) % driver.size();
+                    driver.write_desc(last, descs[descs.len() - 1].with_next(head));
+                    driver.publish(head);
+                    return (head, descs);
+                }
+            }
+        }
+        descs.truncate(usize::from(driver.size()));
+        let flat = descs.clone();
+        let indirect = rng.chance(20);
+        let descs = if indirect {
+            let table = self.scratch + (FUZZ_SLOTS + slot) * FUZZ_SLOT_SIZE;
+            let linked: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| if i + 1 < descs.len() { d.with_next(i as u16 + 1) } else { *d })
+                .collect();
+            let bytes: Vec<u8> = linked.iter().flat_map(|d| d.to_bytes()).collect();
+            mem.write_slice(&bytes, GuestAddress(table)).unwrap();
+            // A table length that is sometimes not a whole number of entries.
+            let mut len = bytes.len() as u32;
+            if fatal && rng.chance(50) {
+                len = rng.pick(&[0, len + 3, len - 1]);
+            }
+            vec![RawDescriptor { addr: table, len, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }]
+        } else {
+            descs
+        };
+        let head = driver.add_chain(&descs);
+        (head, flat)
+    }
+}

@@ -18,7 +18,7 @@ use super::muxer::{port_path, VsockWorker, CONN_REQUEST_TIMEOUT, CONN_SHUTDOWN_T
 use super::packet::*;
 use super::*;
 use crate::device::{ActiveQueue, VirtioDevice};
-use crate::queue::test_utils::{MockDriver, RawDescriptor};
+use crate::queue::test_utils::{ChainFuzzer, MockDriver, RawDescriptor, XorShift};
 use crate::worker::Worker;
 
 const GUEST_CID: u64 = 3;
@@ -1071,4 +1071,180 @@ fn worker_thread_serves_both_directions_through_its_epolls() {
     assert_eq!(signals.resets.load(Ordering::SeqCst), 0);
     drop(dev);
     assert!(!Path::new(&uds).exists());
+}
+
+/// A random guest packet: header fields mostly plausible (so connections
+/// open, carry data and close) and sometimes anything, with a payload whose
+/// length may disagree with the header's `len`.
+fn garbage_packet(rng: &mut XorShift) -> Vec<u8> {
+    let any = rng.next_u64();
+    let some = rng.below(400) as usize;
+    let payload = rng.pick(&[0usize, 1, 44, some]);
+    let ops = [
+        VSOCK_OP_REQUEST,
+        VSOCK_OP_REQUEST,
+        VSOCK_OP_RESPONSE,
+        VSOCK_OP_RW,
+        VSOCK_OP_RW,
+        VSOCK_OP_RW,
+        VSOCK_OP_SHUTDOWN,
+        VSOCK_OP_RST,
+        VSOCK_OP_CREDIT_UPDATE,
+        VSOCK_OP_CREDIT_REQUEST,
+        VSOCK_OP_INVALID,
+        any as u16,
+    ];
+    let hdr = PacketHeader {
+        src_cid: if rng.chance(92) { GUEST_CID } else { any },
+        dst_cid: if rng.chance(92) { HOST_CID } else { any >> 3 },
+        src_port: rng.pick(&[1, 2, 3, any as u32]),
+        dst_port: rng.pick(&[1000, 1001, 1002, FIRST_HOST_PORT, FIRST_HOST_PORT + 1, (any >> 32) as u32]),
+        len: rng.pick(&[payload as u32, payload as u32, 0, payload as u32 + 1, u32::MAX, CONN_BUF_ALLOC + 1]),
+        socket_type: if rng.chance(92) { VSOCK_TYPE_STREAM } else { rng.pick(&[0, VSOCK_TYPE_SEQPACKET, any as u16]) },
+        op: rng.pick(&ops),
+        flags: rng.pick(&[0, VSOCK_SHUTDOWN_RCV, VSOCK_SHUTDOWN_SEND, 3, (any >> 16) as u32]),
+        buf_alloc: rng.pick(&[0, 4096, 64 * 1024, u32::MAX, (any >> 24) as u32]),
+        fwd_cnt: rng.pick(&[0, some as u32 * 7, (any >> 40) as u32]),
+    };
+    let mut b = hdr.to_bytes().to_vec();
+    b.extend(rng.bytes(payload));
+    b
+}
+
+/// What the host side of [`garbage_packets_and_host_traffic_never_panic`] holds.
+struct FuzzHost {
+    h: Harness,
+    fz_tx: ChainFuzzer,
+    fz_rx: ChainFuzzer,
+    clock: Arc<AtomicU64>,
+    listeners: Vec<UnixListener>,
+    streams: Vec<UnixStream>,
+}
+
+const FUZZ_CONNECTIONS: usize = 6;
+
+fn fuzz_host() -> FuzzHost {
+    let mut h = harness();
+    h.worker.set_connection_limit(FUZZ_CONNECTIONS);
+    let clock = h.fake_clock();
+    let listeners: Vec<UnixListener> = [1000, 1001]
+        .iter()
+        .map(|&p| {
+            let l = h.listen(p);
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let mut fz_tx = ChainFuzzer::new(&mut h.guest.tx, 0x4_0000);
+    fz_tx.fatal_percent = 1;
+    let mut fz_rx = ChainFuzzer::new(&mut h.guest.rx, 0x4_0000);
+    fz_rx.fatal_percent = 1;
+    FuzzHost { h, fz_tx, fz_rx, clock, listeners, streams: Vec::new() }
+}
+
+#[test]
+fn garbage_packets_and_host_traffic_never_panic() {
+    // Random guest packets in random chains, random receive buffers, host
+    // programs connecting, writing, reading and hanging up, and deadlines
+    // passing: no panic, the connection limit holds, buffered guest data
+    // stays within each connection's buffer, and nothing is used that was
+    // not posted.
+    let mut rng = XorShift::new(0x50c4_0000_0000_0001);
+    let mut f = fuzz_host();
+    let mut rebuilds = 0u32;
+    let mut max_conns = 0usize;
+    let mut totals = super::muxer::VsockCounters::default();
+    for _ in 0..1500 {
+        match rng.below(10) {
+            0..=4 => {
+                for _ in 0..1 + rng.below(4) {
+                    let p = garbage_packet(&mut rng);
+                    f.fz_tx.add(&mut rng, &mut f.h.guest.tx, &p);
+                }
+                f.h.worker.process_tx();
+            }
+            5 | 6 => {
+                for _ in 0..rng.below(4) {
+                    f.fz_rx.add(&mut rng, &mut f.h.guest.rx, &[]);
+                }
+                f.h.worker.process_rx();
+            }
+            7 | 8 => {
+                for l in &f.listeners {
+                    while let Ok((s, _)) = l.accept() {
+                        s.set_nonblocking(true).unwrap();
+                        f.streams.push(s);
+                    }
+                }
+                if rng.chance(20) {
+                    // A host client, with a good or a bad CONNECT line.
+                    if let Ok(mut c) = UnixStream::connect(&f.h.uds) {
+                        c.set_nonblocking(true).unwrap();
+                        let line = match rng.below(3) {
+                            0 => format!("CONNECT {}\n", rng.pick(&[1, 2, 3])).into_bytes(),
+                            1 => b"CONNECT 99999999999999999999\n".to_vec(),
+                            _ => {
+                                let n = rng.below(40) as usize;
+                                rng.bytes(n)
+                            }
+                        };
+                        let _ = c.write_all(&line);
+                        f.streams.push(c);
+                    }
+                }
+                if !f.streams.is_empty() {
+                    let i = rng.below(f.streams.len() as u64) as usize;
+                    match rng.below(3) {
+                        0 => {
+                            let n = rng.below(5000) as usize;
+                            let _ = f.streams[i].write(&rng.bytes(n));
+                        }
+                        1 => {
+                            let mut buf = [0u8; 4096];
+                            while matches!(f.streams[i].read(&mut buf), Ok(n) if n > 0) {}
+                        }
+                        _ => {
+                            f.streams.swap_remove(i);
+                        }
+                    }
+                }
+                f.h.worker.process_host();
+            }
+            _ => {
+                // Time passes: unanswered requests and stuck shutdowns expire.
+                let ms = rng.pick(&[1, 500, 2500]);
+                f.clock.fetch_add(ms, Ordering::SeqCst);
+                f.h.worker.process_timer();
+            }
+        }
+        let w = &f.h.worker;
+        let conns = w.connection_count();
+        max_conns = max_conns.max(conns);
+        assert!(conns <= FUZZ_CONNECTIONS, "{conns} connections");
+        assert!(w.buffered_bytes() <= conns * CONN_BUF_ALLOC as usize, "{} bytes buffered", w.buffered_bytes());
+        assert!(w.rx_waiting() <= conns);
+        let g = &f.h.guest;
+        assert!(g.tx.avail_idx().wrapping_sub(g.tx.used_idx()) <= 256);
+        assert!(g.rx.avail_idx().wrapping_sub(g.rx.used_idx()) <= 256);
+        if f.h.signals.resets.load(Ordering::SeqCst) > 0 {
+            rebuilds += 1;
+            add_counters(&mut totals, &f.h.worker.counters);
+            f = fuzz_host();
+        } else {
+            assert_eq!(g.tx.used_idx(), g.tx.avail_idx(), "every transmit chain completed");
+        }
+    }
+    assert!((1..300).contains(&rebuilds), "{rebuilds} rebuilds");
+    add_counters(&mut totals, &f.h.worker.counters);
+    assert_eq!(max_conns, FUZZ_CONNECTIONS, "the limit was never reached");
+    let t = totals;
+    assert!(t.tx_packets > 100 && t.tx_dropped > 10 && t.rx_packets > 50 && t.resets > 10 && t.timeouts > 0, "{t:?}");
+}
+
+fn add_counters(t: &mut super::muxer::VsockCounters, c: &super::muxer::VsockCounters) {
+    t.tx_packets += c.tx_packets;
+    t.tx_dropped += c.tx_dropped;
+    t.rx_packets += c.rx_packets;
+    t.resets += c.resets;
+    t.timeouts += c.timeouts;
 }

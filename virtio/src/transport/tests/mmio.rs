@@ -8,7 +8,7 @@ use devices::{BusDevice, RecordingIrqLine};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::queue::test_utils::{guest_memory, MockDriver};
+use crate::queue::test_utils::{guest_memory, MockDriver, XorShift};
 use crate::transport::mmio::{MmioTransport, MMIO_MAGIC, MMIO_VENDOR_ID};
 
 // Register offsets (virtio 1.x 4.2.2, table "MMIO Device Register Layout").
@@ -826,4 +826,173 @@ fn balloon_target_change_changes_config_generation() {
     assert_eq!(m.read(CONFIG), 50);
     m.write(STATUS, 0);
     assert_eq!(m.status(), 0);
+}
+
+/// Register offsets the random traffic aims at.
+const REGISTERS: [u64; 29] = [
+    MAGIC,
+    VERSION,
+    DEVICE_ID,
+    VENDOR_ID,
+    DEVICE_FEATURES,
+    DEVICE_FEATURES_SEL,
+    DRIVER_FEATURES,
+    DRIVER_FEATURES_SEL,
+    QUEUE_SEL,
+    QUEUE_NUM_MAX,
+    QUEUE_NUM,
+    QUEUE_READY,
+    QUEUE_NOTIFY,
+    INTERRUPT_STATUS,
+    INTERRUPT_ACK,
+    STATUS,
+    QUEUE_DESC_LOW,
+    QUEUE_DESC_HIGH,
+    QUEUE_DRIVER_LOW,
+    QUEUE_DRIVER_HIGH,
+    QUEUE_DEVICE_LOW,
+    QUEUE_DEVICE_HIGH,
+    SHM_SEL,
+    SHM_LEN_LOW,
+    SHM_LEN_HIGH,
+    SHM_BASE_LOW,
+    SHM_BASE_HIGH,
+    CONFIG_GENERATION,
+    CONFIG,
+];
+
+#[test]
+fn random_register_traffic_keeps_the_status_invariants() {
+    // Random reads and writes of every width at registers, next to them,
+    // in the configuration space and anywhere; status writes (resets
+    // included); proper bring-ups in between; the device interrupting and
+    // asking for a reset. Invariants: no panic; after writing 0 to the status
+    // it reads 0 with no interrupt pending; the device is activated only with
+    // ACKNOWLEDGE, DRIVER, FEATURES_OK and DRIVER_OK set, once per reset, with
+    // features it offered including VERSION_1; FEATURES_OK only with such
+    // features acknowledged; the line is up exactly while InterruptStatus is
+    // not 0.
+    let mut rng = XorShift::new(0x3310_0000_0000_0001);
+    let mut m = Mmio::new();
+    let mut activated_since_reset = false;
+    let mut _drivers = Vec::new();
+    let (mut bring_ups, mut resets_seen) = (0u32, 0u32);
+    for _ in 0..6000 {
+        let activations = m.activations();
+        let device_resets = lock(&m.state).resets;
+        let mut reset_written = false;
+        let offset = match rng.below(10) {
+            0..=5 => rng.pick(&REGISTERS),
+            6 => rng.pick(&REGISTERS) + 1 + rng.below(3),
+            7 => CONFIG + rng.below(16),
+            8 => rng.below(0x1000),
+            _ => u64::MAX - rng.below(8),
+        };
+        let width = if rng.chance(80) { 4 } else { rng.below(9) as usize };
+        match rng.below(20) {
+            0..=6 => {
+                let mut d = vec![0u8; width];
+                m.t.read(offset, &mut d);
+                if offset < CONFIG && (width != 4 || offset % 4 != 0) {
+                    assert!(d.iter().all(|&b| b == 0xff), "odd register read at {offset:#x}");
+                }
+            }
+            7..=11 => {
+                let v = match rng.below(4) {
+                    0 => 0,
+                    1 => 1,
+                    2 => rng.below(4),
+                    _ => rng.next_u64(),
+                };
+                let d = &v.to_le_bytes()[..width.min(8)];
+                let mut d = d.to_vec();
+                d.resize(width, 0);
+                m.t.write(offset, &d);
+                reset_written = offset == STATUS && width == 4 && d[0] == 0;
+            }
+            12..=14 => {
+                let v = random_status(&mut rng);
+                m.write(STATUS, u32::from(v));
+                reset_written = v == 0;
+            }
+            15 => {
+                let features = match rng.below(3) {
+                    0 => F_VERSION_1 | (OFFERED & rng.next_u64()),
+                    1 => OFFERED & rng.next_u64(),
+                    _ => rng.next_u64(),
+                };
+                // From a reset: nothing runs until DRIVER_OK again.
+                let accepted = m.negotiate(features);
+                activated_since_reset = false;
+                resets_seen += 1;
+                if rng.chance(50) {
+                    // Queues and DRIVER_OK whether or not FEATURES_OK stuck.
+                    _drivers = m.bring_up_after_negotiation(&[0, 1]);
+                    assert_eq!(m.activations() > activations, accepted);
+                }
+            }
+            16 => {
+                // A proper bring-up from a reset.
+                let features = F_VERSION_1 | (OFFERED & rng.next_u64());
+                _drivers = m.bring_up(features, &[0, 1]);
+                bring_ups += 1;
+                assert_ne!(m.status() & DRIVER_OK, 0);
+                // bring_up starts with a reset.
+                activated_since_reset = false;
+            }
+            17 => {
+                // The device side: interrupts and NEEDS_RESET.
+                let (interrupt, status) = {
+                    let s = lock(&m.state);
+                    (s.interrupt.clone(), s.status.clone())
+                };
+                if let Some(i) = interrupt {
+                    match rng.below(3) {
+                        0 => i.notify_queue(rng.below(4) as u16),
+                        1 => i.notify_config(),
+                        _ => {
+                            if let Some(s) = status {
+                                s.needs_reset();
+                            }
+                        }
+                    }
+                }
+            }
+            18 => {
+                m.write(QUEUE_SEL, rng.below(4) as u32);
+                m.write(QUEUE_READY, 0);
+            }
+            _ => m.write(INTERRUPT_ACK, rng.next_u64() as u32),
+        }
+
+        let status = m.status();
+        if reset_written {
+            assert_eq!((status, m.read(INTERRUPT_STATUS)), (0, 0), "status and interrupts after a reset");
+            activated_since_reset = false;
+            resets_seen += 1;
+        }
+        let activated = m.activations();
+        if activated > activations {
+            assert_eq!(activated, activations + 1);
+            let all = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+            assert_eq!(status & all, all, "activated with status {status:#x}");
+            assert!(!activated_since_reset, "activated twice without a reset");
+            activated_since_reset = true;
+        }
+        if status & FEATURES_OK != 0 {
+            let acked = *lock(&m.state).acked.last().expect("FEATURES_OK without acknowledged features");
+            assert_eq!(acked & !OFFERED, 0, "acknowledged features not offered");
+            assert_ne!(acked & F_VERSION_1, 0);
+        }
+        if status & FEATURES_OK == 0 {
+            assert!(!activated_since_reset, "running without FEATURES_OK (status {status:#x})");
+        }
+        let device_resets_now = lock(&m.state).resets;
+        assert!(device_resets_now - device_resets <= 1);
+        assert_eq!(m.irq.level(), m.read(INTERRUPT_STATUS) != 0, "line and InterruptStatus disagree");
+    }
+    // A status write of 0 through the plain register path reads back 0.
+    m.write(STATUS, 0);
+    assert_eq!((m.status(), m.read(INTERRUPT_STATUS), m.irq.level()), (0, 0, false));
+    assert!(bring_ups > 100 && resets_seen > 300, "{bring_ups} {resets_seen}");
 }

@@ -180,3 +180,15 @@ impl MsiInterrupt for RecordingMsi {
 pub(super) fn signalled(fd: &vmm_sys_util::eventfd::EventFd) -> bool {
     fd.read().is_ok()
 }
+
+/// A random status value: mostly combinations of the defined bits.
+pub(super) fn random_status(rng: &mut crate::queue::test_utils::XorShift) -> u8 {
+    match rng.below(10) {
+        0 | 1 => 0,
+        2 => rng.next_u64() as u8,
+        _ => [ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK, NEEDS_RESET, FAILED]
+            .iter()
+            .filter(|_| rng.chance(50))
+            .fold(0, |a, &b| a | b),
+    }
+}

@@ -15,7 +15,7 @@ use devices::RecordingIrqLine;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::queue::test_utils::{guest_memory, MockDriver};
+use crate::queue::test_utils::{guest_memory, MockDriver, XorShift};
 use crate::transport::pci::{VirtioPciDevice, VIRTIO_MSI_NO_VECTOR};
 
 // struct virtio_pci_common_cfg (4.1.4.3).
@@ -1514,4 +1514,169 @@ fn no_msix_message_without_bus_mastering() {
     p.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER));
     intr.notify_queue(0);
     assert_eq!(p.msi.triggers(), vec![1]);
+}
+
+#[test]
+fn random_config_and_bar_traffic_keeps_the_status_invariants() {
+    // Random configuration-space and BAR accesses of every width (the common
+    // configuration, ISR, device configuration, notifications, MSI-X table
+    // and PBA, the PCI_CFG window, BARs that do not exist), status writes and
+    // resets, proper bring-ups, MSI-X on and off, the device interrupting.
+    // Invariants: no panic; the status reads 0 after a write of 0; the device
+    // is activated only with ACKNOWLEDGE, DRIVER, FEATURES_OK and DRIVER_OK,
+    // once per reset, with features it offered including VERSION_1; INTx is
+    // never up with the ISR clear, and reading the ISR lowers it; only
+    // existing MSI-X vectors are ever signalled.
+    let mut rng = XorShift::new(0x9c10_0000_0000_0001);
+    let mut p = Pci::new();
+    let vectors = QUEUE_SIZES.len() as u16 + 1;
+    let mut activated_since_reset = false;
+    let mut _drivers = Vec::new();
+    let (mut bring_ups, mut resets_seen) = (0u32, 0u32);
+    for _ in 0..6000 {
+        let activations = p.activations();
+        let mut reset_written = false;
+        let width = rng.pick(&[1usize, 2, 4, 4, 4, 8, 0, 3, 16]);
+        match rng.below(24) {
+            0..=3 => {
+                let offset = match rng.below(5) {
+                    0..=2 => rng.below(0x100) as u16,
+                    3 => rng.pick(&[p.caps.msix, p.caps.pci_cfg.pos, p.caps.common.pos]) + rng.below(20) as u16,
+                    _ => rng.below(0x1001) as u16,
+                };
+                let mut d = vec![0u8; width.min(8)];
+                p.dev.read_config(offset, &mut d);
+            }
+            4..=6 => {
+                // Writes where they do something: command, BARs, interrupt
+                // line, the capabilities (MSI-X control, the PCI_CFG window).
+                let offset = match rng.below(4) {
+                    0 => COMMAND,
+                    1 => 0x10 + 4 * rng.below(6) as u16,
+                    2 => rng.pick(&[p.caps.msix + 2, p.caps.pci_cfg.pos + 4, p.caps.pci_cfg.pos + 8]),
+                    _ => rng.below(0x100) as u16,
+                };
+                let v = rng.next_u64().to_le_bytes();
+                p.dev.write_config(offset, &v[..width.min(8)]);
+            }
+            7 => {
+                // Through the PCI_CFG window (4.1.4.9): a random BAR access.
+                let (bar, off, len) = (rng.below(7) as u8, rng.below(0x7000) as u32, rng.pick(&[0u32, 1, 2, 4, 8]));
+                p.window(bar, off, len);
+                let data = p.caps.pci_cfg.pos + 16;
+                if rng.chance(50) {
+                    p.cfg32(data);
+                } else {
+                    p.cfg_write(data, 4, rng.next_u64() as u32);
+                }
+            }
+            8..=12 => {
+                let base = rng.pick(&[0x0u64, 0x1000, 0x2000, 0x3000, 0x4000, 0x6000]);
+                let offset = match rng.below(10) {
+                    0 => rng.next_u64(),
+                    1 => rng.below(0x8000),
+                    _ => base + rng.below(0x48),
+                };
+                let bar = if rng.chance(90) { 0 } else { rng.below(7) as u8 };
+                if rng.chance(50) {
+                    let mut d = vec![0u8; width];
+                    p.dev.read_bar(bar, offset, &mut d);
+                } else {
+                    let mut d = rng.next_u64().to_le_bytes().to_vec();
+                    d.resize(width, 0xff);
+                    p.dev.write_bar(bar, offset, &d);
+                    reset_written = bar == 0 && offset == DEVICE_STATUS && width == 1 && d[0] == 0;
+                }
+            }
+            13..=15 => {
+                let v = random_status(&mut rng);
+                p.common_write(DEVICE_STATUS, 1, u64::from(v));
+                reset_written = v == 0;
+            }
+            16 => {
+                // From a reset: nothing runs until DRIVER_OK again.
+                let features = match rng.below(3) {
+                    0 => F_VERSION_1 | (OFFERED & rng.next_u64()),
+                    1 => OFFERED & rng.next_u64(),
+                    _ => rng.next_u64(),
+                };
+                p.negotiate(features);
+                activated_since_reset = false;
+                resets_seen += 1;
+            }
+            17 | 18 => {
+                let features = F_VERSION_1 | (OFFERED & rng.next_u64());
+                let with_vectors = rng.chance(50);
+                _drivers = p.bring_up(features, &[0, 1], with_vectors);
+                bring_ups += 1;
+                activated_since_reset = false;
+                if rng.chance(50) {
+                    p.program_all_vectors_and_enable();
+                }
+            }
+            19 => {
+                let (interrupt, status) = {
+                    let s = lock(&p.state);
+                    (s.interrupt.clone(), s.status.clone())
+                };
+                if let Some(i) = interrupt {
+                    match rng.below(4) {
+                        0 | 1 => i.notify_queue(rng.below(4) as u16),
+                        2 => i.notify_config(),
+                        _ => {
+                            if let Some(s) = status {
+                                s.needs_reset();
+                            }
+                        }
+                    }
+                }
+            }
+            20 => p.enable_msix(rng.chance(50)),
+            21 => {
+                let v = rng.below(u64::from(vectors) + 2) as u16;
+                let msg = MsiMessage { address: rng.next_u64(), data: rng.next_u64() as u32 };
+                if v < vectors {
+                    p.program_vector(v, msg);
+                }
+                p.common_write(rng.pick(&[CONFIG_MSIX_VECTOR, QUEUE_MSIX_VECTOR]), 2, u64::from(v));
+            }
+            _ => {
+                let up = p.intx.level();
+                let isr = p.isr();
+                assert!(!up || isr != 0, "INTx up with the ISR clear");
+                assert!(!p.intx.level(), "INTx still up after the ISR read");
+            }
+        }
+
+        let status = p.status();
+        if reset_written {
+            assert_eq!(status, 0, "status after a reset");
+            activated_since_reset = false;
+            resets_seen += 1;
+        }
+        let activated = p.activations();
+        if activated > activations {
+            assert_eq!(activated, activations + 1);
+            let all = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+            assert_eq!(status & all, all, "activated with status {status:#x}");
+            assert!(!activated_since_reset, "activated twice without a reset");
+            activated_since_reset = true;
+        }
+        if status & FEATURES_OK != 0 {
+            let acked = *lock(&p.state).acked.last().expect("FEATURES_OK without acknowledged features");
+            assert_eq!(acked & !OFFERED, 0, "acknowledged features not offered");
+            assert_ne!(acked & F_VERSION_1, 0);
+        } else {
+            assert!(!activated_since_reset, "running without FEATURES_OK (status {status:#x})");
+        }
+        for e in p.msi.take() {
+            let v = match e {
+                MsiEvent::Update(v, _) | MsiEvent::Trigger(v) => v,
+            };
+            assert!(v < vectors, "vector {v} of {vectors}: {e:?}");
+        }
+    }
+    p.common_write(DEVICE_STATUS, 1, 0);
+    assert_eq!(p.status(), 0);
+    assert!(bring_ups > 200 && resets_seen > 300, "{bring_ups} {resets_seen}");
 }
