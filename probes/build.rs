@@ -220,6 +220,7 @@ fn main() {
     let blk_o = out.join("virtio_blk.o");
     let net_o = out.join("virtio_net.o");
     let misc_o = out.join("virtio_misc.o");
+    let spec_o = out.join("virtio_spec.o");
     let vsock_o = out.join("virtio_vsock.o");
     let balloon_o = out.join("virtio_balloon.o");
     let irq_o = out.join("irq.o");
@@ -233,6 +234,7 @@ fn main() {
         ("virtio_blk.c", &blk_o),
         ("virtio_net.c", &net_o),
         ("virtio_misc.c", &misc_o),
+        ("virtio_spec.c", &spec_o),
         ("virtio_vsock.c", &vsock_o),
         ("virtio_balloon.c", &balloon_o),
         ("irq.c", &irq_o),
@@ -258,8 +260,8 @@ fn main() {
 
     let linux64 = out.join("probe-linux64.elf");
     let pvh = out.join("probe-pvh.elf");
-    let objs: [&Path; 10] =
-        [&entry_o, &probe_o, &pci_o, &virtio_o, &blk_o, &net_o, &misc_o, &vsock_o, &balloon_o, &irq_o];
+    let objs: [&Path; 11] =
+        [&entry_o, &probe_o, &pci_o, &virtio_o, &blk_o, &net_o, &misc_o, &spec_o, &vsock_o, &balloon_o, &irq_o];
     link(&ld, &ld64, &objs, &linux64);
     let mut pvh_objs = objs.to_vec();
     pvh_objs.push(&note_o);

@@ -574,6 +574,8 @@ static void parse_cmdline(void)
 			opts.rng = 1;
 		else if (token_is(t, len, "console"))
 			opts.vcon = 1;
+		else if (token_is(t, len, "vpci-spec"))
+			opts.vpci_spec = opts.pci = 1;	/* PCI only, also with mmio */
 		else if (token_is(t, len, "mq"))
 			opts.mq = 1;
 		else if (token_is(t, len, "evidx"))
@@ -607,7 +609,8 @@ static void parse_cmdline(void)
 		}
 	}
 	/* `mmio` alone means the block device; with another driver it is that driver's transport. */
-	int other = opts.net || opts.rng || opts.vcon || opts.vsock || opts.vsock_listen_set || opts.balloon;
+	int other = opts.net || opts.rng || opts.vcon || opts.vsock || opts.vsock_listen_set || opts.balloon ||
+		    opts.vpci_spec;
 	if (opts.mmio && !other)
 		opts.blk = 1;
 	if ((opts.blk || other) && !opts.mmio)
@@ -1453,6 +1456,8 @@ void probe_main(u32 boot_kind, u64 boot_info)
 		pci_report();
 	if (opts.blk)
 		blk_report();
+	if (opts.vpci_spec)
+		vpci_spec_report();
 	if (opts.rng)
 		rng_report();
 	if (opts.vcon)

@@ -181,6 +181,22 @@ fn rng_fills_buffers_in_every_interrupt_mode() {
     }
 }
 
+/// The probe's virtio-pci transport spec checks (`vpci-spec`, also run under QEMU in
+/// tests/tests/qemu_virtio_misc.rs) on the virtio-rng function, then the normal rng run.
+#[test]
+fn virtio_pci_transport_spec_checks() {
+    let out = run(&["--kernel", rvmm_probes::PVH_ELF, "--rng", "--cmdline", "rng vpci-spec"]);
+    let r = out.report();
+    let checks: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("vpci-spec-")).collect();
+    assert!(checks.len() > 10, "too few vpci-spec lines\n{}", out.describe());
+    for (k, v) in &checks {
+        assert_eq!(v, "ok", "{k}\n{}", out.describe());
+    }
+    assert_eq!(r.get("vpci-spec-result"), Some("ok"), "{}", out.describe());
+    assert_eq!(r.get("rng-result"), Some("ok"), "{}", out.describe());
+    assert_exit(&out, 0);
+}
+
 #[test]
 fn virtio_console_output_and_input() {
     // The console is the virtio-console: its output on stdout, typed bytes to the guest.

@@ -144,6 +144,24 @@ fn rng_mmio_irq() {
     }
 }
 
+/// The virtio-pci transport spec checks (`vpci-spec`) on the same virtio-rng function,
+/// then the normal rng run: every `vpci-spec-*` line must be `ok`. rvmm runs the same
+/// in rvmm/tests/virtio_devices.rs.
+#[test]
+fn rng_pci_transport_spec_checks() {
+    if let Some((r, out)) = rng_case("rng_pci_transport_spec_checks", "q35", "rng vpci-spec", RNG_PCI) {
+        let checks: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("vpci-spec-")).collect();
+        for (k, v) in &checks {
+            eprintln!("rng_pci_transport_spec_checks: {k}: {v}");
+        }
+        assert!(checks.len() > 10, "too few vpci-spec lines\n{}", out.describe());
+        for (k, v) in &checks {
+            assert_eq!(v, "ok", "{k}\n{}", out.describe());
+        }
+        assert_eq!(r.get("vpci-spec-result"), Some("ok"), "{}", out.describe());
+    }
+}
+
 // ---- virtio-console ----
 
 /// Transmit only: the port's chardev is a file, which must then hold the hello line.
