@@ -112,6 +112,7 @@ struct probe_opts {
 	int rng;	/* drive a virtio-rng device */
 	int vcon;	/* drive a virtio-console device (token `console`) */
 	int vpci_spec;	/* vpci-spec: virtio-pci transport spec checks on the virtio-rng function */
+	int vmmio_spec;	/* vmmio-spec: virtio-mmio transport spec checks on the virtio-rng device */
 	int mq;		/* virtio-net: 2 queue pairs through the control queue */
 	int event_idx;	/* evidx: negotiate VIRTIO_F_EVENT_IDX and follow avail_event/used_event */
 	u8 ip[4];	/* virtio-net: our IPv4 address (ip=), default 192.0.2.2 */
@@ -165,6 +166,7 @@ void blk_report(void);
 void net_report(void);
 void rng_report(void);
 void vpci_spec_report(void);
+void vmmio_spec_report(void);
 void vcon_report(void);
 void vsock_report(void);
 void balloon_report(void);

@@ -576,6 +576,8 @@ static void parse_cmdline(void)
 			opts.vcon = 1;
 		else if (token_is(t, len, "vpci-spec"))
 			opts.vpci_spec = opts.pci = 1;	/* PCI only, also with mmio */
+		else if (token_is(t, len, "vmmio-spec"))
+			opts.vmmio_spec = 1;	/* virtio-mmio only, also without mmio */
 		else if (token_is(t, len, "mq"))
 			opts.mq = 1;
 		else if (token_is(t, len, "evidx"))
@@ -611,7 +613,7 @@ static void parse_cmdline(void)
 	/* `mmio` alone means the block device; with another driver it is that driver's transport. */
 	int other = opts.net || opts.rng || opts.vcon || opts.vsock || opts.vsock_listen_set || opts.balloon ||
 		    opts.vpci_spec;
-	if (opts.mmio && !other)
+	if (opts.mmio && !other && !opts.vmmio_spec)
 		opts.blk = 1;
 	if ((opts.blk || other) && !opts.mmio)
 		opts.pci = 1;
@@ -1458,6 +1460,8 @@ void probe_main(u32 boot_kind, u64 boot_info)
 		blk_report();
 	if (opts.vpci_spec)
 		vpci_spec_report();
+	if (opts.vmmio_spec)
+		vmmio_spec_report();
 	if (opts.rng)
 		rng_report();
 	if (opts.vcon)

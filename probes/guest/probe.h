@@ -25,6 +25,7 @@
 #define VEC_VIRTIO_LAST  0x5f
 #define VEC_BLK      0x40 /* virtio-blk request queue (MSI-X entry 1, INTx or virtio-mmio IRQ) */
 #define VEC_BLK_CFG  0x41 /* virtio-blk configuration change (MSI-X entry 0) */
+#define VEC_SPEC     0x42 /* vmmio-spec: the virtio-rng virtio-mmio IRQ */
 #define VEC_NET      0x48 /* virtio-net: 0x48 + MSI-X entry (0 config, 1.. queues); INTx 0x49 */
 #define VEC_RNG      0x50 /* virtio-rng: 0x50 + MSI-X entry; INTx 0x51 */
 #define VEC_VCON     0x54 /* virtio-console: 0x54 + MSI-X entry; INTx 0x55 */

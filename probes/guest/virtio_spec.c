@@ -1,12 +1,17 @@
 /*
- * `vpci-spec`: spec points of the virtio 1.x PCI transport (spec 4.1) where two VMMs
- * could read the text differently, checked on the first virtio-rng PCI function
- * (1af4:1044, or 1005) with the transport of virtio.c. One line per check,
- * "vpci-spec-<name>: ok" or "vpci-spec-<name>: fail <what was seen>", every check runs
- * whatever the others gave, then "vpci-spec-result: ok | fail N of M: <names>". Each
- * check leaves the device reset at the end, so `rng` can run after it.
+ * Spec points of the virtio 1.x transports where two VMMs could read the text
+ * differently, checked on the first virtio-rng device with the transports of virtio.c:
  *
- * See README.md ("virtio-pci transport checks") for the list.
+ * - `vpci-spec`: virtio over PCI (spec 4.1) on the first virtio-rng PCI function
+ *   (1af4:1044, or 1005);
+ * - `vmmio-spec`: virtio-mmio version 2 (spec 4.2) on the first virtio-rng virtio-mmio
+ *   device (ID 4) among the `virtio_mmio.device=` tokens.
+ *
+ * One line per check, "<token>-<name>: ok" or "<token>-<name>: fail <what was seen>",
+ * every check runs whatever the others gave, then "<token>-result: ok | fail N of M:
+ * <names>". Each token leaves the device reset at the end, so `rng` can run after it.
+ *
+ * See README.md ("virtio-pci transport checks", "virtio-mmio transport checks").
  */
 #include "virtio.h"
 
@@ -33,16 +38,48 @@
 #define NO_VECTOR 0xffff
 #define PCI_STATUS_INTERRUPT 0x08
 
+/* virtio-mmio registers (4.2.2), as in virtio.c, and the shared memory ones */
+#define MM_MAGIC 0x000
+#define MM_VERSION 0x004
+#define MM_DEVICE_ID 0x008
+#define MM_VENDOR_ID 0x00c
+#define MM_DF 0x010
+#define MM_DFSEL 0x014
+#define MM_Q_SEL 0x030
+#define MM_Q_NUM_MAX 0x034
+#define MM_Q_READY 0x044
+#define MM_INT_STATUS 0x060
+#define MM_INT_ACK 0x064
+#define MM_SHM_SEL 0x0ac
+#define MM_SHM_LEN_LO 0x0b0
+#define MM_SHM_LEN_HI 0x0b4
+#define MM_SHM_BASE_LO 0x0b8
+#define MM_SHM_BASE_HI 0x0bc
+#define MM_GENERATION 0x0fc
+
+#define MMIO_MAGIC 0x74726976	/* "virt" */
+
+/* ---- bookkeeping, shared by both tokens ---- */
+
+static const char *token;	/* "vpci-spec" or "vmmio-spec": the prefix of every line */
 static u32 n_checks, n_failed;
 static char failed_names[160];
 static u32 failed_len;
 
-/* Starts the line "vpci-spec-<name>: ok" or "...: fail"; the caller adds what it saw
+static void begin(const char *tok)
+{
+	token = tok;
+	n_checks = n_failed = failed_len = 0;
+	failed_names[0] = 0;
+}
+
+/* Starts the line "<token>-<name>: ok" or "...: fail"; the caller adds what it saw
  * after a failure and ends the line with end_line(). */
 static void check(const char *name, int ok)
 {
 	n_checks++;
-	puts("vpci-spec-");
+	puts(token);
+	putc('-');
 	puts(name);
 	puts(ok ? ": ok" : ": fail");
 	if (ok)
@@ -66,15 +103,39 @@ static void seen(const char *key, u64 val)
 	put_hex(val);
 }
 
-/* ---- the device ---- */
+/* "<token>-result: ok | fail <v->err> | fail N of M: <names>"; failed checks add
+ * "<token>: checks failed" to the probe's failures (v->err is there already). */
+static void put_result(struct vdev *v)
+{
+	puts(token);
+	puts("-result: ");
+	if (v->err) {
+		puts("fail ");
+		puts(v->err);
+	} else if (n_failed) {
+		puts("fail ");
+		put_dec(n_failed);
+		puts(" of ");
+		put_dec(n_checks);
+		puts(": ");
+		puts(failed_names);
+		char reason[32];
+		u32 n = 0;
+		for (const char *p = token; *p && n < 16; p++)
+			reason[n++] = *p;
+		for (const char *p = ": checks failed"; *p; p++)
+			reason[n++] = *p;
+		reason[n] = 0;
+		fail(reason);
+	} else {
+		puts("ok");
+	}
+	puts("\n");
+}
+
+/* ---- the device, and the checks both transports share ---- */
 
 static struct vdev dev;
-static u8 cfg_cap;		/* the VIRTIO_PCI_CAP_PCI_CFG capability, 0 if none */
-static u8 common_bar;		/* where the common configuration is */
-static u32 common_off;
-static u32 notify_len;		/* cap.length of the notification capability */
-
-static u64 cc(u32 off) { return dev.common + off; }
 
 /* Reset; returns the first status read and sets *after to the last one (bounded wait). */
 static u8 reset(u8 *after)
@@ -99,6 +160,116 @@ static u8 start(void)
 	vdev_write_features(&dev, F(F_VERSION_1));
 	return vdev_status(&dev);
 }
+
+/* device_feature_select / DeviceFeaturesSel, then device_feature / DeviceFeatures. */
+static u32 device_features(u32 sel)
+{
+	if (dev.mmio) {
+		wr32(dev.base + MM_DFSEL, sel);
+		return rd32(dev.base + MM_DF);
+	}
+	wr32(dev.common + CC_DFSELECT, sel);
+	return rd32(dev.common + CC_DF);
+}
+
+static u32 config_generation(void)
+{
+	return dev.mmio ? rd32(dev.base + MM_GENERATION) : rd8(dev.common + CC_GENERATION);
+}
+
+/* After reset, ACKNOWLEDGE, DRIVER: selecting feature bits 64-95 (select 2) and the
+ * last window (0xffffffff) reads 0, the device offering nothing there (4.1.4.3, 4.2.2:
+ * the window holds bits select * 32 to select * 32 + 31). */
+static void check_feature_select_high(void)
+{
+	u8 st;
+	reset(&st);
+	vdev_set_status(&dev, ST_ACKNOWLEDGE);
+	vdev_set_status(&dev, ST_ACKNOWLEDGE | ST_DRIVER);
+	u32 df2 = device_features(2), dfm = device_features(0xffffffff);
+	(void)device_features(0);
+	int ok = df2 == 0 && dfm == 0;
+	check("feature-select-high", ok);
+	if (!ok) {
+		seen("select2", df2);
+		seen("select0xffffffff", dfm);
+	}
+	end_line();
+}
+
+/* DRIVER_OK with no queue set up is allowed (a device may have nothing to run): the
+ * status reads 0x0f, no NEEDS_RESET. Then the reset reads 0 at once. */
+static void check_driver_ok_no_queue(void)
+{
+	u8 st = start(), st_ok = 0, st_reset = 0xff, st_reset_after = 0xff;
+	if (st == (ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK)) {
+		vdev_set_status(&dev, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+		st_ok = vdev_status(&dev);
+		st_reset = reset(&st_reset_after);
+	}
+	int ok = st_ok == 0x0f;
+	check("driver-ok-no-queue", ok);
+	if (!ok) {
+		seen("features-ok-status", st);
+		seen("status", st_ok);
+	}
+	end_line();
+	ok = st_reset == 0;
+	check("reset", ok);
+	if (!ok) {
+		seen("first-read", st_reset);
+		seen("later", st_reset_after);
+	}
+	end_line();
+}
+
+/* config_generation / ConfigGeneration does not move without a configuration change. */
+static void check_config_generation(void)
+{
+	u32 g1 = config_generation(), g2 = config_generation();
+	int ok = g1 == g2;
+	check("config-generation", ok);
+	if (!ok) {
+		seen("first", g1);
+		seen("second", g2);
+	}
+	end_line();
+}
+
+/* Reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK for the checks that follow; a
+ * device that refuses gives "features-ok: fail". Returns 0 if it refused. */
+static int features_ok(void)
+{
+	u8 st = start();
+	if (st == (ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK))
+		return 1;
+	check("features-ok", 0);
+	seen("status", st);
+	end_line();
+	return 0;
+}
+
+/* The largest power of two below `max`, at most VQ_MAX (0 if max < 2). */
+static u16 smaller_size(u32 max)
+{
+	u16 size = VQ_MAX;
+	while (size && size >= max)
+		size >>= 1;
+	return size;
+}
+
+/* Rings and the buffer of the one request each token makes. */
+static struct vring_page spec_ring NOINIT;
+static u8 spec_buf[16] __attribute__((aligned(16)));
+
+/* ---- virtio-pci ---- */
+
+static u8 cfg_cap;		/* the VIRTIO_PCI_CAP_PCI_CFG capability, 0 if none */
+static u8 common_bar;		/* where the common configuration is */
+static u32 common_off;
+static u32 notify_len;		/* cap.length of the notification capability */
+
+static u64 cc(u32 off) { return dev.common + off; }
 
 /* Points the PCI_CFG window at `off` bytes into the common configuration. */
 static void window(u32 off, u32 len)
@@ -243,9 +414,6 @@ static void pci_cfg_checks(void)
 
 /* ---- the rest of 4.1.4.3-4.1.4.5 ---- */
 
-static struct vring_page spec_ring NOINIT;
-static u8 spec_buf[16] __attribute__((aligned(16)));
-
 /* One 16-byte request on queue 0 (size `size`) with interrupts wanted, then the ISR. */
 static void isr_checks(u16 size)
 {
@@ -308,62 +476,18 @@ void vpci_spec_report(void)
 	v->name = "vpci";
 	v->irq = IRQ_POLL;
 	v->quiet_scan = 1;
-	n_checks = n_failed = failed_len = 0;
-	failed_names[0] = 0;
+	begin("vpci-spec");
 	cfg_cap = 0;
 	if (vdev_find_pci(v, 0x1044, 0x1005, "virtio-rng") < 0)
 		goto out;
 	find_caps();
 
-	/* 3: device_feature_select past the feature bits reads device_feature 0. */
-	u8 st;
-	reset(&st);
-	vdev_set_status(v, ST_ACKNOWLEDGE);
-	vdev_set_status(v, ST_ACKNOWLEDGE | ST_DRIVER);
-	wr32(cc(CC_DFSELECT), 2);
-	u32 df2 = rd32(cc(CC_DF));
-	wr32(cc(CC_DFSELECT), 0xffffffff);
-	u32 dfm = rd32(cc(CC_DF));
-	wr32(cc(CC_DFSELECT), 0);
-	int ok = df2 == 0 && dfm == 0;
-	check("feature-select-high", ok);
-	if (!ok) {
-		seen("select2", df2);
-		seen("select0xffffffff", dfm);
-	}
-	end_line();
-
-	/* 2: DRIVER_OK with no queue enabled, then reset. */
-	st = start();
-	u8 st_ok = 0, st_reset = 0xff, st_reset_after = 0xff;
-	if (st == (ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK)) {
-		vdev_set_status(v, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
-		st_ok = vdev_status(v);
-		st_reset = reset(&st_reset_after);
-	}
-	ok = st_ok == 0x0f;
-	check("driver-ok-no-queue", ok);
-	if (!ok) {
-		seen("features-ok-status", st);
-		seen("status", st_ok);
-	}
-	end_line();
-	ok = st_reset == 0;
-	check("reset", ok);
-	if (!ok) {
-		seen("first-read", st_reset);
-		seen("later", st_reset_after);
-	}
-	end_line();
+	check_feature_select_high();
+	check_driver_ok_no_queue();
 
 	/* The rest on a device with FEATURES_OK, as a driver sets up its queues. */
-	st = start();
-	if (st != (ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK)) {
-		check("features-ok", 0);
-		seen("status", st);
-		end_line();
+	if (!features_ok())
 		goto done;
-	}
 
 	/* 1: the PCI_CFG window. */
 	check("pcicfg-cap", cfg_cap != 0);
@@ -371,9 +495,9 @@ void vpci_spec_report(void)
 	if (cfg_cap)
 		pci_cfg_checks();
 
-	/* 4: a queue past num_queues is unavailable: queue_size 0, no MSI-X vector. */
+	/* A queue past num_queues is unavailable: queue_size 0, no MSI-X vector. */
 	u16 nq = rd16(cc(CC_NUM_QUEUES));
-	ok = 1;
+	int ok = 1;
 	u16 bad_sel = 0, bad_size = 0, bad_vec = 0;
 	for (u16 qi = nq; qi < nq + 2; qi++) {
 		wr16(cc(CC_Q_SELECT), qi);
@@ -395,9 +519,9 @@ void vpci_spec_report(void)
 	}
 	end_line();
 
-	/* 5: a smaller power of two written to queue_size reads back. */
+	/* A smaller power of two written to queue_size reads back. */
 	u16 max = rd16(cc(CC_Q_SIZE));
-	u16 size = max > VQ_MAX ? VQ_MAX : max / 2;
+	u16 size = smaller_size(max);
 	u16 size_back = 0;
 	if (size) {
 		wr16(cc(CC_Q_SIZE), size);
@@ -412,17 +536,9 @@ void vpci_spec_report(void)
 	}
 	end_line();
 
-	/* 6: config_generation does not move without a configuration change. */
-	u8 g1 = rd8(cc(CC_GENERATION)), g2 = rd8(cc(CC_GENERATION));
-	ok = g1 == g2;
-	check("config-generation", ok);
-	if (!ok) {
-		seen("first", g1);
-		seen("second", g2);
-	}
-	end_line();
+	check_config_generation();
 
-	/* 8: queue_notify_off is stable; notify_off_multiplier is 0 or an even power of
+	/* queue_notify_off is stable; notify_off_multiplier is 0 or an even power of
 	 * 2; the notification capability covers the queue's address (4.1.4.4). */
 	u16 no1 = rd16(cc(CC_Q_NOTIFY_OFF)), no2 = rd16(cc(CC_Q_NOTIFY_OFF));
 	u32 m = v->notify_mult;
@@ -437,10 +553,11 @@ void vpci_spec_report(void)
 	}
 	end_line();
 
-	/* 7: one request with interrupts wanted; the ISR clears on read. */
+	/* One request with interrupts wanted; the ISR clears on read. */
 	isr_checks(size ? size : max);
 
 	/* After a reset queue 0 is back to its maximum size and disabled. */
+	u8 st;
 	reset(&st);
 	wr16(cc(CC_Q_SELECT), 0);
 	u16 size_reset = rd16(cc(CC_Q_SIZE)), enable_reset = rd16(cc(CC_Q_ENABLE));
@@ -458,20 +575,218 @@ done:
 	vdev_set_status(v, 0);
 	(void)rd8(v->isr);	/* nothing may stay pending for the next driver */
 out:
-	puts("vpci-spec-result: ");
-	if (v->err) {
-		puts("fail ");
-		puts(v->err);
-	} else if (n_failed) {
-		puts("fail ");
-		put_dec(n_failed);
-		puts(" of ");
-		put_dec(n_checks);
-		puts(": ");
-		puts(failed_names);
-		fail("vpci-spec: checks failed");
-	} else {
-		puts("ok");
+	put_result(v);
+}
+
+/* ---- virtio-mmio (4.2.2, version 2) ---- */
+
+static u64 mm(u32 off) { return dev.base + off; }
+
+/* LAPIC IRR: is `vec` waiting for delivery (interrupts off)? */
+static int irr_pending(u8 vec) { return (lapic_rd(0x200 + 0x10 * (vec >> 5)) >> (vec & 31)) & 1; }
+
+/* With queue 0 running: one 16-byte request with interrupts wanted (`flags` 0) while
+ * the probe's interrupts are off and the device's line is routed to dev.vec[1] (or
+ * not routed, gsi < 0). InterruptStatus bit 0 comes up and InterruptACK clears it
+ * (4.2.2); the vector waits in the LAPIC's IRR, and one `sti; hlt` lets it in. */
+static void mmio_irq_checks(struct vq *q)
+{
+	u32 idle = rd32(mm(MM_INT_STATUS));
+	q->avail->flags = 0;	/* vq_setup asked for no interrupts (polling): want one here */
+	mb();
+	struct seg s = { spec_buf, sizeof(spec_buf), 1 };
+	if (vq_run(&dev, q, &s, 1, NULL) < 0) {
+		check("interrupt-status", 0);
+		puts(" request failed");
+		end_line();
+		return;
 	}
+	/* The device sets InterruptStatus before it raises the line, but under TCG the used
+	 * index may show before either: wait a little for both. */
+	u8 vec = dev.vec[1];
+	u32 st1 = 0;
+	int pending = 0;
+	u64 t0 = rdtsc();
+	do {
+		st1 = rd32(mm(MM_INT_STATUS));
+		pending = dev.gsi >= 0 && irr_pending(vec);
+		if ((st1 & 1) && (pending || dev.gsi < 0))
+			break;
+		cpu_relax();
+	} while (rdtsc() - t0 < 100 * TSC_PER_MS);
+	wr32(mm(MM_INT_ACK), st1);
+	u32 st2 = rd32(mm(MM_INT_STATUS));
+	int ok = idle == 0 && (st1 & 1) && st2 == 0;
+	check("interrupt-status", ok);
+	if (!ok) {
+		seen("before", idle);
+		seen("after-request", st1);
+		seen("after-ack", st2);
+	}
+	end_line();
+	if (dev.gsi < 0)
+		return;	/* no IOAPIC pin: vdev_setup_intx failed and said so */
+
+	/* The line went down with the ACK: the one interrupt latched in the IRR is taken
+	 * (the handler, in INTx mode, finds InterruptStatus 0) and no other follows. */
+	u32 seen0 = dev.irqs + dev.isr_other;
+	dev.irq = IRQ_INTX;
+	if (pending)
+		wait_irq();
+	u32 taken = dev.irqs + dev.isr_other - seen0;
+	int again = irr_pending(vec);
+	dev.irq = IRQ_POLL;
+	ok = pending && taken == 1 && !again;
+	check("interrupt-line", ok);
+	if (!ok) {
+		seen("irr", pending);
+		seen("taken", taken);
+		seen("irr-after", again);
+	}
+	end_line();
+}
+
+void vmmio_spec_report(void)
+{
+	static struct vq q;
+	struct vdev *v = &dev;
+	memset(v, 0, sizeof(*v));
+	v->name = "vmmio";
+	v->irq = IRQ_POLL;
+	v->quiet_scan = 1;
+	v->vec[1] = VEC_SPEC;
+	v->gsi = -1;
+	begin("vmmio-spec");
+	if (vdev_find_mmio(v, 4, "entropy device") < 0)
+		goto out;
+
+	/* MagicValue, Version, DeviceID as vdev_find_mmio took them; VendorID any value,
+	 * but the same on every read. */
+	u32 magic = rd32(mm(MM_MAGIC)), version = rd32(mm(MM_VERSION)), id = rd32(mm(MM_DEVICE_ID));
+	u32 vendor = rd32(mm(MM_VENDOR_ID)), vendor2 = rd32(mm(MM_VENDOR_ID));
+	puts("vmmio-id: vendor=");
+	put_hex8(vendor);
 	puts("\n");
+	int ok = magic == MMIO_MAGIC && version == 2 && id == 4 && vendor == vendor2;
+	check("id", ok);
+	if (!ok) {
+		seen("magic", magic);
+		seen("version", version);
+		seen("device", id);
+		seen("vendor", vendor);
+		seen("vendor-again", vendor2);
+	}
+	end_line();
+
+	check_feature_select_high();
+	check_driver_ok_no_queue();
+
+	/* The rest on a device with FEATURES_OK, as a driver sets up its queues. */
+	if (!features_ok())
+		goto done;
+
+	/* virtio-rng has one queue (5.4.2): QueueSel 1 and 2 name none, QueueNumMax reads 0
+	 * ("the queue is not available") and QueueReady 0. */
+	ok = 1;
+	u32 bad_sel = 0, bad_max = 0, bad_ready = 0;
+	for (u32 qi = 1; qi <= 2; qi++) {
+		wr32(mm(MM_Q_SEL), qi);
+		u32 max = rd32(mm(MM_Q_NUM_MAX)), ready = rd32(mm(MM_Q_READY));
+		if (ok && (max != 0 || ready != 0)) {
+			ok = 0;
+			bad_sel = qi;
+			bad_max = max;
+			bad_ready = ready;
+		}
+	}
+	wr32(mm(MM_Q_SEL), 0);
+	check("queue-select-high", ok);
+	if (!ok) {
+		seen("queue_sel", bad_sel);
+		seen("queue_num_max", bad_max);
+		seen("queue_ready", bad_ready);
+	}
+	end_line();
+
+	/* No shared memory region 0 (4.2.2): SHMLen reads 0xffffffffffffffff, and so does
+	 * SHMBase. */
+	wr32(mm(MM_SHM_SEL), 0);
+	u32 len_lo = rd32(mm(MM_SHM_LEN_LO)), len_hi = rd32(mm(MM_SHM_LEN_HI));
+	u32 base_lo = rd32(mm(MM_SHM_BASE_LO)), base_hi = rd32(mm(MM_SHM_BASE_HI));
+	ok = len_lo == 0xffffffff && len_hi == 0xffffffff;
+	check("shm-len", ok);
+	if (!ok)
+		seen("len", (u64)len_hi << 32 | len_lo);
+	end_line();
+	ok = base_lo == 0xffffffff && base_hi == 0xffffffff;
+	check("shm-base", ok);
+	if (!ok)
+		seen("base", (u64)base_hi << 32 | base_lo);
+	end_line();
+
+	check_config_generation();
+
+	/* Queue 0 with a smaller power of two in QueueNum, the three addresses as 32-bit
+	 * halves, QueueReady 1 (vq_setup), which reads back 1. */
+	wr32(mm(MM_Q_SEL), 0);
+	u32 max = rd32(mm(MM_Q_NUM_MAX));
+	u16 size = smaller_size(max);
+	int set_up = size && vq_setup(v, &q, 0, &spec_ring, size, 0) == 0;
+	u32 ready = rd32(mm(MM_Q_READY));
+	ok = set_up && q.size == size && ready == 1;
+	check("queue-setup", ok);
+	if (!ok) {
+		seen("queue_num_max", max);
+		seen("queue_num", size);
+		seen("queue_ready", ready);
+	}
+	end_line();
+	if (!set_up)
+		goto done;
+
+	/* The device's line through the IOAPIC to VEC_SPEC (masked again at the end; the
+	 * requests still poll), with only our vectors let in, then DRIVER_OK. */
+	pic_mask_all();
+	lapic_wr(0x80, 0);	/* TPR: accept everything */
+	vdev_setup_intx(v);	/* "vmmio-irq: mmio irq=N gsi=N trigger=level" */
+	if (vdev_driver_ok(v) < 0)
+		goto done;
+	mmio_irq_checks(&q);
+
+	/* 4.2.2.2: to stop using the queue the driver writes 0 to QueueReady and reads it
+	 * back; while the device runs (after DRIVER_OK) it reads 0. */
+	wr32(mm(MM_Q_SEL), 0);
+	u32 ready_before = rd32(mm(MM_Q_READY));
+	wr32(mm(MM_Q_READY), 0);
+	u32 ready_after = rd32(mm(MM_Q_READY));
+	ok = ready_before == 1 && ready_after == 0;
+	check("queue-ready-stop", ok);
+	if (!ok) {
+		seen("before", ready_before);
+		seen("after", ready_after);
+	}
+	end_line();
+
+	/* After a reset queue 0 is not ready and still offers its maximum. */
+	u8 st;
+	reset(&st);
+	wr32(mm(MM_Q_SEL), 0);
+	u32 ready_reset = rd32(mm(MM_Q_READY)), max_reset = rd32(mm(MM_Q_NUM_MAX));
+	ok = st == 0 && ready_reset == 0 && max_reset == max;
+	check("reset-queue", ok);
+	if (!ok) {
+		seen("status", st);
+		seen("queue_ready", ready_reset);
+		seen("queue_num_max", max_reset);
+		seen("max", max);
+	}
+	end_line();
+
+done:
+	vdev_set_status(v, 0);
+	if (v->gsi >= 0)
+		ioapic_mask_gsi((u32)v->gsi);
+	wr32(mm(MM_INT_ACK), rd32(mm(MM_INT_STATUS)));	/* nothing may stay pending */
+out:
+	put_result(v);
 }

@@ -197,6 +197,24 @@ fn virtio_pci_transport_spec_checks() {
     assert_exit(&out, 0);
 }
 
+/// The probe's virtio-mmio transport spec checks (`vmmio-spec`, also run under QEMU in
+/// tests/tests/qemu_virtio_misc.rs) on the virtio-rng virtio-mmio device, then the
+/// normal rng run.
+#[test]
+fn virtio_mmio_transport_spec_checks() {
+    let out =
+        run(&["--kernel", rvmm_probes::PVH_ELF, "--rng", "--transport", "mmio", "--cmdline", "mmio rng vmmio-spec"]);
+    let r = out.report();
+    let checks: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("vmmio-spec-")).collect();
+    assert!(checks.len() > 10, "too few vmmio-spec lines\n{}", out.describe());
+    for (k, v) in &checks {
+        assert_eq!(v, "ok", "{k}\n{}", out.describe());
+    }
+    assert_eq!(r.get("vmmio-spec-result"), Some("ok"), "{}", out.describe());
+    assert_eq!(r.get("rng-result"), Some("ok"), "{}", out.describe());
+    assert_exit(&out, 0);
+}
+
 #[test]
 fn virtio_console_output_and_input() {
     // The console is the virtio-console: its output on stdout, typed bytes to the guest.
