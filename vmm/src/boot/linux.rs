@@ -525,12 +525,11 @@ struct KernelPlacement {
     end: u64,
 }
 
-/// Places a bzImage's protected-mode kernel of `payload_len` bytes as boot.rst says:
-///
-/// * not relocatable: at 0x100000, the bzImage load address; the kernel moves
-///   itself to `pref_address` (protocol 2.10+) if that is elsewhere;
-/// * relocatable (protocol 2.05+): at the first address at or above 1 MiB
-///   that satisfies `kernel_alignment`.
+/// Places a bzImage's protected-mode kernel of `payload_len` bytes at 0x100000,
+/// the bzImage load address of boot.rst (and where QEMU, Firecracker and
+/// Cloud Hypervisor put it). A non-relocatable kernel moves itself to
+/// `pref_address` (protocol 2.10+) if that is elsewhere; a relocatable one
+/// (protocol 2.05+) realigns itself to `kernel_alignment`.
 ///
 /// The kernel then needs `init_size` bytes (protocol 2.10+) from its runtime
 /// start: `align_up(max(load address, pref_address), kernel_alignment)` if
