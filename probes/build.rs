@@ -221,6 +221,8 @@ fn main() {
     let net_o = out.join("virtio_net.o");
     let misc_o = out.join("virtio_misc.o");
     let spec_o = out.join("virtio_spec.o");
+    let spec_common_o = out.join("spec.o");
+    let legacy_o = out.join("legacy_spec.o");
     let vsock_o = out.join("virtio_vsock.o");
     let balloon_o = out.join("virtio_balloon.o");
     let irq_o = out.join("irq.o");
@@ -235,6 +237,8 @@ fn main() {
         ("virtio_net.c", &net_o),
         ("virtio_misc.c", &misc_o),
         ("virtio_spec.c", &spec_o),
+        ("spec.c", &spec_common_o),
+        ("legacy_spec.c", &legacy_o),
         ("virtio_vsock.c", &vsock_o),
         ("virtio_balloon.c", &balloon_o),
         ("irq.c", &irq_o),
@@ -260,8 +264,21 @@ fn main() {
 
     let linux64 = out.join("probe-linux64.elf");
     let pvh = out.join("probe-pvh.elf");
-    let objs: [&Path; 11] =
-        [&entry_o, &probe_o, &pci_o, &virtio_o, &blk_o, &net_o, &misc_o, &spec_o, &vsock_o, &balloon_o, &irq_o];
+    let objs: [&Path; 13] = [
+        &entry_o,
+        &probe_o,
+        &pci_o,
+        &virtio_o,
+        &blk_o,
+        &net_o,
+        &misc_o,
+        &spec_o,
+        &spec_common_o,
+        &legacy_o,
+        &vsock_o,
+        &balloon_o,
+        &irq_o,
+    ];
     link(&ld, &ld64, &objs, &linux64);
     let mut pvh_objs = objs.to_vec();
     pvh_objs.push(&note_o);

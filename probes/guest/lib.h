@@ -113,6 +113,7 @@ struct probe_opts {
 	int vcon;	/* drive a virtio-console device (token `console`) */
 	int vpci_spec;	/* vpci-spec: virtio-pci transport spec checks on the virtio-rng function */
 	int vmmio_spec;	/* vmmio-spec: virtio-mmio transport spec checks on the virtio-rng device */
+	int legacy_spec;	/* legacy-spec: UART, RTC, i8042, port 0x61 and CF8 datasheet checks */
 	int mq;		/* virtio-net: 2 queue pairs through the control queue */
 	int event_idx;	/* evidx: negotiate VIRTIO_F_EVENT_IDX and follow avail_event/used_event */
 	u8 ip[4];	/* virtio-net: our IPv4 address (ip=), default 192.0.2.2 */
@@ -160,13 +161,14 @@ void timer_stop(void);
  * counting seconds of wall-clock time without trusting the TSC rate. */
 u8 rtc_second(void);
 
-/* ---- pci.c, virtio_blk.c, virtio_net.c, virtio_misc.c, virtio_spec.c ---- */
+/* ---- pci.c, virtio_blk.c, virtio_net.c, virtio_misc.c, virtio_spec.c, legacy_spec.c ---- */
 void pci_report(void);
 void blk_report(void);
 void net_report(void);
 void rng_report(void);
 void vpci_spec_report(void);
 void vmmio_spec_report(void);
+void legacy_spec_report(void);	/* legacy_spec.c */
 void vcon_report(void);
 void vsock_report(void);
 void balloon_report(void);

@@ -578,6 +578,8 @@ static void parse_cmdline(void)
 			opts.vpci_spec = opts.pci = 1;	/* PCI only, also with mmio */
 		else if (token_is(t, len, "vmmio-spec"))
 			opts.vmmio_spec = 1;	/* virtio-mmio only, also without mmio */
+		else if (token_is(t, len, "legacy-spec"))
+			opts.legacy_spec = 1;
 		else if (token_is(t, len, "mq"))
 			opts.mq = 1;
 		else if (token_is(t, len, "evidx"))
@@ -1472,6 +1474,8 @@ void probe_main(u32 boot_kind, u64 boot_info)
 		vsock_report();
 	if (opts.balloon)
 		balloon_report();
+	if (opts.legacy_spec)
+		legacy_spec_report();	/* uses COM1 itself: before any serial input is taken */
 
 	irq_report();	/* pit, pic, ioapic (irq.c): nothing without those tokens */
 	int irqs = 0;

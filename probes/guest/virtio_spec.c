@@ -9,11 +9,13 @@
  *
  * One line per check, "<token>-<name>: ok" or "<token>-<name>: fail <what was seen>",
  * every check runs whatever the others gave, then "<token>-result: ok | fail N of M:
- * <names>". Each token leaves the device reset at the end, so `rng` can run after it.
+ * <names>" (the bookkeeping is spec.c's, shared with `legacy-spec`). Each token leaves the
+ * device reset at the end, so `rng` can run after it.
  *
  * See README.md ("virtio-pci transport checks", "virtio-mmio transport checks").
  */
 #include "virtio.h"
+#include "spec.h"
 
 /* virtio_pci_common_cfg (4.1.4.3), as in virtio.c */
 #define CC_DFSELECT 0x00
@@ -58,80 +60,6 @@
 #define MM_GENERATION 0x0fc
 
 #define MMIO_MAGIC 0x74726976	/* "virt" */
-
-/* ---- bookkeeping, shared by both tokens ---- */
-
-static const char *token;	/* "vpci-spec" or "vmmio-spec": the prefix of every line */
-static u32 n_checks, n_failed;
-static char failed_names[160];
-static u32 failed_len;
-
-static void begin(const char *tok)
-{
-	token = tok;
-	n_checks = n_failed = failed_len = 0;
-	failed_names[0] = 0;
-}
-
-/* Starts the line "<token>-<name>: ok" or "...: fail"; the caller adds what it saw
- * after a failure and ends the line with end_line(). */
-static void check(const char *name, int ok)
-{
-	n_checks++;
-	puts(token);
-	putc('-');
-	puts(name);
-	puts(ok ? ": ok" : ": fail");
-	if (ok)
-		return;
-	n_failed++;
-	if (failed_len && failed_len < sizeof(failed_names) - 1)
-		failed_names[failed_len++] = ' ';
-	for (const char *p = name; *p && failed_len < sizeof(failed_names) - 1; p++)
-		failed_names[failed_len++] = *p;
-	failed_names[failed_len] = 0;
-}
-
-static void end_line(void) { puts("\n"); }
-
-/* " key=0x.." after a failure. */
-static void seen(const char *key, u64 val)
-{
-	putc(' ');
-	puts(key);
-	putc('=');
-	put_hex(val);
-}
-
-/* "<token>-result: ok | fail <v->err> | fail N of M: <names>"; failed checks add
- * "<token>: checks failed" to the probe's failures (v->err is there already). */
-static void put_result(struct vdev *v)
-{
-	puts(token);
-	puts("-result: ");
-	if (v->err) {
-		puts("fail ");
-		puts(v->err);
-	} else if (n_failed) {
-		puts("fail ");
-		put_dec(n_failed);
-		puts(" of ");
-		put_dec(n_checks);
-		puts(": ");
-		puts(failed_names);
-		char reason[32];
-		u32 n = 0;
-		for (const char *p = token; *p && n < 16; p++)
-			reason[n++] = *p;
-		for (const char *p = ": checks failed"; *p; p++)
-			reason[n++] = *p;
-		reason[n] = 0;
-		fail(reason);
-	} else {
-		puts("ok");
-	}
-	puts("\n");
-}
 
 /* ---- the device, and the checks both transports share ---- */
 
@@ -189,12 +117,12 @@ static void check_feature_select_high(void)
 	u32 df2 = device_features(2), dfm = device_features(0xffffffff);
 	(void)device_features(0);
 	int ok = df2 == 0 && dfm == 0;
-	check("feature-select-high", ok);
+	spec_check("feature-select-high", ok);
 	if (!ok) {
-		seen("select2", df2);
-		seen("select0xffffffff", dfm);
+		spec_seen("select2", df2);
+		spec_seen("select0xffffffff", dfm);
 	}
-	end_line();
+	spec_end_line();
 }
 
 /* DRIVER_OK with no queue set up is allowed (a device may have nothing to run): the
@@ -208,19 +136,19 @@ static void check_driver_ok_no_queue(void)
 		st_reset = reset(&st_reset_after);
 	}
 	int ok = st_ok == 0x0f;
-	check("driver-ok-no-queue", ok);
+	spec_check("driver-ok-no-queue", ok);
 	if (!ok) {
-		seen("features-ok-status", st);
-		seen("status", st_ok);
+		spec_seen("features-ok-status", st);
+		spec_seen("status", st_ok);
 	}
-	end_line();
+	spec_end_line();
 	ok = st_reset == 0;
-	check("reset", ok);
+	spec_check("reset", ok);
 	if (!ok) {
-		seen("first-read", st_reset);
-		seen("later", st_reset_after);
+		spec_seen("first-read", st_reset);
+		spec_seen("later", st_reset_after);
 	}
-	end_line();
+	spec_end_line();
 }
 
 /* config_generation / ConfigGeneration does not move without a configuration change. */
@@ -228,12 +156,12 @@ static void check_config_generation(void)
 {
 	u32 g1 = config_generation(), g2 = config_generation();
 	int ok = g1 == g2;
-	check("config-generation", ok);
+	spec_check("config-generation", ok);
 	if (!ok) {
-		seen("first", g1);
-		seen("second", g2);
+		spec_seen("first", g1);
+		spec_seen("second", g2);
 	}
-	end_line();
+	spec_end_line();
 }
 
 /* Reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK for the checks that follow; a
@@ -243,9 +171,9 @@ static int features_ok(void)
 	u8 st = start();
 	if (st == (ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK))
 		return 1;
-	check("features-ok", 0);
-	seen("status", st);
-	end_line();
+	spec_check("features-ok", 0);
+	spec_seen("status", st);
+	spec_end_line();
 	return 0;
 }
 
@@ -321,14 +249,14 @@ static void pci_cfg_checks(void)
 		via[sel] = pci_rd32(d, data);
 	}
 	ok = direct[0] == via[0] && direct[1] == via[1];
-	check("pcicfg-read32", ok);
+	spec_check("pcicfg-read32", ok);
 	if (!ok) {
-		seen("bar0", direct[0]);
-		seen("window0", via[0]);
-		seen("bar1", direct[1]);
-		seen("window1", via[1]);
+		spec_seen("bar0", direct[0]);
+		spec_seen("window0", via[0]);
+		spec_seen("bar1", direct[1]);
+		spec_seen("window1", via[1]);
 	}
-	end_line();
+	spec_end_line();
 
 	/* A known dword with four different bytes: queue_desc (low half) of queue 0. */
 	const u32 pat = 0x87654320;
@@ -338,13 +266,13 @@ static void pci_cfg_checks(void)
 	window(CC_Q_DESC, 4);
 	u16 w0 = pci_rd16(d, data), w2 = pci_rd16(d, data + 2);
 	ok = back == pat && w0 == (u16)pat && w2 == (u16)(pat >> 16);
-	check("pcicfg-read16", ok);
+	spec_check("pcicfg-read16", ok);
 	if (!ok) {
-		seen("bar", back);
-		seen("at0", w0);
-		seen("at2", w2);
+		spec_seen("bar", back);
+		spec_seen("at0", w0);
+		spec_seen("at2", w2);
 	}
-	end_line();
+	spec_end_line();
 
 	u8 b[4];
 	for (u32 i = 0; i < 4; i++)
@@ -353,14 +281,14 @@ static void pci_cfg_checks(void)
 	for (u32 i = 0; i < 4; i++)
 		if (b[i] != (u8)(pat >> (8 * i)))
 			ok = 0;
-	check("pcicfg-read8", ok);
+	spec_check("pcicfg-read8", ok);
 	if (!ok) {
-		seen("at0", b[0]);
-		seen("at1", b[1]);
-		seen("at2", b[2]);
-		seen("at3", b[3]);
+		spec_seen("at0", b[0]);
+		spec_seen("at1", b[1]);
+		spec_seen("at2", b[2]);
+		spec_seen("at3", b[3]);
 	}
-	end_line();
+	spec_end_line();
 	wr32(cc(CC_Q_DESC), 0);
 
 	/* cap.length 2: queue_size of queue 0; cap.length 1: device_status. */
@@ -368,23 +296,23 @@ static void pci_cfg_checks(void)
 	window(CC_Q_SIZE, 2);
 	u16 qs_via = pci_rd16(d, data);
 	ok = qs == qs_via;
-	check("pcicfg-len2", ok);
+	spec_check("pcicfg-len2", ok);
 	if (!ok) {
-		seen("bar", qs);
-		seen("window", qs_via);
+		spec_seen("bar", qs);
+		spec_seen("window", qs_via);
 	}
-	end_line();
+	spec_end_line();
 
 	u8 st = vdev_status(&dev);
 	window(CC_STATUS, 1);
 	u8 st_via = pci_rd8(d, data);
 	ok = st == st_via;
-	check("pcicfg-len1", ok);
+	spec_check("pcicfg-len1", ok);
 	if (!ok) {
-		seen("bar", st);
-		seen("window", st_via);
+		spec_seen("bar", st);
+		spec_seen("window", st_via);
 	}
-	end_line();
+	spec_end_line();
 
 	/* Writes: device_feature_select with cap.length 4, queue_select with 2. */
 	wr32(cc(CC_DFSELECT), 0);
@@ -392,21 +320,21 @@ static void pci_cfg_checks(void)
 	pci_wr32(d, data, 1);
 	u32 sel = rd32(cc(CC_DFSELECT)), df = rd32(cc(CC_DF));
 	ok = sel == 1 && df == direct[1];
-	check("pcicfg-write32", ok);
+	spec_check("pcicfg-write32", ok);
 	if (!ok) {
-		seen("device_feature_select", sel);
-		seen("device_feature", df);
+		spec_seen("device_feature_select", sel);
+		spec_seen("device_feature", df);
 	}
-	end_line();
+	spec_end_line();
 
 	window(CC_Q_SELECT, 2);
 	pci_wr16(d, data, 5);
 	u16 qsel = rd16(cc(CC_Q_SELECT));
 	ok = qsel == 5;
-	check("pcicfg-write16", ok);
+	spec_check("pcicfg-write16", ok);
 	if (!ok)
-		seen("queue_select", qsel);
-	end_line();
+		spec_seen("queue_select", qsel);
+	spec_end_line();
 	wr16(cc(CC_Q_SELECT), 0);
 	wr32(cc(CC_DFSELECT), 0);
 	pci_wr32(d, cfg_cap + CAP_LENGTH, 0);
@@ -423,9 +351,9 @@ static void isr_checks(u16 size)
 	(void)rd8(dev.isr);
 	u8 idle = rd8(dev.isr);
 	if (vq_setup(&dev, &q, 0, &spec_ring, size, 0) < 0 || vdev_driver_ok(&dev) < 0) {
-		check("isr-read-clear", 0);
+		spec_check("isr-read-clear", 0);
 		puts(" queue setup or DRIVER_OK failed");
-		end_line();
+		spec_end_line();
 		return;
 	}
 	q.avail->flags = 0;	/* vq_setup asked for no interrupts (polling): want one here */
@@ -433,9 +361,9 @@ static void isr_checks(u16 size)
 	struct seg s = { spec_buf, sizeof(spec_buf), 1 };
 	i64 n = vq_run(&dev, &q, &s, 1, NULL);
 	if (n < 0) {
-		check("isr-read-clear", 0);
+		spec_check("isr-read-clear", 0);
 		puts(" request failed");
-		end_line();
+		spec_end_line();
 		return;
 	}
 	/* The device sets the ISR (and the PCI status bit, MSI-X being off) before it
@@ -453,20 +381,20 @@ static void isr_checks(u16 size)
 	}
 	u8 isr2 = rd8(dev.isr);
 	int ok = idle == 0 && (isr1 & 1) && isr2 == 0;
-	check("isr-read-clear", ok);
+	spec_check("isr-read-clear", ok);
 	if (!ok) {
-		seen("before", idle);
-		seen("first", isr1);
-		seen("second", isr2);
+		spec_seen("before", idle);
+		spec_seen("first", isr1);
+		spec_seen("second", isr2);
 	}
-	end_line();
+	spec_end_line();
 	ok = (pst1 & PCI_STATUS_INTERRUPT) && !(pst2 & PCI_STATUS_INTERRUPT);
-	check("isr-pci-status", ok);
+	spec_check("isr-pci-status", ok);
 	if (!ok) {
-		seen("status-before-isr-read", pst1);
-		seen("status-after", pst2);
+		spec_seen("status-before-isr-read", pst1);
+		spec_seen("status-after", pst2);
 	}
-	end_line();
+	spec_end_line();
 }
 
 void vpci_spec_report(void)
@@ -476,7 +404,7 @@ void vpci_spec_report(void)
 	v->name = "vpci";
 	v->irq = IRQ_POLL;
 	v->quiet_scan = 1;
-	begin("vpci-spec");
+	spec_begin("vpci-spec");
 	cfg_cap = 0;
 	if (vdev_find_pci(v, 0x1044, 0x1005, "virtio-rng") < 0)
 		goto out;
@@ -490,8 +418,8 @@ void vpci_spec_report(void)
 		goto done;
 
 	/* 1: the PCI_CFG window. */
-	check("pcicfg-cap", cfg_cap != 0);
-	end_line();
+	spec_check("pcicfg-cap", cfg_cap != 0);
+	spec_end_line();
 	if (cfg_cap)
 		pci_cfg_checks();
 
@@ -510,14 +438,14 @@ void vpci_spec_report(void)
 		}
 	}
 	wr16(cc(CC_Q_SELECT), 0);
-	check("queue-select-high", ok);
+	spec_check("queue-select-high", ok);
 	if (!ok) {
-		seen("num_queues", nq);
-		seen("queue_select", bad_sel);
-		seen("queue_size", bad_size);
-		seen("queue_msix_vector", bad_vec);
+		spec_seen("num_queues", nq);
+		spec_seen("queue_select", bad_sel);
+		spec_seen("queue_size", bad_size);
+		spec_seen("queue_msix_vector", bad_vec);
 	}
-	end_line();
+	spec_end_line();
 
 	/* A smaller power of two written to queue_size reads back. */
 	u16 max = rd16(cc(CC_Q_SIZE));
@@ -528,13 +456,13 @@ void vpci_spec_report(void)
 		size_back = rd16(cc(CC_Q_SIZE));
 	}
 	ok = size && size_back == size;
-	check("queue-size-smaller", ok);
+	spec_check("queue-size-smaller", ok);
 	if (!ok) {
-		seen("max", max);
-		seen("wrote", size);
-		seen("read", size_back);
+		spec_seen("max", max);
+		spec_seen("wrote", size);
+		spec_seen("read", size_back);
 	}
-	end_line();
+	spec_end_line();
 
 	check_config_generation();
 
@@ -544,14 +472,14 @@ void vpci_spec_report(void)
 	u32 m = v->notify_mult;
 	int mult_ok = m == 0 || (!(m & (m - 1)) && !(m & 1));
 	ok = no1 == no2 && mult_ok && (u64)no1 * m + 2 <= notify_len;
-	check("notify-off", ok);
+	spec_check("notify-off", ok);
 	if (!ok) {
-		seen("first", no1);
-		seen("second", no2);
-		seen("multiplier", m);
-		seen("cap-length", notify_len);
+		spec_seen("first", no1);
+		spec_seen("second", no2);
+		spec_seen("multiplier", m);
+		spec_seen("cap-length", notify_len);
 	}
-	end_line();
+	spec_end_line();
 
 	/* One request with interrupts wanted; the ISR clears on read. */
 	isr_checks(size ? size : max);
@@ -562,20 +490,20 @@ void vpci_spec_report(void)
 	wr16(cc(CC_Q_SELECT), 0);
 	u16 size_reset = rd16(cc(CC_Q_SIZE)), enable_reset = rd16(cc(CC_Q_ENABLE));
 	ok = st == 0 && size_reset == max && enable_reset == 0;
-	check("reset-queue", ok);
+	spec_check("reset-queue", ok);
 	if (!ok) {
-		seen("status", st);
-		seen("queue_size", size_reset);
-		seen("max", max);
-		seen("queue_enable", enable_reset);
+		spec_seen("status", st);
+		spec_seen("queue_size", size_reset);
+		spec_seen("max", max);
+		spec_seen("queue_enable", enable_reset);
 	}
-	end_line();
+	spec_end_line();
 
 done:
 	vdev_set_status(v, 0);
 	(void)rd8(v->isr);	/* nothing may stay pending for the next driver */
 out:
-	put_result(v);
+	spec_result(v->err);
 }
 
 /* ---- virtio-mmio (4.2.2, version 2) ---- */
@@ -596,9 +524,9 @@ static void mmio_irq_checks(struct vq *q)
 	mb();
 	struct seg s = { spec_buf, sizeof(spec_buf), 1 };
 	if (vq_run(&dev, q, &s, 1, NULL) < 0) {
-		check("interrupt-status", 0);
+		spec_check("interrupt-status", 0);
 		puts(" request failed");
-		end_line();
+		spec_end_line();
 		return;
 	}
 	/* The device sets InterruptStatus before it raises the line, but under TCG the used
@@ -617,13 +545,13 @@ static void mmio_irq_checks(struct vq *q)
 	wr32(mm(MM_INT_ACK), st1);
 	u32 st2 = rd32(mm(MM_INT_STATUS));
 	int ok = idle == 0 && (st1 & 1) && st2 == 0;
-	check("interrupt-status", ok);
+	spec_check("interrupt-status", ok);
 	if (!ok) {
-		seen("before", idle);
-		seen("after-request", st1);
-		seen("after-ack", st2);
+		spec_seen("before", idle);
+		spec_seen("after-request", st1);
+		spec_seen("after-ack", st2);
 	}
-	end_line();
+	spec_end_line();
 	if (dev.gsi < 0)
 		return;	/* no IOAPIC pin: vdev_setup_intx failed and said so */
 
@@ -637,13 +565,13 @@ static void mmio_irq_checks(struct vq *q)
 	int again = irr_pending(vec);
 	dev.irq = IRQ_POLL;
 	ok = pending && taken == 1 && !again;
-	check("interrupt-line", ok);
+	spec_check("interrupt-line", ok);
 	if (!ok) {
-		seen("irr", pending);
-		seen("taken", taken);
-		seen("irr-after", again);
+		spec_seen("irr", pending);
+		spec_seen("taken", taken);
+		spec_seen("irr-after", again);
 	}
-	end_line();
+	spec_end_line();
 }
 
 void vmmio_spec_report(void)
@@ -656,7 +584,7 @@ void vmmio_spec_report(void)
 	v->quiet_scan = 1;
 	v->vec[1] = VEC_SPEC;
 	v->gsi = -1;
-	begin("vmmio-spec");
+	spec_begin("vmmio-spec");
 	if (vdev_find_mmio(v, 4, "entropy device") < 0)
 		goto out;
 
@@ -668,15 +596,15 @@ void vmmio_spec_report(void)
 	put_hex8(vendor);
 	puts("\n");
 	int ok = magic == MMIO_MAGIC && version == 2 && id == 4 && vendor == vendor2;
-	check("id", ok);
+	spec_check("id", ok);
 	if (!ok) {
-		seen("magic", magic);
-		seen("version", version);
-		seen("device", id);
-		seen("vendor", vendor);
-		seen("vendor-again", vendor2);
+		spec_seen("magic", magic);
+		spec_seen("version", version);
+		spec_seen("device", id);
+		spec_seen("vendor", vendor);
+		spec_seen("vendor-again", vendor2);
 	}
-	end_line();
+	spec_end_line();
 
 	check_feature_select_high();
 	check_driver_ok_no_queue();
@@ -700,13 +628,13 @@ void vmmio_spec_report(void)
 		}
 	}
 	wr32(mm(MM_Q_SEL), 0);
-	check("queue-select-high", ok);
+	spec_check("queue-select-high", ok);
 	if (!ok) {
-		seen("queue_sel", bad_sel);
-		seen("queue_num_max", bad_max);
-		seen("queue_ready", bad_ready);
+		spec_seen("queue_sel", bad_sel);
+		spec_seen("queue_num_max", bad_max);
+		spec_seen("queue_ready", bad_ready);
 	}
-	end_line();
+	spec_end_line();
 
 	/* No shared memory region 0 (4.2.2): SHMLen reads 0xffffffffffffffff, and so does
 	 * SHMBase. */
@@ -714,15 +642,15 @@ void vmmio_spec_report(void)
 	u32 len_lo = rd32(mm(MM_SHM_LEN_LO)), len_hi = rd32(mm(MM_SHM_LEN_HI));
 	u32 base_lo = rd32(mm(MM_SHM_BASE_LO)), base_hi = rd32(mm(MM_SHM_BASE_HI));
 	ok = len_lo == 0xffffffff && len_hi == 0xffffffff;
-	check("shm-len", ok);
+	spec_check("shm-len", ok);
 	if (!ok)
-		seen("len", (u64)len_hi << 32 | len_lo);
-	end_line();
+		spec_seen("len", (u64)len_hi << 32 | len_lo);
+	spec_end_line();
 	ok = base_lo == 0xffffffff && base_hi == 0xffffffff;
-	check("shm-base", ok);
+	spec_check("shm-base", ok);
 	if (!ok)
-		seen("base", (u64)base_hi << 32 | base_lo);
-	end_line();
+		spec_seen("base", (u64)base_hi << 32 | base_lo);
+	spec_end_line();
 
 	check_config_generation();
 
@@ -734,13 +662,13 @@ void vmmio_spec_report(void)
 	int set_up = size && vq_setup(v, &q, 0, &spec_ring, size, 0) == 0;
 	u32 ready = rd32(mm(MM_Q_READY));
 	ok = set_up && q.size == size && ready == 1;
-	check("queue-setup", ok);
+	spec_check("queue-setup", ok);
 	if (!ok) {
-		seen("queue_num_max", max);
-		seen("queue_num", size);
-		seen("queue_ready", ready);
+		spec_seen("queue_num_max", max);
+		spec_seen("queue_num", size);
+		spec_seen("queue_ready", ready);
 	}
-	end_line();
+	spec_end_line();
 	if (!set_up)
 		goto done;
 
@@ -760,12 +688,12 @@ void vmmio_spec_report(void)
 	wr32(mm(MM_Q_READY), 0);
 	u32 ready_after = rd32(mm(MM_Q_READY));
 	ok = ready_before == 1 && ready_after == 0;
-	check("queue-ready-stop", ok);
+	spec_check("queue-ready-stop", ok);
 	if (!ok) {
-		seen("before", ready_before);
-		seen("after", ready_after);
+		spec_seen("before", ready_before);
+		spec_seen("after", ready_after);
 	}
-	end_line();
+	spec_end_line();
 
 	/* After a reset queue 0 is not ready and still offers its maximum. */
 	u8 st;
@@ -773,14 +701,14 @@ void vmmio_spec_report(void)
 	wr32(mm(MM_Q_SEL), 0);
 	u32 ready_reset = rd32(mm(MM_Q_READY)), max_reset = rd32(mm(MM_Q_NUM_MAX));
 	ok = st == 0 && ready_reset == 0 && max_reset == max;
-	check("reset-queue", ok);
+	spec_check("reset-queue", ok);
 	if (!ok) {
-		seen("status", st);
-		seen("queue_ready", ready_reset);
-		seen("queue_num_max", max_reset);
-		seen("max", max);
+		spec_seen("status", st);
+		spec_seen("queue_ready", ready_reset);
+		spec_seen("queue_num_max", max_reset);
+		spec_seen("max", max);
 	}
-	end_line();
+	spec_end_line();
 
 done:
 	vdev_set_status(v, 0);
@@ -788,5 +716,5 @@ done:
 		ioapic_mask_gsi((u32)v->gsi);
 	wr32(mm(MM_INT_ACK), rd32(mm(MM_INT_STATUS)));	/* nothing may stay pending */
 out:
-	put_result(v);
+	spec_result(v->err);
 }

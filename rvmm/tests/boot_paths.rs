@@ -347,3 +347,67 @@ fn pause_and_resume_through_the_control_socket() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// The `legacy-spec` checks that every VMM must pass (see probes/README.md, "Legacy
+/// device checks"); `tests/tests/qemu_irq.rs` requires the same of QEMU.
+const LEGACY_SPEC_CHECKS: [&str; 19] = [
+    "uart-lsr-idle",
+    "uart-scratch",
+    "uart-ier-bits",
+    "uart-iir-fifo-off",
+    "uart-iir-fifo-on",
+    "uart-dlab",
+    "uart-loop-msr",
+    "uart-loop-data",
+    "uart-char-timeout",
+    "rtc-reg-d",
+    "rtc-reg-c-clear",
+    "rtc-set-bcd",
+    "rtc-set-binary",
+    "rtc-cmos-ram",
+    "i8042-self-test",
+    "p61-gate-speaker",
+    "pit-out2-mode0",
+    "pci-cf8-enable",
+    "pci-host-vendor",
+];
+
+/// Boots the probe with `legacy-spec` and `extra` rvmm arguments: every check line must
+/// be `ok`; the `info` lines (implementation-specific values) are printed, prefixed by
+/// `who`, to put beside QEMU's (`cargo test ... -- --nocapture`).
+fn legacy_spec(who: &str, extra: &[&str]) {
+    let mut args = vec!["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "legacy-spec"];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let r = out.report();
+    let d = || out.describe();
+    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
+    for (k, v) in &lines {
+        eprintln!("{who}: {k}: {v}");
+    }
+    for (k, v) in &lines {
+        if k != "legacy-spec-result" {
+            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
+        }
+    }
+    for name in LEGACY_SPEC_CHECKS {
+        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
+    }
+    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
+    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
+    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
+    assert!(r.ok(), "{}", d());
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn legacy_device_spec_checks() {
+    legacy_spec("rvmm", &[]);
+}
+
+/// The same with rvmm's own 8259A, IOAPIC and 8254 (port 0x61 and counter 2 are then
+/// rvmm's, not KVM's).
+#[test]
+fn legacy_device_spec_checks_split_irqchip() {
+    legacy_spec("rvmm-split", &["--irqchip", "split"]);
+}

@@ -9,6 +9,11 @@
 //!   level-triggered redirection entry (remote IRR set until the EOI, one byte per
 //!   interrupt, the line re-asserting until the receive FIFO is empty).
 //!
+//!
+//! It also runs the probe's `legacy-spec` datasheet checks of the legacy devices (16550A,
+//! MC146818, 8042, port 0x61 and counter 2, PCI mechanism 1), as `rvmm/tests/boot_paths.rs`
+//! does on rvmm, and prints their `info` lines to put beside rvmm's.
+//!
 //! SeaBIOS leaves the PIT running at 18.2 Hz; the probe reprograms it. Each test skips
 //! (with a notice on stderr) when `qemu-system-x86_64` is not installed. Every QEMU run
 //! is killed after a time limit.
@@ -164,5 +169,53 @@ fn serial_input_below_the_fifo_trigger_by_character_timeout() {
     let Some((r, out)) = boot_typing_after("rx_fifo", "rx=3 rx-fifo=14", Some("serial-rx-fifo:")) else { return };
     assert_eq!(r.get("serial-rx-fifo"), Some("trigger=14"), "{}", out.describe());
     assert_eq!(r.get("serial-rx"), Some(RX_SHOWN), "{}", out.describe());
+    assert_passed(&r, &out);
+}
+
+/// The `legacy-spec` checks (probes/README.md, "Legacy device checks"), the same list
+/// `rvmm/tests/boot_paths.rs` requires of rvmm.
+const LEGACY_SPEC_CHECKS: [&str; 19] = [
+    "uart-lsr-idle",
+    "uart-scratch",
+    "uart-ier-bits",
+    "uart-iir-fifo-off",
+    "uart-iir-fifo-on",
+    "uart-dlab",
+    "uart-loop-msr",
+    "uart-loop-data",
+    "uart-char-timeout",
+    "rtc-reg-d",
+    "rtc-reg-c-clear",
+    "rtc-set-bcd",
+    "rtc-set-binary",
+    "rtc-cmos-ram",
+    "i8042-self-test",
+    "p61-gate-speaker",
+    "pit-out2-mode0",
+    "pci-cf8-enable",
+    "pci-host-vendor",
+];
+
+/// Every `legacy-spec` check is `ok` under QEMU; the `info` lines are printed, prefixed
+/// by `qemu`, to compare with rvmm's (`cargo test ... -- --nocapture`).
+#[test]
+fn legacy_device_spec_checks() {
+    let Some((r, out)) = boot("legacy_spec", "legacy-spec", false) else { return };
+    let d = || out.describe();
+    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
+    for (k, v) in &lines {
+        eprintln!("qemu: {k}: {v}");
+    }
+    for (k, v) in &lines {
+        if k != "legacy-spec-result" {
+            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
+        }
+    }
+    for name in LEGACY_SPEC_CHECKS {
+        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
+    }
+    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
+    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
+    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
     assert_passed(&r, &out);
 }
