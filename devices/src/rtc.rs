@@ -74,6 +74,11 @@ const REG_B: u8 = 0x0b;
 const REG_C: u8 = 0x0c;
 const REG_D: u8 = 0x0d;
 const REG_CENTURY: u8 = 0x32;
+/// The registers that hold the time, in the order a SET-bit update applies
+/// them (the century first, so that the day of month meets its own month and
+/// year).
+const TIME_REGISTERS: [u8; 8] =
+    [REG_CENTURY, REG_YEAR, REG_MONTH, REG_DAY_OF_MONTH, REG_HOURS, REG_MINUTES, REG_SECONDS, REG_DAY_OF_WEEK];
 
 // Register A.
 const A_UIP: u8 = 0x80;
@@ -191,10 +196,13 @@ pub struct Rtc {
     /// The time as the guest is setting it, while register B's SET bit
     /// stops the clock.
     frozen: Option<DateTime>,
-    /// A day of week written while SET is on, read back until SET is cleared.
-    /// The running clock derives the day of week from the date (as QEMU does
-    /// on every update), so writes without SET have no lasting effect.
-    frozen_weekday: Option<u8>,
+    /// The time registers' bytes as the guest wrote them while SET is on
+    /// (see [`TIME_REGISTERS`]). Like the chip's own registers, they read back
+    /// as written, unconverted and unchecked, until SET is cleared; then they
+    /// are read in the data mode of that moment and the clock starts from
+    /// them. The running clock derives the day of week from the date (as QEMU
+    /// does on every update), so a day of week only lasts while SET is on.
+    frozen_raw: [Option<u8>; TIME_REGISTERS.len()],
     /// When register C was last read, to tell which flags have come up since.
     flags_read_at: Duration,
     /// IRQ 8, if the interrupts are wired.
@@ -230,7 +238,7 @@ impl Rtc {
             reg_b: B_DEFAULT,
             offset_secs: 0,
             frozen: None,
-            frozen_weekday: None,
+            frozen_raw: [None; TIME_REGISTERS.len()],
             flags_read_at,
             irq: None,
             irq_asserted: false,
@@ -470,14 +478,14 @@ impl Rtc {
     }
 
     fn read_register(&mut self, index: u8) -> u8 {
+        if let Some(raw) = TIME_REGISTERS.iter().position(|&r| r == index).and_then(|i| self.frozen_raw[i]) {
+            return raw;
+        }
         match index {
             REG_SECONDS => self.encode(i64::from(self.current_time().second)),
             REG_MINUTES => self.encode(i64::from(self.current_time().minute)),
             REG_HOURS => self.encode_hour(self.current_time().hour),
-            REG_DAY_OF_WEEK => match self.frozen_weekday {
-                Some(raw) => raw,
-                None => self.encode(i64::from(self.current_time().weekday())),
-            },
+            REG_DAY_OF_WEEK => self.encode(i64::from(self.current_time().weekday())),
             REG_DAY_OF_MONTH => self.encode(i64::from(self.current_time().day)),
             REG_MONTH => self.encode(i64::from(self.current_time().month)),
             REG_YEAR => self.encode(self.current_time().year.rem_euclid(100)),
@@ -498,11 +506,14 @@ impl Rtc {
     }
 
     fn write_register(&mut self, index: u8, v: u8) {
+        if let (Some(slot), Some(_)) = (TIME_REGISTERS.iter().position(|&r| r == index), self.frozen) {
+            self.frozen_raw[slot] = Some(v);
+            return;
+        }
         match index {
             REG_SECONDS | REG_MINUTES | REG_HOURS | REG_DAY_OF_MONTH | REG_MONTH | REG_YEAR | REG_CENTURY => {
                 self.write_time_field(index, v)
             }
-            REG_DAY_OF_WEEK if self.frozen.is_some() => self.frozen_weekday = Some(v),
             REG_DAY_OF_WEEK => log::debug!("rtc: ignoring day-of-week write {v:#x} (derived from the date)"),
             // UIP is read-only.
             REG_A => {
@@ -532,18 +543,35 @@ impl Rtc {
             if !was_set {
                 self.frozen = Some(self.current_time());
             }
-        } else if let Some(t) = self.frozen.take() {
-            // The clock restarts from whatever the guest wrote meanwhile.
+            self.reg_b = v;
+        } else if let Some(mut t) = self.frozen.take() {
+            // The clock restarts from whatever the guest wrote meanwhile, read
+            // in the data mode and hour format in force from now on.
+            self.reg_b = v;
+            let written = std::mem::take(&mut self.frozen_raw);
+            for (&index, raw) in TIME_REGISTERS.iter().zip(written) {
+                if let Some(raw) = raw {
+                    self.apply_time_field(&mut t, index, raw);
+                }
+            }
             self.set_running_time(t);
-            self.frozen_weekday = None;
+        } else {
+            self.reg_b = v;
         }
-        self.reg_b = v;
     }
 
-    /// Applies a guest write to one time field: to the frozen time while SET
-    /// is on, otherwise straight to the running clock.
+    /// Applies a guest write to one time field of the running clock.
     fn write_time_field(&mut self, index: u8, raw: u8) {
         let mut t = self.current_time();
+        if self.apply_time_field(&mut t, index, raw) {
+            self.set_running_time(t);
+        }
+    }
+
+    /// Sets field `index` of `t` from the register byte `raw` in the current
+    /// data mode; an invalid value (bad BCD, out of range) is logged and left
+    /// out. The day of week is derived from the date, so it is left out too.
+    fn apply_time_field(&mut self, t: &mut DateTime, index: u8, raw: u8) -> bool {
         let applied = match index {
             REG_SECONDS => self.decode(raw).filter(|v| *v < 60).map(|v| t.second = v),
             REG_MINUTES => self.decode(raw).filter(|v| *v < 60).map(|v| t.minute = v),
@@ -556,17 +584,16 @@ impl Rtc {
             REG_CENTURY => self.decode(raw).map(|v| t.year = i64::from(v) * 100 + t.year.rem_euclid(100)),
             _ => None,
         };
+        if index == REG_DAY_OF_WEEK {
+            return false;
+        }
         if applied.is_none() {
             if let Some(n) = self.bad_value.tick() {
                 log::warn!("rtc: ignoring invalid value {raw:#04x} for register {index:#x} (#{n})");
             }
-            return;
+            return false;
         }
-        if self.frozen.is_some() {
-            self.frozen = Some(t);
-        } else {
-            self.set_running_time(t);
-        }
+        true
     }
 
     fn log_bad_access(&mut self, what: &str, offset: u64, len: usize) {
@@ -717,13 +744,35 @@ mod tests {
         ] {
             h.set(reg, v);
         }
-        // Frozen while SET is on, and UIP never shows.
+        // Frozen while SET is on, and UIP never shows. The day of week is a
+        // register of its own: the new date does not change it (2024-02-29
+        // was a Thursday, 5).
         h.advance_ms(5_999);
-        assert_eq!(h.time(), [0x58, 0x59, 0x23, 0x04, 0x31, 0x12, 0x25, 0x20]);
+        assert_eq!(h.time(), [0x58, 0x59, 0x23, 0x05, 0x31, 0x12, 0x25, 0x20]);
         assert_eq!(h.get(REG_A) & A_UIP, 0);
         h.set(REG_B, B_24H);
         h.advance_ms(3_000);
         assert_eq!(h.time(), [0x01, 0x00, 0x00, 0x05, 0x01, 0x01, 0x26, 0x20]);
+    }
+
+    #[test]
+    fn registers_written_under_set_read_back_as_written_until_set_is_cleared() {
+        // As on the chip and in QEMU: the bytes are kept, not converted or
+        // checked, while SET holds the clock; clearing SET reads them in the
+        // data mode of that moment and ignores what is not a valid time.
+        let mut h = Harness::at(LEAP_DAY);
+        h.set(REG_B, B_SET | B_24H);
+        h.set(REG_MINUTES, 0x45);
+        h.set(REG_HOURS, 0x12);
+        h.set(REG_SECONDS, 0x7a);
+        // Switching to binary under SET converts nothing.
+        h.set(REG_B, B_SET | B_24H | B_BINARY);
+        assert_eq!((h.get(REG_MINUTES), h.get(REG_HOURS), h.get(REG_SECONDS)), (0x45, 0x12, 0x7a));
+        // Cleared in binary: 0x12 is 18 hours; 0x45 would be 69 minutes and
+        // 0x7a 122 seconds, both invalid and left out, so the frozen 45
+        // minutes and 7 seconds stay.
+        h.set(REG_B, B_24H | B_BINARY);
+        assert_eq!((h.get(REG_HOURS), h.get(REG_MINUTES), h.get(REG_SECONDS)), (18, 45, 7));
     }
 
     #[test]
