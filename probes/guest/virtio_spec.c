@@ -15,20 +15,8 @@
  * See README.md ("virtio-pci transport checks", "virtio-mmio transport checks").
  */
 #include "virtio.h"
+#include "virtio_regs.h"
 #include "spec.h"
-
-/* virtio_pci_common_cfg (4.1.4.3), as in virtio.c */
-#define CC_DFSELECT 0x00
-#define CC_DF 0x04
-#define CC_NUM_QUEUES 0x12
-#define CC_STATUS 0x14
-#define CC_GENERATION 0x15
-#define CC_Q_SELECT 0x16
-#define CC_Q_SIZE 0x18
-#define CC_Q_MSIX 0x1a
-#define CC_Q_ENABLE 0x1c
-#define CC_Q_NOTIFY_OFF 0x1e
-#define CC_Q_DESC 0x20
 
 /* struct virtio_pci_cap / virtio_pci_cfg_cap (4.1.4, 4.1.4.9) */
 #define CAP_CFG_TYPE 3
@@ -39,27 +27,6 @@
 
 #define NO_VECTOR 0xffff
 #define PCI_STATUS_INTERRUPT 0x08
-
-/* virtio-mmio registers (4.2.2), as in virtio.c, and the shared memory ones */
-#define MM_MAGIC 0x000
-#define MM_VERSION 0x004
-#define MM_DEVICE_ID 0x008
-#define MM_VENDOR_ID 0x00c
-#define MM_DF 0x010
-#define MM_DFSEL 0x014
-#define MM_Q_SEL 0x030
-#define MM_Q_NUM_MAX 0x034
-#define MM_Q_READY 0x044
-#define MM_INT_STATUS 0x060
-#define MM_INT_ACK 0x064
-#define MM_SHM_SEL 0x0ac
-#define MM_SHM_LEN_LO 0x0b0
-#define MM_SHM_LEN_HI 0x0b4
-#define MM_SHM_BASE_LO 0x0b8
-#define MM_SHM_BASE_HI 0x0bc
-#define MM_GENERATION 0x0fc
-
-#define MMIO_MAGIC 0x74726976	/* "virt" */
 
 /* ---- the device, and the checks both transports share ---- */
 

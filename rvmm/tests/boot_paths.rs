@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use rvmm_tests::{fnv1a32, Report, VmRunner};
+use rvmm_tests::{fnv1a32, Report, VmRunner, LEGACY_SPEC_CHECKS};
 use vmm::memory::{MemoryLayout, MIB};
 
 /// Checks the report against what rvmm was asked to build.
@@ -347,30 +347,6 @@ fn pause_and_resume_through_the_control_socket() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
-
-/// The `legacy-spec` checks that every VMM must pass (see probes/README.md, "Legacy
-/// device checks"); `tests/tests/qemu_irq.rs` requires the same of QEMU.
-const LEGACY_SPEC_CHECKS: [&str; 19] = [
-    "uart-lsr-idle",
-    "uart-scratch",
-    "uart-ier-bits",
-    "uart-iir-fifo-off",
-    "uart-iir-fifo-on",
-    "uart-dlab",
-    "uart-loop-msr",
-    "uart-loop-data",
-    "uart-char-timeout",
-    "rtc-reg-d",
-    "rtc-reg-c-clear",
-    "rtc-set-bcd",
-    "rtc-set-binary",
-    "rtc-cmos-ram",
-    "i8042-self-test",
-    "p61-gate-speaker",
-    "pit-out2-mode0",
-    "pci-cf8-enable",
-    "pci-host-vendor",
-];
 
 /// Boots the probe with `legacy-spec` and `extra` rvmm arguments: every check line must
 /// be `ok`; the `info` lines (implementation-specific values) are printed, prefixed by

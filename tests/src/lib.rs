@@ -452,3 +452,27 @@ mod tests {
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["after two"]);
     }
 }
+
+/// The `legacy-spec` probe checks every VMM must pass (probes/README.md, "Legacy device
+/// checks"): rvmm in `rvmm/tests/boot_paths.rs`, QEMU in `tests/tests/qemu_irq.rs`.
+pub const LEGACY_SPEC_CHECKS: [&str; 19] = [
+    "uart-lsr-idle",
+    "uart-scratch",
+    "uart-ier-bits",
+    "uart-iir-fifo-off",
+    "uart-iir-fifo-on",
+    "uart-dlab",
+    "uart-loop-msr",
+    "uart-loop-data",
+    "uart-char-timeout",
+    "rtc-reg-d",
+    "rtc-reg-c-clear",
+    "rtc-set-bcd",
+    "rtc-set-binary",
+    "rtc-cmos-ram",
+    "i8042-self-test",
+    "p61-gate-speaker",
+    "pit-out2-mode0",
+    "pci-cf8-enable",
+    "pci-host-vendor",
+];

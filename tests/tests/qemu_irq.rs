@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rvmm_tests::{qemu_probe_command, qemu_x86_64, QemuProbe, Report, VmOutput, VmRunner};
+use rvmm_tests::{qemu_probe_command, qemu_x86_64, QemuProbe, Report, VmOutput, VmRunner, LEGACY_SPEC_CHECKS};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Typed into COM1 for `rx=3`, and how the probe shows it.
@@ -171,30 +171,6 @@ fn serial_input_below_the_fifo_trigger_by_character_timeout() {
     assert_eq!(r.get("serial-rx"), Some(RX_SHOWN), "{}", out.describe());
     assert_passed(&r, &out);
 }
-
-/// The `legacy-spec` checks (probes/README.md, "Legacy device checks"), the same list
-/// `rvmm/tests/boot_paths.rs` requires of rvmm.
-const LEGACY_SPEC_CHECKS: [&str; 19] = [
-    "uart-lsr-idle",
-    "uart-scratch",
-    "uart-ier-bits",
-    "uart-iir-fifo-off",
-    "uart-iir-fifo-on",
-    "uart-dlab",
-    "uart-loop-msr",
-    "uart-loop-data",
-    "uart-char-timeout",
-    "rtc-reg-d",
-    "rtc-reg-c-clear",
-    "rtc-set-bcd",
-    "rtc-set-binary",
-    "rtc-cmos-ram",
-    "i8042-self-test",
-    "p61-gate-speaker",
-    "pit-out2-mode0",
-    "pci-cf8-enable",
-    "pci-host-vendor",
-];
 
 /// Every `legacy-spec` check is `ok` under QEMU; the `info` lines are printed, prefixed
 /// by `qemu`, to compare with rvmm's (`cargo test ... -- --nocapture`).
