@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use rvmm_tests::{fnv1a32, Report, VmRunner, LEGACY_SPEC_CHECKS};
+use rvmm_tests::{fnv1a32, Report, VmRunner};
 use vmm::memory::{MemoryLayout, MIB};
 
 /// Checks the report against what rvmm was asked to build.
@@ -355,24 +355,8 @@ fn legacy_spec(who: &str, extra: &[&str]) {
     let mut args = vec!["--kernel", rvmm_probes::PVH_ELF, "--cmdline", "legacy-spec"];
     args.extend_from_slice(extra);
     let out = run(&args);
-    let r = out.report();
-    let d = || out.describe();
-    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
-    for (k, v) in &lines {
-        eprintln!("{who}: {k}: {v}");
-    }
-    for (k, v) in &lines {
-        if k != "legacy-spec-result" {
-            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
-        }
-    }
-    for name in LEGACY_SPEC_CHECKS {
-        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
-    }
-    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
-    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
-    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
-    assert!(r.ok(), "{}", d());
+    rvmm_tests::check_legacy_spec(who, &out);
+    assert!(out.report().ok(), "{}", out.describe());
     assert_exit(&out, 0);
 }
 

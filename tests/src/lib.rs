@@ -476,3 +476,27 @@ pub const LEGACY_SPEC_CHECKS: [&str; 19] = [
     "pci-cf8-enable",
     "pci-host-vendor",
 ];
+
+/// Checks a run of the probe with `legacy-spec`: every check in
+/// [`LEGACY_SPEC_CHECKS`] is `ok`, every other line an `info` line, and the
+/// result `ok`. The `legacy-spec-*` lines are printed, prefixed by `who`, to
+/// put the VMMs' `info` values side by side (`cargo test ... -- --nocapture`).
+pub fn check_legacy_spec(who: &str, out: &VmOutput) {
+    let r = out.report();
+    let d = || out.describe();
+    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
+    for (k, v) in &lines {
+        eprintln!("{who}: {k}: {v}");
+    }
+    for (k, v) in &lines {
+        if k != "legacy-spec-result" {
+            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
+        }
+    }
+    for name in LEGACY_SPEC_CHECKS {
+        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
+    }
+    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
+    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
+    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
+}

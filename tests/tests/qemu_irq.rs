@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rvmm_tests::{qemu_probe_command, qemu_x86_64, QemuProbe, Report, VmOutput, VmRunner, LEGACY_SPEC_CHECKS};
+use rvmm_tests::{qemu_probe_command, qemu_x86_64, QemuProbe, Report, VmOutput, VmRunner};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Typed into COM1 for `rx=3`, and how the probe shows it.
@@ -177,21 +177,6 @@ fn serial_input_below_the_fifo_trigger_by_character_timeout() {
 #[test]
 fn legacy_device_spec_checks() {
     let Some((r, out)) = boot("legacy_spec", "legacy-spec", false) else { return };
-    let d = || out.describe();
-    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
-    for (k, v) in &lines {
-        eprintln!("qemu: {k}: {v}");
-    }
-    for (k, v) in &lines {
-        if k != "legacy-spec-result" {
-            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
-        }
-    }
-    for name in LEGACY_SPEC_CHECKS {
-        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
-    }
-    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
-    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
-    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
+    rvmm_tests::check_legacy_spec("qemu", &out);
     assert_passed(&r, &out);
 }
