@@ -6,7 +6,8 @@
  *   queue; reports how many bytes came and how many distinct values they hold.
  * - `console` (virtio-console, spec 5.3), a single port (no MULTIPORT): writes a line
  *   to transmitq (queue 1) and, with `vcon-rx=N`, waits for N bytes on receiveq
- *   (queue 0).
+ *   (queue 0). With VIRTIO_CONSOLE_F_SIZE it also writes `vcon-size: cols=C rows=R` to
+ *   transmitq, so a host that only sees the console's output can check the size.
  *
  * See README.md for the report lines.
  */
@@ -134,6 +135,27 @@ static u8 vcon_rxbufs[VCON_NRX][VCON_RXBUF] __attribute__((aligned(64)));
 static u8 vcon_txbuf[64] __attribute__((aligned(64)));
 static u8 vcon_got[VCON_RX_MAX];
 
+/* Appends the decimal digits of `v` at `p`; returns the end. */
+static u8 *fmt_dec(u8 *p, u32 v)
+{
+	char d[10];
+	u32 n = 0;
+	do {
+		d[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*p++ = (u8)d[--n];
+	return p;
+}
+
+static u8 *fmt_str(u8 *p, const char *s)
+{
+	while (*s)
+		*p++ = (u8)*s++;
+	return p;
+}
+
 void vcon_report(void)
 {
 	static const char hello[] = "rvmm virtio-console hello\n";
@@ -148,11 +170,14 @@ void vcon_report(void)
 				F(F_ACCESS_PLATFORM) | F(CONSOLE_F_SIZE), 2);
 	if (!feat)
 		goto out;
+	u16 cols = 0, rows = 0;
 	if (feat & F(CONSOLE_F_SIZE)) {
+		cols = vdev_cfg16(v, 0);
+		rows = vdev_cfg16(v, 2);
 		puts("vcon-config: cols=");
-		put_dec(vdev_cfg16(v, 0));
+		put_dec(cols);
 		puts(" rows=");
-		put_dec(vdev_cfg16(v, 2));
+		put_dec(rows);
 		puts("\n");
 	}
 	if (vq_setup(v, &rxq, 0, &vcon_rings[0], VQ_MAX, 1) < 0 ||
@@ -180,6 +205,14 @@ void vcon_report(void)
 	memcpy(vcon_txbuf, hello, hlen);
 	struct seg s = { vcon_txbuf, hlen, 0 };
 	i64 r = vq_run(v, &txq, &s, 1, NULL);
+	if (r >= 0 && (feat & F(CONSOLE_F_SIZE))) {
+		/* The size on the console itself, for a host that sees only its output. */
+		u8 *p = fmt_dec(fmt_str(vcon_txbuf, "vcon-size: cols="), cols);
+		p = fmt_dec(fmt_str(p, " rows="), rows);
+		*p++ = '\n';
+		s.len = (u32)(p - vcon_txbuf);
+		r = vq_run(v, &txq, &s, 1, NULL);
+	}
 	puts("vcon-tx: ");
 	puts(r >= 0 ? "ok\n" : "fail\n");
 

@@ -72,7 +72,7 @@ struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_memory)]
     memory: u64,
     /// Where the console goes: stdio (COM1 on the terminal), virtio (a virtio-console,
-    /// the guest's hvc0, on the terminal), file:PATH (COM1's output) or none.
+    /// the guest's hvc0, on the terminal, with its size), file:PATH (COM1's output) or none.
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_console)]
     console: ConsoleConfig,
     /// Boot entry: auto picks PVH for an ELF with the PVH note, else the 64-bit entry.

@@ -84,3 +84,39 @@ fn raw_mode_echo_and_ctrl_a_x() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(local_flags(&slave), before, "rvmm must restore the terminal's settings");
 }
+
+#[test]
+fn virtio_console_shows_the_terminal_size() {
+    let (mut master, slave) = open_pty();
+    let ws = libc::winsize { ws_row: 31, ws_col: 97, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, valid for the call.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+
+    let mut child = Command::new(RVMM)
+        .args(["run", "--kernel", rvmm_probes::PVH_ELF, "--console", "virtio", "--cmdline", "console"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // COM1 (the probe's report) is discarded; the probe writes the size it read on hvc0.
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "vcon-size: cols=97 rows=31", TIMEOUT);
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    read_until(&mut master, &mut seen, "\n", Duration::from_millis(200));
+    // VIRTIO_CONSOLE_F_SIZE was offered and accepted, and the guest read cols, then rows.
+    let got = seen.lines().any(|l| l.trim_end() == "vcon-size: cols=97 rows=31");
+    assert!(got, "the guest did not report the terminal's size:\n{seen}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{seen}");
+}

@@ -16,11 +16,17 @@
 //! the next receiveq notification. Only input beyond the cap is dropped (and
 //! logged).
 //!
-//! `VIRTIO_CONSOLE_F_SIZE` is deliberately not offered: Linux read `cols` and
-//! `rows` in the opposite order of the spec for years, and changed to the
-//! spec's order in 2025, so any value would be transposed by one kernel
-//! generation or the other. Without it the guest keeps its default size (set
-//! it with `stty` if needed). `VIRTIO_CONSOLE_F_EMERG_WRITE` is offered: a
+//! `VIRTIO_CONSOLE_F_SIZE` is offered only when the VMM gives a terminal size
+//! at creation ([`Console::with_size`]; the host side is a terminal): `cols`
+//! and `rows` then hold it, and a new size set through
+//! [`ConsoleInput::set_size`] while the device runs raises a configuration
+//! change notification (only when the size really changed). A console on a
+//! file or a pipe offers no size and the guest keeps its default. Caveat:
+//! Linux read `cols` and `rows` in the opposite order of the spec for years
+//! and changed to the spec's order in 2025, so a guest kernel from before that
+//! fix sees the size transposed (set it with `stty` there). The device follows
+//! the spec: `cols` at offset 0, `rows` at offset 2.
+//! `VIRTIO_CONSOLE_F_EMERG_WRITE` is offered: a
 //! byte the driver writes to `emerg_wr` goes straight to the output, even
 //! before the device is set up.
 //!
@@ -32,6 +38,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -46,12 +53,16 @@ use crate::worker::{Worker, WorkerHandler};
 /// The virtio device ID of a console.
 /// (From virtio-bindings, re-exported under the name the device code uses.)
 pub use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
-/// Feature bit: `cols` and `rows` are valid (not offered, see the module docs).
+/// Feature bit: `cols` and `rows` are valid (offered when a size was given, see the module docs).
 pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
 /// Feature bit: several ports and the control queues (not offered).
 pub const VIRTIO_CONSOLE_F_MULTIPORT: u32 = 1;
 /// Feature bit: the `emerg_wr` config field accepts output bytes.
 pub const VIRTIO_CONSOLE_F_EMERG_WRITE: u32 = 2;
+/// Offset of `cols` in the configuration space.
+pub const COLS_OFFSET: usize = 0;
+/// Offset of `rows` in the configuration space.
+pub const ROWS_OFFSET: usize = 2;
 /// Offset of `emerg_wr` in the configuration space.
 pub const EMERG_WR_OFFSET: u64 = 8;
 /// Descriptors per queue.
@@ -114,10 +125,32 @@ impl OutputState {
     }
 }
 
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsoleSize {
+    /// Columns (characters per line).
+    pub cols: u16,
+    /// Rows (lines).
+    pub rows: u16,
+}
+
+/// The terminal size and how to tell the driver about a change.
+#[derive(Default)]
+struct SizeState {
+    /// The current size; `None` when the console was created without one
+    /// (`VIRTIO_CONSOLE_F_SIZE` is then not offered).
+    size: Option<ConsoleSize>,
+    /// How to interrupt the driver, while the device is active.
+    interrupt: Option<Arc<dyn VirtioInterrupt>>,
+}
+
 /// State shared by the device, its worker and the input handles.
 struct ConsoleShared {
     input: Mutex<InputState>,
     output: Mutex<OutputState>,
+    size: Mutex<SizeState>,
+    /// The driver accepted `VIRTIO_CONSOLE_F_SIZE`.
+    size_acked: AtomicBool,
 }
 
 /// A virtio-console device with one port.
@@ -126,8 +159,9 @@ pub struct Console {
     worker: Option<Worker>,
 }
 
-/// A handle to feed host input to a [`Console`]: cloneable and usable from
-/// any thread (the VMM's stdin reader), before, during and after activation.
+/// A handle to feed host input (bytes, and terminal size changes) to a
+/// [`Console`]: cloneable and usable from any thread (the VMM's stdin reader,
+/// its main thread), before, during and after activation.
 #[derive(Clone)]
 pub struct ConsoleInput {
     shared: Arc<ConsoleShared>,
@@ -136,18 +170,32 @@ pub struct ConsoleInput {
 impl Console {
     /// A console whose guest output goes to `output` (discarded if `None`),
     /// and the handle through which host input reaches the guest.
+    /// `VIRTIO_CONSOLE_F_SIZE` is not offered (see [`with_size`](Self::with_size)).
     pub fn new(output: Option<Box<dyn Write + Send>>) -> (Console, ConsoleInput) {
+        Self::with_size(output, None)
+    }
+
+    /// Like [`new`](Self::new), and with `Some(size)` the device offers
+    /// `VIRTIO_CONSOLE_F_SIZE` and shows `size` (changed later with
+    /// [`ConsoleInput::set_size`]) in `cols` and `rows`.
+    pub fn with_size(output: Option<Box<dyn Write + Send>>, size: Option<ConsoleSize>) -> (Console, ConsoleInput) {
         let shared = Arc::new(ConsoleShared {
             input: Mutex::new(InputState::default()),
             output: Mutex::new(OutputState { writer: output, failed: false }),
+            size: Mutex::new(SizeState { size, interrupt: None }),
+            size_acked: AtomicBool::new(false),
         });
         (Console { shared: shared.clone(), worker: None }, ConsoleInput { shared })
     }
 
     fn config_space(&self) -> [u8; CONFIG_SIZE] {
         let mut c = [0u8; CONFIG_SIZE];
-        // cols and rows stay 0 (F_SIZE not offered); max_nr_ports is only
-        // meaningful with MULTIPORT but 1 is the truth; emerg_wr reads as 0.
+        // cols and rows are 0 without a size (F_SIZE not offered);
+        // max_nr_ports is only meaningful with MULTIPORT but 1 is the truth;
+        // emerg_wr reads as 0.
+        let size = lock(&self.shared.size).size.unwrap_or_default();
+        c[COLS_OFFSET..COLS_OFFSET + 2].copy_from_slice(&size.cols.to_le_bytes());
+        c[ROWS_OFFSET..ROWS_OFFSET + 2].copy_from_slice(&size.rows.to_le_bytes());
         c[4..8].copy_from_slice(&1u32.to_le_bytes());
         c
     }
@@ -181,6 +229,35 @@ impl ConsoleInput {
                 let _ = waker.write(1);
             }
         }
+    }
+
+    /// Sets the terminal size the guest sees in `cols` and `rows`. If it
+    /// changed and the driver, which accepted `VIRTIO_CONSOLE_F_SIZE`, is
+    /// running, raises a configuration change notification. Ignored (with a
+    /// debug log line) by a console created without a size, which does not
+    /// offer the feature.
+    pub fn set_size(&self, new: ConsoleSize) {
+        let mut state = lock(&self.shared.size);
+        let Some(size) = state.size.as_mut() else {
+            log::debug!("virtio-console: no size was given at creation, ignoring {}x{}", new.cols, new.rows);
+            return;
+        };
+        if *size == new {
+            return;
+        }
+        *size = new;
+        let interrupt = state.interrupt.clone();
+        drop(state);
+        if let Some(interrupt) = interrupt {
+            if self.shared.size_acked.load(Ordering::SeqCst) {
+                interrupt.notify_config();
+            }
+        }
+    }
+
+    /// The size set last, or `None` for a console created without one.
+    pub fn size(&self) -> Option<ConsoleSize> {
+        lock(&self.shared.size).size
     }
 
     /// Bytes queued and not yet given to the guest.
@@ -408,11 +485,15 @@ impl VirtioDevice for Console {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE)
+        let size = if lock(&self.shared.size).size.is_some() { 1 << VIRTIO_CONSOLE_F_SIZE } else { 0 };
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE) | size
     }
 
-    fn ack_features(&mut self, _features: u64) {
-        // Nothing depends on them: EMERG_WRITE works whether acked or not.
+    fn ack_features(&mut self, features: u64) {
+        // EMERG_WRITE works whether acked or not; size changes are signalled
+        // only to a driver that accepted SIZE.
+        let size = features & self.features() & (1 << VIRTIO_CONSOLE_F_SIZE) != 0;
+        self.shared.size_acked.store(size, Ordering::SeqCst);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -462,7 +543,7 @@ impl VirtioDevice for Console {
             tx,
             wake,
             shared: self.shared.clone(),
-            interrupt,
+            interrupt: interrupt.clone(),
             status,
             broken: false,
             rx_log: LogLimiter::default(),
@@ -474,6 +555,9 @@ impl VirtioDevice for Console {
         match Worker::spawn("virtio-console", fds, worker) {
             Ok(w) => {
                 self.worker = Some(w);
+                // Size changes from now on are signalled; the driver reads the
+                // current size itself at start.
+                lock(&self.shared.size).interrupt = Some(interrupt);
                 Ok(())
             }
             Err(e) => {
@@ -488,6 +572,8 @@ impl VirtioDevice for Console {
         // the output stay for the next activation.
         self.worker = None;
         lock(&self.shared.input).waker = None;
+        lock(&self.shared.size).interrupt = None;
+        self.shared.size_acked.store(false, Ordering::SeqCst);
     }
 }
 
@@ -502,13 +588,16 @@ mod tests {
     #[derive(Default)]
     struct Signals {
         queue: AtomicU32,
+        config: AtomicU32,
         resets: AtomicU32,
     }
     impl VirtioInterrupt for Signals {
         fn notify_queue(&self, _: u16) {
             self.queue.fetch_add(1, Ordering::SeqCst);
         }
-        fn notify_config(&self) {}
+        fn notify_config(&self) {
+            self.config.fetch_add(1, Ordering::SeqCst);
+        }
     }
     impl DeviceStatusSink for Signals {
         fn needs_reset(&self) {
@@ -800,6 +889,80 @@ mod tests {
         let mut cfg = [0xffu8; 12];
         console.read_config(0, &mut cfg);
         assert_eq!(cfg, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    fn config(console: &Console) -> [u8; 12] {
+        let mut cfg = [0xffu8; 12];
+        console.read_config(0, &mut cfg);
+        cfg
+    }
+
+    #[test]
+    fn no_size_no_size_feature() {
+        let (mut console, input) = Console::new(None);
+        assert_eq!(console.features() & (1 << VIRTIO_CONSOLE_F_SIZE), 0);
+        assert_eq!(input.size(), None);
+        // A size set later does not turn the feature on nor show in the config.
+        input.set_size(ConsoleSize { cols: 80, rows: 24 });
+        assert_eq!(input.size(), None);
+        assert_eq!(console.features() & (1 << VIRTIO_CONSOLE_F_SIZE), 0);
+        assert_eq!(&config(&console)[..4], &[0, 0, 0, 0]);
+        console.ack_features(console.features() | (1 << VIRTIO_CONSOLE_F_SIZE));
+        assert!(!console.shared.size_acked.load(Ordering::SeqCst), "not offered, not accepted");
+    }
+
+    #[test]
+    fn size_is_offered_and_shown_cols_first() {
+        let (console, input) = Console::with_size(None, Some(ConsoleSize { cols: 132, rows: 43 }));
+        assert_ne!(console.features() & (1 << VIRTIO_CONSOLE_F_SIZE), 0);
+        assert_ne!(console.features() & (1 << VIRTIO_CONSOLE_F_EMERG_WRITE), 0);
+        assert_eq!(config(&console), [132, 0, 43, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        // Partial reads of one field.
+        let mut rows = [0u8; 2];
+        console.read_config(ROWS_OFFSET as u64, &mut rows);
+        assert_eq!(u16::from_le_bytes(rows), 43);
+        // Before activation: the new size shows, nothing is signalled (nobody to tell).
+        input.set_size(ConsoleSize { cols: 300, rows: 1000 });
+        assert_eq!(config(&console)[..4], [44, 1, 232, 3]);
+        assert_eq!(input.size(), Some(ConsoleSize { cols: 300, rows: 1000 }));
+    }
+
+    #[test]
+    fn size_change_while_running_signals_a_config_change_once() {
+        let (mut console, input) = Console::with_size(None, Some(ConsoleSize { cols: 80, rows: 24 }));
+        console.ack_features(console.features());
+        let mem = memory();
+        let (_rx, _tx, queues) = active_queues(&mem, 16);
+        let signals = Arc::new(Signals::default());
+        console.activate(mem, signals.clone(), signals.clone(), queues).unwrap();
+        let changes = || signals.config.load(Ordering::SeqCst);
+        input.set_size(ConsoleSize { cols: 80, rows: 24 });
+        assert_eq!(changes(), 0, "the same size is no change");
+        input.set_size(ConsoleSize { cols: 100, rows: 24 });
+        assert_eq!(changes(), 1);
+        assert_eq!(config(&console)[..4], [100, 0, 24, 0]);
+        input.set_size(ConsoleSize { cols: 100, rows: 24 });
+        assert_eq!(changes(), 1);
+        input.set_size(ConsoleSize { cols: 100, rows: 50 });
+        assert_eq!(changes(), 2);
+        // After a reset nobody is told; the new size is still shown.
+        console.reset();
+        input.set_size(ConsoleSize { cols: 10, rows: 5 });
+        assert_eq!(changes(), 2);
+        assert_eq!(config(&console)[..4], [10, 0, 5, 0]);
+    }
+
+    #[test]
+    fn a_driver_without_size_gets_no_config_change() {
+        let (mut console, input) = Console::with_size(None, Some(ConsoleSize { cols: 80, rows: 24 }));
+        console.ack_features(1 << VIRTIO_F_VERSION_1);
+        let mem = memory();
+        let (_rx, _tx, queues) = active_queues(&mem, 16);
+        let signals = Arc::new(Signals::default());
+        console.activate(mem, signals.clone(), signals.clone(), queues).unwrap();
+        input.set_size(ConsoleSize { cols: 81, rows: 25 });
+        assert_eq!(signals.config.load(Ordering::SeqCst), 0);
+        assert_eq!(config(&console)[..4], [81, 0, 25, 0]);
     }
 
     /// Polls `f` for up to five seconds.

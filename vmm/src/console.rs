@@ -80,6 +80,24 @@ pub fn open_output(config: &ConsoleConfig) -> io::Result<Option<Box<dyn Write + 
     })
 }
 
+/// The size of the host terminal on stdin, or else on stdout, from
+/// `TIOCGWINSZ`; `None` when neither is a terminal.
+pub fn host_terminal_size() -> Option<virtio::console::ConsoleSize> {
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO] {
+        // SAFETY: isatty only looks at the fd number.
+        if unsafe { libc::isatty(fd) } != 1 {
+            continue;
+        }
+        // SAFETY: winsize is plain data that TIOCGWINSZ fills in; the pointer is
+        // valid for the duration of the call and the ioctl writes nothing else.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 {
+            return Some(virtio::console::ConsoleSize { cols: ws.ws_col, rows: ws.ws_row });
+        }
+    }
+    None
+}
+
 /// Whether raw mode is in force, so the restore paths run once.
 static RAW_MODE: Mutex<bool> = Mutex::new(false);
 

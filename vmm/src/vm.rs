@@ -250,6 +250,8 @@ pub struct Vm {
     print_stats: bool,
     exit: Arc<ExitSignal>,
     console_input: Option<ConsoleSink>,
+    /// The virtio-console, when it shows the host terminal's size (updated on SIGWINCH).
+    console_resize: Option<virtio::console::ConsoleInput>,
     balloon: Option<virtio::balloon::BalloonControl>,
     api_socket: Option<PathBuf>,
     boot_info: BootInfo,
@@ -266,14 +268,16 @@ pub struct Vm {
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Set by SIGUSR1: print the statistics now.
 static STATS_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by SIGWINCH: the host terminal's size changed.
+static RESIZE_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The exit eventfd for the signal handler to write to (-1 = none).
 static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn handle_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    if num == libc::SIGUSR1 {
-        STATS_REQUESTED.store(true, Ordering::SeqCst);
-    } else {
-        STOP_SIGNAL.store(num, Ordering::SeqCst);
+    match num {
+        libc::SIGUSR1 => STATS_REQUESTED.store(true, Ordering::SeqCst),
+        libc::SIGWINCH => RESIZE_REQUESTED.store(true, Ordering::SeqCst),
+        _ => STOP_SIGNAL.store(num, Ordering::SeqCst),
     }
     let fd = EXIT_EVENT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
@@ -362,9 +366,16 @@ impl Vm {
                 .push((Box::new(virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(DeviceError::Vsock)?), v.transport));
         }
         let mut virtio_console_input = None;
+        let mut console_resize = None;
         if config.console == ConsoleConfig::Virtio {
-            let (console, input) = virtio::console::Console::new(Some(Box::new(std::io::stdout())));
+            // On a host terminal the guest gets its size (VIRTIO_CONSOLE_F_SIZE), kept
+            // up to date on SIGWINCH; on a file or a pipe, no size.
+            let size = console::host_terminal_size();
+            let (console, input) = virtio::console::Console::with_size(Some(Box::new(std::io::stdout())), size);
             virtio_devices.push((Box::new(console), None));
+            if size.is_some() {
+                console_resize = Some(input.clone());
+            }
             virtio_console_input = Some(input);
         }
         let mut balloon = None;
@@ -517,6 +528,7 @@ impl Vm {
             print_stats: config.stats,
             exit,
             console_input,
+            console_resize,
             balloon,
             api_socket: config.api_socket,
             boot_info,
@@ -538,6 +550,14 @@ impl Vm {
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             register_signal_handler(sig, handle_stop_signal)
                 .map_err(|e| VmError::Console(std::io::Error::from_raw_os_error(e.errno())))?;
+        }
+        if let Some(resize) = &self.console_resize {
+            register_signal_handler(libc::SIGWINCH, handle_stop_signal)
+                .map_err(|e| VmError::Console(std::io::Error::from_raw_os_error(e.errno())))?;
+            // The size may have changed since the device was created, before the handler was there.
+            if let Some(size) = console::host_terminal_size() {
+                resize.set_size(size);
+            }
         }
         if self.console_input.is_some() {
             console::enter_raw_mode().map_err(VmError::Console)?;
@@ -584,7 +604,7 @@ impl Vm {
                     },
                     None => None,
                 };
-                event_loop(&self.exit, self.console_input.as_ref(), api, &report)
+                event_loop(&self.exit, self.console_input.as_ref(), self.console_resize.as_ref(), api, &report)
             }
         };
         for h in &handles {
@@ -790,6 +810,7 @@ impl EventHandler for ConsoleInputHandler {
 fn event_loop(
     exit: &Arc<ExitSignal>,
     console_input: Option<&ConsoleSink>,
+    console_resize: Option<&virtio::console::ConsoleInput>,
     api: Option<ApiServer>,
     stats_report: &dyn Fn() -> String,
 ) -> Result<VmExit, VmError> {
@@ -809,6 +830,11 @@ fn event_loop(
         .run(exit, || {
             if STATS_REQUESTED.swap(false, Ordering::SeqCst) {
                 eprint!("{}", stats_report());
+            }
+            if RESIZE_REQUESTED.swap(false, Ordering::SeqCst) {
+                if let (Some(console), Some(size)) = (console_resize, console::host_terminal_size()) {
+                    console.set_size(size);
+                }
             }
             match STOP_SIGNAL.load(Ordering::SeqCst) {
                 0 => None,
