@@ -21,6 +21,8 @@
 
 #[path = "../args.rs"]
 mod args;
+#[path = "../stats.rs"]
+mod stats;
 // Shared with rvmm-bench; its transparent-huge-page field is not reported here.
 #[allow(dead_code)]
 #[path = "../host.rs"]
@@ -460,7 +462,7 @@ struct Row {
 
 impl Row {
     fn median(&self, f: impl Fn(&Measurement) -> f64) -> f64 {
-        median(self.runs.iter().map(f).collect())
+        stats::median(&self.runs.iter().map(f).collect::<Vec<_>>())
     }
 
     fn iops(&self) -> f64 {
@@ -469,25 +471,7 @@ impl Row {
 
     /// (max - min) / median of the IOPS, percent; None with one run.
     fn spread(&self) -> Option<f64> {
-        if self.runs.len() < 2 {
-            return None;
-        }
-        let v: Vec<f64> = self.runs.iter().map(Measurement::iops).collect();
-        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-        Some((hi - lo) / self.iops() * 100.0)
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        stats::spread_percent(&self.runs.iter().map(Measurement::iops).collect::<Vec<_>>())
     }
 }
 
@@ -633,7 +617,7 @@ fn run(o: &Options) -> Result<(), String> {
                 "median {:.0}%, max {max:.0}% of the {} CPUs' time during a counted case; {repeated} \
                  run(s) repeated because it was above {}% (other processes, kernel threads, \
                  interrupts; /proc/stat minus this program's rusage)",
-                median(others.clone()),
+                stats::median(&others),
                 sysinfo::cpus(),
                 o.max_other
             ),
@@ -704,12 +688,12 @@ fn print_report(o: &Options, facts: &Facts, rows: &[Row]) {
             format!("{:.1}", iops * r.case.pattern.block_size() as f64 / (1u64 << 20) as f64),
             ratio.map_or("-".into(), |x| format!("{x:.2}")),
             format!("{:.2}", r.median(Measurement::cpu_us_per_op)),
-            if r.irqs.is_empty() { "-".into() } else { format!("{:.2}", median(r.irqs.clone())) },
+            if r.irqs.is_empty() { "-".into() } else { format!("{:.2}", stats::median(&r.irqs)) },
         ];
         if spread {
             cells.push(r.spread().map_or("-".into(), |s| format!("{s:.0}%")));
         }
-        cells.push(if r.others.is_empty() { "-".into() } else { format!("{:.0}%", median(r.others.clone())) });
+        cells.push(if r.others.is_empty() { "-".into() } else { format!("{:.0}%", stats::median(&r.others)) });
         table.push(cells);
     }
     let numeric = |i: usize| i == 2 || i >= 4;

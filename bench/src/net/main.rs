@@ -23,6 +23,8 @@
 
 #[path = "../args.rs"]
 mod args;
+#[path = "../stats.rs"]
+mod stats;
 // Shared with rvmm-bench; only some of its facts are reported here.
 #[allow(dead_code)]
 #[path = "../host.rs"]
@@ -392,34 +394,16 @@ struct Row {
     runs: Vec<Measurement>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 impl Row {
     fn median(&self, f: impl Fn(&Measurement) -> f64) -> f64 {
-        median(self.runs.iter().map(f).collect())
+        stats::median(&self.runs.iter().map(f).collect::<Vec<_>>())
     }
     fn fps(&self) -> f64 {
         self.median(Measurement::fps)
     }
     /// (max - min) / median of frames/s, percent; None with one run.
     fn spread(&self) -> Option<f64> {
-        if self.runs.len() < 2 {
-            return None;
-        }
-        let v: Vec<f64> = self.runs.iter().map(Measurement::fps).collect();
-        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-        Some((hi - lo) / self.fps() * 100.0)
+        stats::spread_percent(&self.runs.iter().map(Measurement::fps).collect::<Vec<_>>())
     }
 }
 
