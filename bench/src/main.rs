@@ -31,6 +31,8 @@ mod args;
 mod exits;
 mod host;
 mod measure;
+// Shared with the blk and net benchmarks, whose median and spread are not used here.
+#[allow(dead_code)]
 mod stats;
 
 use std::ffi::OsString;

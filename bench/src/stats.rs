@@ -36,7 +36,6 @@ fn median_of_sorted(v: &[f64]) -> f64 {
 
 /// The median of `values` (the mean of the two middle ones for an even
 /// count); NaN when there are none.
-#[allow(dead_code)] // rvmm-bench uses Summary
 pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -48,7 +47,6 @@ pub fn median(values: &[f64]) -> f64 {
 
 /// How far apart the runs are: (max - min) / median, in percent; `None`
 /// with fewer than two runs.
-#[allow(dead_code)] // rvmm-bench uses Summary
 pub fn spread_percent(values: &[f64]) -> Option<f64> {
     if values.len() < 2 {
         return None;

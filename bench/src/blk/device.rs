@@ -26,16 +26,17 @@
 //! MSI through an irqfd costs rvmm. No guest runs: the driver's own work is a
 //! few stores to guest memory, far less than a guest kernel's block layer.
 
+use crate::signals::Signals;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio::block::disk::{create_engine, DiskFile, EngineKind};
 use virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio::block::worker::BlockWorker;
-use virtio::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
+use virtio::device::ActiveQueue;
 use virtio::queue::test_utils::{MockDriver, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -84,28 +85,6 @@ pub fn engine_name(kind: EngineKind) -> &'static str {
         EngineKind::IoUring => "io_uring",
         EngineKind::Threads => "threads",
         EngineKind::Auto => "auto",
-    }
-}
-
-/// The device's interrupt and reset requests: interrupts go to an eventfd and are counted.
-struct Signals {
-    irq: EventFd,
-    interrupts: AtomicU64,
-    resets: AtomicU64,
-}
-
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, _queue: u16) {
-        self.interrupts.fetch_add(1, Ordering::Relaxed);
-        // As an irqfd would be written; the counter cannot overflow in a benchmark's life.
-        let _ = self.irq.write(1);
-    }
-    fn notify_config(&self) {}
-}
-
-impl DeviceStatusSink for Signals {
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -276,8 +255,7 @@ fn setup(path: &Path, direct: bool, engine: EngineKind, pattern: Pattern, depth:
     let eventfd =
         |what: &str| EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("cannot create the {what} eventfd: {e}"));
     let notify = eventfd("queue notification")?;
-    let signals =
-        Arc::new(Signals { irq: eventfd("interrupt")?, interrupts: AtomicU64::new(0), resets: AtomicU64::new(0) });
+    let signals = Arc::new(Signals::new(eventfd("interrupt")?));
     let worker = BlockWorker::new(
         mem,
         disk,
@@ -311,7 +289,7 @@ pub fn run(
         Mode::Inline => run_inline(s, window)?,
         Mode::Thread => run_thread(s, window)?,
     };
-    if signals.resets.load(Ordering::SeqCst) != 0 {
+    if signals.reset_requested() {
         return Err("the device asked for a reset (a malformed queue?)".into());
     }
     Ok(DeviceRun {
@@ -323,7 +301,7 @@ pub fn run(
 fn run_inline(s: Setup, window: Window) -> Result<(Measurement, u64), String> {
     let Setup { mut driver, mut worker, engine_fd, signals, .. } = s;
     let check_reset = || {
-        if signals.resets.load(Ordering::SeqCst) != 0 {
+        if signals.reset_requested() {
             Err("the device asked for a reset (a malformed queue?)".to_string())
         } else {
             Ok(())
@@ -406,7 +384,7 @@ fn drive_thread(
         let _ = signals.irq.read();
         driver.collect(&mut slots)?;
         if slots.is_empty() {
-            if signals.resets.load(Ordering::SeqCst) != 0 {
+            if signals.reset_requested() {
                 return Err("the device asked for a reset (a malformed queue?)".into());
             }
             if last_progress.elapsed() > STALL {

@@ -25,14 +25,15 @@
 //!   When the device delivered nothing (the tap was empty) the driver waits in
 //!   `poll` for the tap to become readable.
 
+use crate::signals::Signals;
 use std::num::Wrapping;
 use std::os::fd::RawFd;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio::device::{ActiveQueue, DeviceStatusSink, VirtioInterrupt};
+use virtio::device::ActiveQueue;
 use virtio::net::tap::NetBackend;
 use virtio::net::worker::NetWorker;
 use virtio::net::VNET_HDR_LEN;
@@ -49,29 +50,6 @@ pub const QUEUE_SIZE: u16 = virtio::net::QUEUE_SIZE;
 /// Payload piece of the TSO frame's chain: a page, as in a Linux skb's fragments.
 const FRAG: usize = 4096;
 const QUEUE_BASE: u64 = 0x1000;
-
-/// The device's interrupts (an eventfd write each, counted) and reset requests.
-struct Signals {
-    irq: EventFd,
-    interrupts: AtomicU64,
-    resets: AtomicU64,
-}
-
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, _queue: u16) {
-        self.interrupts.fetch_add(1, Ordering::Relaxed);
-        // As an irqfd would be written. Nobody reads it: an eventfd counter cannot
-        // overflow in a benchmark's life.
-        let _ = self.irq.write(1);
-    }
-    fn notify_config(&self) {}
-}
-
-impl DeviceStatusSink for Signals {
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// A worker with one queue, and what is needed to get the backend back from it.
 struct Device {
@@ -96,7 +74,7 @@ impl Device {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return Err((e, backend)),
         };
-        let signals = Arc::new(Signals { irq, interrupts: AtomicU64::new(0), resets: AtomicU64::new(0) });
+        let signals = Arc::new(Signals::new(irq));
         let (tx, returned) = std::sync::mpsc::channel();
         let worker = NetWorker::new(
             mem.clone(),
@@ -114,7 +92,7 @@ impl Device {
     }
 
     fn check_reset(&self) -> Result<(), String> {
-        if self.signals.resets.load(Ordering::SeqCst) != 0 {
+        if self.signals.reset_requested() {
             return Err("the device asked for a reset (a malformed queue?); RVMM_LOG=debug shows why".into());
         }
         Ok(())

@@ -23,6 +23,10 @@
 
 #[path = "../args.rs"]
 mod args;
+#[path = "../signals.rs"]
+mod signals;
+// Shared with rvmm-bench, whose summaries (Summary) are not used here.
+#[allow(dead_code)]
 #[path = "../stats.rs"]
 mod stats;
 // Shared with rvmm-bench; only some of its facts are reported here.
