@@ -1,6 +1,7 @@
 //! Option parsing and report helpers shared by the benchmark programs.
 
 use std::fmt::Display;
+use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,6 +12,22 @@ pub enum ArgsExit {
     Help,
     /// The arguments are wrong; the message says how.
     Usage(String),
+}
+
+/// The options, or the exit code of a program that printed its usage (for
+/// `--help`, exit 0) or what was wrong with its arguments (exit 2).
+pub fn options_or_exit<T>(program: &str, usage: &str, parsed: Result<T, ArgsExit>) -> Result<T, ExitCode> {
+    match parsed {
+        Ok(options) => Ok(options),
+        Err(ArgsExit::Help) => {
+            print!("{usage}");
+            Err(ExitCode::SUCCESS)
+        }
+        Err(ArgsExit::Usage(message)) => {
+            eprintln!("{program}: {message}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 /// A number of seconds from `min` to 3600.

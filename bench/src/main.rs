@@ -995,16 +995,9 @@ fn exits_notes(n: u32) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args_os().skip(1)) {
+    let options = match args::options_or_exit("rvmm-bench", USAGE, parse_args(std::env::args_os().skip(1))) {
         Ok(o) => o,
-        Err(ArgsExit::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ArgsExit::Usage(message)) => {
-            eprintln!("rvmm-bench: {message}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match bench(&options) {
         Ok(report) => {

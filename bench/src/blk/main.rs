@@ -784,16 +784,9 @@ fn print_report(o: &Options, facts: &Facts, rows: &[Row]) {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args_os().skip(1)) {
+    let options = match args::options_or_exit("rvmm-blk-bench", USAGE, parse_args(std::env::args_os().skip(1))) {
         Ok(o) => o,
-        Err(ArgsExit::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ArgsExit::Usage(msg)) => {
-            eprintln!("rvmm-blk-bench: {msg}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -677,16 +677,9 @@ fn print_report(o: &Options, facts: &[(String, String)], rows: &[Row]) {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args_os().skip(1)) {
+    let options = match args::options_or_exit("rvmm-net-bench", USAGE, parse_args(std::env::args_os().skip(1))) {
         Ok(o) => o,
-        Err(ArgsExit::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ArgsExit::Usage(msg)) => {
-            eprintln!("rvmm-net-bench: {msg}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
