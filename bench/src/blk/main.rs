@@ -401,7 +401,8 @@ fn run_case(
         }
         Subject::Qemu(engine) => {
             let q = qemu_img.ok_or("no qemu-img")?;
-            Ok((qemu::run(q, path, c.pattern, c.depth, engine, direct, o.window.measure)?, None))
+            let bench = qemu::Bench { qemu_img: q, file: path, pattern: c.pattern, depth: c.depth, engine, direct };
+            Ok((bench.run(o.window.measure)?, None))
         }
     }
 }

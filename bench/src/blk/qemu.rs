@@ -34,33 +34,78 @@ pub fn supports(pattern: Pattern) -> bool {
     matches!(pattern, Pattern::SeqRead64k | Pattern::SeqWrite64k)
 }
 
-/// The command line for `count` requests of `pattern` at `depth` on `file`.
-pub fn command(
-    qemu_img: &Path,
-    file: &Path,
-    pattern: Pattern,
-    depth: usize,
-    engine: EngineKind,
-    direct: bool,
-    count: u64,
-) -> Command {
-    let mut c = Command::new(qemu_img);
-    let bs = pattern.block_size().to_string();
-    c.args(["bench", "-f", "raw", "-c", &count.to_string(), "-d", &depth.to_string()]);
-    c.args(["-s", &bs, "-S", &bs]);
-    c.args(["-i", if engine == EngineKind::Threads { "threads" } else { "io_uring" }]);
-    c.args(["-t", if direct { "none" } else { "writeback" }]);
-    if pattern.is_write() {
-        // A non-zero byte, so that nothing can treat the writes as zeroes.
-        c.args(["-w", "--pattern=165"]);
+/// One `qemu-img bench` case: which file, pattern, queue depth, back end and cache mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Bench<'a> {
+    /// The `qemu-img` program.
+    pub qemu_img: &'a Path,
+    /// The test file.
+    pub file: &'a Path,
+    /// The access pattern (see [`supports`]).
+    pub pattern: Pattern,
+    /// Requests in flight.
+    pub depth: usize,
+    /// io_uring or the thread pool.
+    pub engine: EngineKind,
+    /// O_DIRECT (`-t none`) rather than the page cache.
+    pub direct: bool,
+}
+
+impl Bench<'_> {
+    /// The command line for `count` requests.
+    pub fn command(&self, count: u64) -> Command {
+        let mut c = Command::new(self.qemu_img);
+        let bs = self.pattern.block_size().to_string();
+        c.args(["bench", "-f", "raw", "-c", &count.to_string(), "-d", &self.depth.to_string()]);
+        c.args(["-s", &bs, "-S", &bs]);
+        c.args(["-i", if self.engine == EngineKind::Threads { "threads" } else { "io_uring" }]);
+        c.args(["-t", if self.direct { "none" } else { "writeback" }]);
+        if self.pattern.is_write() {
+            // A non-zero byte, so that nothing can treat the writes as zeroes.
+            c.args(["-w", "--pattern=165"]);
+        }
+        c.arg(self.file);
+        c
     }
-    c.arg(file);
-    c
+
+    /// Runs `count` requests; returns the time `qemu-img` reports for the run and the
+    /// CPU time of the whole `qemu-img` process.
+    fn run_once(&self, count: u64) -> Result<(f64, f64), String> {
+        let cpu_before = children_cpu_seconds();
+        let out = self.command(count).output().map_err(|e| format!("cannot run {}: {e}", self.qemu_img.display()))?;
+        let cpu = children_cpu_seconds() - cpu_before;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "qemu-img bench failed ({}): {}{}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let secs = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
+            .ok_or_else(|| format!("unexpected qemu-img bench output: {}", stdout.trim()))?;
+        Ok((secs, cpu))
+    }
+
+    /// Runs the case with QEMU's block layer for about `seconds`: a short
+    /// calibration run (which also warms up) picks the request count.
+    pub fn run(&self, seconds: Duration) -> Result<Measurement, String> {
+        let probe = 2000;
+        let (t, _) = self.run_once(probe)?;
+        let rate = probe as f64 / t.max(1e-6);
+        let count = ((rate * seconds.as_secs_f64()) as u64).clamp(1000, 50_000_000);
+        let (t, cpu) = self.run_once(count)?;
+        Ok(Measurement { ops: count, seconds: t, cpu_seconds: cpu })
+    }
 }
 
 /// The command line as text, for the report (the file is shown as FILE).
 pub fn command_text(pattern: Pattern, depth: usize, engine: EngineKind, direct: bool) -> String {
-    let c = command(Path::new("qemu-img"), Path::new("FILE"), pattern, depth, engine, direct, 0);
+    let bench = Bench { qemu_img: Path::new("qemu-img"), file: Path::new("FILE"), pattern, depth, engine, direct };
+    let c = bench.command(0);
     let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
     format!("qemu-img {}", args.join(" ").replace("-c 0", "-c N"))
 }
@@ -73,55 +118,4 @@ pub fn children_cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
     t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// Runs `count` requests; returns the time `qemu-img` reports for the run and the
-/// CPU time of the whole `qemu-img` process.
-fn run_once(
-    qemu_img: &Path,
-    file: &Path,
-    pattern: Pattern,
-    depth: usize,
-    engine: EngineKind,
-    direct: bool,
-    count: u64,
-) -> Result<(f64, f64), String> {
-    let cpu_before = children_cpu_seconds();
-    let out = command(qemu_img, file, pattern, depth, engine, direct, count)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", qemu_img.display()))?;
-    let cpu = children_cpu_seconds() - cpu_before;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(format!(
-            "qemu-img bench failed ({}): {}{}",
-            out.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let secs = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
-        .ok_or_else(|| format!("unexpected qemu-img bench output: {}", stdout.trim()))?;
-    Ok((secs, cpu))
-}
-
-/// Runs `pattern` with QEMU's block layer for about `seconds`: a short calibration run
-/// (which also warms up) picks the request count.
-pub fn run(
-    qemu_img: &Path,
-    file: &Path,
-    pattern: Pattern,
-    depth: usize,
-    engine: EngineKind,
-    direct: bool,
-    seconds: Duration,
-) -> Result<Measurement, String> {
-    let probe = 2000;
-    let (t, _) = run_once(qemu_img, file, pattern, depth, engine, direct, probe)?;
-    let rate = probe as f64 / t.max(1e-6);
-    let count = ((rate * seconds.as_secs_f64()) as u64).clamp(1000, 50_000_000);
-    let (t, cpu) = run_once(qemu_img, file, pattern, depth, engine, direct, count)?;
-    Ok(Measurement { ops: count, seconds: t, cpu_seconds: cpu })
 }
