@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{rvmm_run, scratch};
@@ -31,7 +31,7 @@ fn bios_or_skip(test: &str) -> Option<PathBuf> {
     bios
 }
 
-fn run_firmware(bios: &PathBuf, args: &[&str], envs: &[(&str, &str)]) -> VmOutput {
+fn run_firmware(bios: &Path, args: &[&str], envs: &[(&str, &str)]) -> VmOutput {
     let mut cmd = rvmm_run(&["--firmware", bios.to_str().unwrap()]);
     cmd.args(args);
     for (k, v) in envs {

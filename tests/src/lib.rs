@@ -393,6 +393,54 @@ pub fn qemu_probe_command(qemu: &Path, probe: &QemuProbe<'_>) -> Command {
     cmd
 }
 
+/// The `legacy-spec` probe checks every VMM must pass (probes/README.md, "Legacy device
+/// checks"): rvmm in `rvmm/tests/boot_paths.rs`, QEMU in `tests/tests/qemu_irq.rs`.
+pub const LEGACY_SPEC_CHECKS: [&str; 19] = [
+    "uart-lsr-idle",
+    "uart-scratch",
+    "uart-ier-bits",
+    "uart-iir-fifo-off",
+    "uart-iir-fifo-on",
+    "uart-dlab",
+    "uart-loop-msr",
+    "uart-loop-data",
+    "uart-char-timeout",
+    "rtc-reg-d",
+    "rtc-reg-c-clear",
+    "rtc-set-bcd",
+    "rtc-set-binary",
+    "rtc-cmos-ram",
+    "i8042-self-test",
+    "p61-gate-speaker",
+    "pit-out2-mode0",
+    "pci-cf8-enable",
+    "pci-host-vendor",
+];
+
+/// Checks a run of the probe with `legacy-spec`: every check in
+/// [`LEGACY_SPEC_CHECKS`] is `ok`, every other line an `info` line, and the
+/// result `ok`. The `legacy-spec-*` lines are printed, prefixed by `who`, to
+/// put the VMMs' `info` values side by side (`cargo test ... -- --nocapture`).
+pub fn check_legacy_spec(who: &str, out: &VmOutput) {
+    let r = out.report();
+    let d = || out.describe();
+    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
+    for (k, v) in &lines {
+        eprintln!("{who}: {k}: {v}");
+    }
+    for (k, v) in &lines {
+        if k != "legacy-spec-result" {
+            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
+        }
+    }
+    for name in LEGACY_SPEC_CHECKS {
+        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
+    }
+    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
+    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
+    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,52 +499,4 @@ mod tests {
         assert_eq!(out.exit_code(), Some(0), "{}", out.describe());
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["after two"]);
     }
-}
-
-/// The `legacy-spec` probe checks every VMM must pass (probes/README.md, "Legacy device
-/// checks"): rvmm in `rvmm/tests/boot_paths.rs`, QEMU in `tests/tests/qemu_irq.rs`.
-pub const LEGACY_SPEC_CHECKS: [&str; 19] = [
-    "uart-lsr-idle",
-    "uart-scratch",
-    "uart-ier-bits",
-    "uart-iir-fifo-off",
-    "uart-iir-fifo-on",
-    "uart-dlab",
-    "uart-loop-msr",
-    "uart-loop-data",
-    "uart-char-timeout",
-    "rtc-reg-d",
-    "rtc-reg-c-clear",
-    "rtc-set-bcd",
-    "rtc-set-binary",
-    "rtc-cmos-ram",
-    "i8042-self-test",
-    "p61-gate-speaker",
-    "pit-out2-mode0",
-    "pci-cf8-enable",
-    "pci-host-vendor",
-];
-
-/// Checks a run of the probe with `legacy-spec`: every check in
-/// [`LEGACY_SPEC_CHECKS`] is `ok`, every other line an `info` line, and the
-/// result `ok`. The `legacy-spec-*` lines are printed, prefixed by `who`, to
-/// put the VMMs' `info` values side by side (`cargo test ... -- --nocapture`).
-pub fn check_legacy_spec(who: &str, out: &VmOutput) {
-    let r = out.report();
-    let d = || out.describe();
-    let lines: Vec<_> = r.entries.iter().filter(|(k, _)| k.starts_with("legacy-spec-")).collect();
-    for (k, v) in &lines {
-        eprintln!("{who}: {k}: {v}");
-    }
-    for (k, v) in &lines {
-        if k != "legacy-spec-result" {
-            assert!(v == "ok" || v.starts_with("info "), "{k}: {v}\n{}", d());
-        }
-    }
-    for name in LEGACY_SPEC_CHECKS {
-        assert_eq!(r.get(&format!("legacy-spec-{name}")), Some("ok"), "{name}\n{}", d());
-    }
-    let checks = lines.iter().filter(|(k, v)| k != "legacy-spec-result" && !v.starts_with("info")).count();
-    assert_eq!(checks, LEGACY_SPEC_CHECKS.len(), "{}", d());
-    assert_eq!(r.get("legacy-spec-result"), Some("ok"), "{}", d());
 }

@@ -70,11 +70,14 @@ pub enum PauseError {
     Timeout(u8, Duration),
 }
 
+/// One vCPU as [`PauseControl`] sees it: its id, the cell its thread writes
+/// its [`VcpuState`] to, and a function that kicks it out of KVM_RUN.
+pub type PausableVcpu = (u8, Arc<AtomicU8>, Box<dyn Fn() + Send + Sync>);
+
 /// The VMM's handle on the pause state of all vCPUs.
 pub struct PauseControl {
     gate: Arc<PauseGate>,
-    /// Each vCPU's id, state and a function that kicks it out of KVM_RUN.
-    vcpus: Vec<(u8, Arc<AtomicU8>, Box<dyn Fn() + Send + Sync>)>,
+    vcpus: Vec<PausableVcpu>,
     /// The VM whose kvmclock stops while paused (none in unit tests).
     vm: Option<Arc<VmFd>>,
     /// The kvmclock as the pause found it.
@@ -83,7 +86,7 @@ pub struct PauseControl {
 
 impl PauseControl {
     /// Control over the vCPUs given as (id, state, kicker), which share `gate`.
-    pub fn new(gate: Arc<PauseGate>, vcpus: Vec<(u8, Arc<AtomicU8>, Box<dyn Fn() + Send + Sync>)>) -> Self {
+    pub fn new(gate: Arc<PauseGate>, vcpus: Vec<PausableVcpu>) -> Self {
         PauseControl { gate, vcpus, vm: None, saved_clock: Mutex::new(None) }
     }
 
