@@ -63,6 +63,8 @@ pub struct NetWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     status: Arc<dyn DeviceStatusSink>,
     broken: bool,
+    /// Control commands answered VIRTIO_NET_ERR, for a rate-limited log line.
+    refused_commands: devices::ratelimit::LogLimiter,
     returned: Sender<Vec<Box<dyn NetBackend>>>,
     /// Frame counters.
     pub counters: NetCounters,
@@ -101,6 +103,7 @@ impl NetWorker {
             interrupt,
             status,
             broken: false,
+            refused_commands: devices::ratelimit::LogLimiter::new(),
             returned,
             counters: NetCounters::default(),
             bounce: vec![0u8; MAX_FRAME],
@@ -347,6 +350,16 @@ impl NetWorker {
                     VIRTIO_NET_ERR
                 }
             };
+            if ack != VIRTIO_NET_OK {
+                if let Some(n) = self.refused_commands.tick() {
+                    log::warn!(
+                        "virtio-net: refused control command {:#04x}/{:#04x} (malformed, unsupported or its \
+                         feature not negotiated) (#{n})",
+                        head[0],
+                        head[1]
+                    );
+                }
+            }
             let writable = chain.writable_len();
             let used =
                 if writable > 0 && chain.write_at(&self.mem, writable - 1, &[ack as u8]).is_ok() { 1 } else { 0 };
@@ -411,10 +424,7 @@ impl NetWorker {
                     VIRTIO_NET_ERR
                 }
             }
-            (class, cmd) => {
-                log::debug!("virtio-net: unsupported control command {class}/{cmd}");
-                VIRTIO_NET_ERR
-            }
+            _ => VIRTIO_NET_ERR,
         }
     }
 }
