@@ -22,7 +22,6 @@
  */
 #include "irq.h"
 
-#define COM1 0x3f8
 #define IOAPIC_BASE 0xfec00000UL
 #define PIC1 0x20
 #define PIC2 0xa0

@@ -34,7 +34,6 @@ static void delay_ms(u32 ms)
 /* ------------------------------------------------------------------------- */
 /* 16550A on COM1 */
 
-#define COM1 0x3f8
 #define U_RBR 0	/* RBR / THR; DLL with DLAB */
 #define U_IER 1	/* IER; DLM with DLAB */
 #define U_IIR 2	/* IIR (read) / FCR (write) */
@@ -282,28 +281,17 @@ static void uart_checks(void)
 #define C_PF 0x40
 #define C_UF 0x10
 
-static u8 cmos_rd(u8 reg)
-{
-	outb(0x70, reg);
-	return inb(0x71);
-}
-
-static void cmos_wr(u8 reg, u8 v)
-{
-	outb(0x70, reg);
-	outb(0x71, v);
-}
 
 static void wait_no_uip(void)
 {
-	for (u32 i = 0; i < 20000 && (cmos_rd(RTC_A) & 0x80); i++)
+	for (u32 i = 0; i < 20000 && (cmos_read(RTC_A) & 0x80); i++)
 		cpu_relax();
 }
 
 static void rtc_checks(void)
 {
 	wait_no_uip();
-	u8 a = cmos_rd(RTC_A), b = cmos_rd(RTC_B), d = cmos_rd(RTC_D);
+	u8 a = cmos_read(RTC_A), b = cmos_read(RTC_B), d = cmos_read(RTC_D);
 	spec_info("rtc-regs");
 	spec_seen("a", a & 0x7f);	/* without UIP, which comes and goes */
 	spec_seen("b", b);
@@ -315,9 +303,9 @@ static void rtc_checks(void)
 	spec_end_line();
 
 	/* PF with PIE off: the datasheet sets PF at the periodic rate whatever PIE says. */
-	cmos_rd(RTC_C);
+	cmos_read(RTC_C);
 	delay_ms(10);
-	u8 c = cmos_rd(RTC_C);
+	u8 c = cmos_read(RTC_C);
 	spec_info("rtc-pf-without-pie");
 	spec_seen("rate", a & 0x0f);
 	spec_seen("pf", !!(c & C_PF));
@@ -326,17 +314,17 @@ static void rtc_checks(void)
 
 	/* Read-to-clear: PIE on at 1024 Hz (A 0x26) sets PF and IRQF; an immediate second
 	 * read is 0 (a new period may fall in between: up to 3 tries). */
-	cmos_wr(RTC_A, 0x26);
-	cmos_wr(RTC_B, (b & ~B_SET) | B_PIE);
+	cmos_write(RTC_A, 0x26);
+	cmos_write(RTC_B, (b & ~B_SET) | B_PIE);
 	u8 c1 = 0, c2 = 0xff;
 	for (u32 i = 0; i < 3 && c2; i++) {
 		delay_ms(5);
-		c1 = cmos_rd(RTC_C);
-		c2 = cmos_rd(RTC_C);
+		c1 = cmos_read(RTC_C);
+		c2 = cmos_read(RTC_C);
 	}
-	cmos_wr(RTC_B, b & ~B_SET);
-	cmos_rd(RTC_C);
-	cmos_wr(RTC_A, a & 0x7f);
+	cmos_write(RTC_B, b & ~B_SET);
+	cmos_read(RTC_C);
+	cmos_write(RTC_A, a & 0x7f);
 	int ok = (c1 & (C_IRQF | C_PF)) == (C_IRQF | C_PF) && c2 == 0;
 	spec_check("rtc-reg-c-clear", ok);
 	if (!ok) {
@@ -350,13 +338,13 @@ static void rtc_checks(void)
 	static const u8 regs[7] = {RTC_SEC, RTC_MIN, RTC_HOUR, RTC_DOW, RTC_DOM, RTC_MON, RTC_YEAR};
 	u8 saved[7];
 	for (u32 i = 0; i < 7; i++)
-		saved[i] = cmos_rd(regs[i]);
+		saved[i] = cmos_read(regs[i]);
 	u8 hold = B_SET | (b & B_24H);
-	cmos_wr(RTC_B, hold);
-	cmos_wr(RTC_SEC, 0x45);
-	cmos_wr(RTC_MIN, 0x12);
-	cmos_wr(RTC_DOW, 0x03);
-	u8 s1 = cmos_rd(RTC_SEC), m1 = cmos_rd(RTC_MIN), w1 = cmos_rd(RTC_DOW);
+	cmos_write(RTC_B, hold);
+	cmos_write(RTC_SEC, 0x45);
+	cmos_write(RTC_MIN, 0x12);
+	cmos_write(RTC_DOW, 0x03);
+	u8 s1 = cmos_read(RTC_SEC), m1 = cmos_read(RTC_MIN), w1 = cmos_read(RTC_DOW);
 	ok = s1 == 0x45 && m1 == 0x12 && w1 == 0x03;
 	spec_check("rtc-set-bcd", ok);
 	if (!ok) {
@@ -367,13 +355,13 @@ static void rtc_checks(void)
 	spec_end_line();
 
 	/* DM changed with the registers left alone: the datasheet does not convert them. */
-	cmos_wr(RTC_B, hold | B_DM);
-	u8 s2 = cmos_rd(RTC_SEC), m2 = cmos_rd(RTC_MIN), w2 = cmos_rd(RTC_DOW);
+	cmos_write(RTC_B, hold | B_DM);
+	u8 s2 = cmos_read(RTC_SEC), m2 = cmos_read(RTC_MIN), w2 = cmos_read(RTC_DOW);
 
-	cmos_wr(RTC_SEC, 45);
-	cmos_wr(RTC_MIN, 12);
-	cmos_wr(RTC_DOW, 5);
-	u8 s3 = cmos_rd(RTC_SEC), m3 = cmos_rd(RTC_MIN), w3 = cmos_rd(RTC_DOW);
+	cmos_write(RTC_SEC, 45);
+	cmos_write(RTC_MIN, 12);
+	cmos_write(RTC_DOW, 5);
+	u8 s3 = cmos_read(RTC_SEC), m3 = cmos_read(RTC_MIN), w3 = cmos_read(RTC_DOW);
 	ok = s3 == 45 && m3 == 12 && w3 == 5;
 	spec_check("rtc-set-binary", ok);
 	if (!ok) {
@@ -383,8 +371,8 @@ static void rtc_checks(void)
 	}
 	spec_end_line();
 
-	cmos_wr(RTC_B, hold);
-	u8 s4 = cmos_rd(RTC_SEC), m4 = cmos_rd(RTC_MIN), w4 = cmos_rd(RTC_DOW);
+	cmos_write(RTC_B, hold);
+	u8 s4 = cmos_read(RTC_SEC), m4 = cmos_read(RTC_MIN), w4 = cmos_read(RTC_DOW);
 	spec_info("rtc-dm-switch");
 	spec_seen("to-binary-sec", s2);
 	spec_seen("to-binary-min", m2);
@@ -395,19 +383,19 @@ static void rtc_checks(void)
 	spec_end_line();
 
 	/* Put the clock back as it was (in the original mode), then release SET. */
-	cmos_wr(RTC_B, B_SET | (b & (B_DM | B_24H)));
+	cmos_write(RTC_B, B_SET | (b & (B_DM | B_24H)));
 	for (u32 i = 0; i < 7; i++)
-		cmos_wr(regs[i], saved[i]);
-	cmos_wr(RTC_B, b & ~B_SET);
-	cmos_rd(RTC_C);
+		cmos_write(regs[i], saved[i]);
+	cmos_write(RTC_B, b & ~B_SET);
+	cmos_read(RTC_C);
 
 	/* CMOS RAM. */
-	u8 old = cmos_rd(0x40);
-	cmos_wr(0x40, 0x5a);
-	u8 r1 = cmos_rd(0x40);
-	cmos_wr(0x40, 0xa5);
-	u8 r2 = cmos_rd(0x40);
-	cmos_wr(0x40, old);
+	u8 old = cmos_read(0x40);
+	cmos_write(0x40, 0x5a);
+	u8 r1 = cmos_read(0x40);
+	cmos_write(0x40, 0xa5);
+	u8 r2 = cmos_read(0x40);
+	cmos_write(0x40, old);
 	ok = r1 == 0x5a && r2 == 0xa5;
 	spec_check("rtc-cmos-ram", ok);
 	if (!ok) {

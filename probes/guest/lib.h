@@ -78,7 +78,11 @@ void *memcpy(void *d, const void *s, u64 n);
 int memcmp(const void *a, const void *b, u64 n);
 
 /* ---- probe.c: COM1 report ---- */
+#define COM1 0x3f8		/* the report's UART */
 void putc(char c);
+/* CMOS/RTC register `reg` through ports 0x70/0x71 (probe.c). */
+u8 cmos_read(u8 reg);
+void cmos_write(u8 reg, u8 v);
 void puts(const char *s);
 void put_hex(u64 v);		/* 0x, no leading zeros */
 void put_hex8(u32 v);		/* 0x and 8 digits */

@@ -64,7 +64,6 @@ int memcmp(const void *a, const void *b, u64 n)
 /* ------------------------------------------------------------------------- */
 /* COM1 */
 
-#define COM1 0x3f8
 
 static void uart_init(void)
 {
@@ -1067,17 +1066,23 @@ static void start_aps(void)
 
 /* ---- RTC ---- */
 
-static u8 cmos(u8 reg)
+u8 cmos_read(u8 reg)
 {
 	outb(0x70, reg);
 	return inb(0x71);
 }
 
+void cmos_write(u8 reg, u8 v)
+{
+	outb(0x70, reg);
+	outb(0x71, v);
+}
+
 u8 rtc_second(void)
 {
-	if (cmos(0x0a) & 0x80)	/* update in progress */
+	if (cmos_read(0x0a) & 0x80)	/* update in progress */
 		return 0xff;
-	return cmos(0x00);
+	return cmos_read(0x00);
 }
 
 static u32 bcd(u32 v) { return (v & 0x0f) + (v >> 4) * 10; }
@@ -1087,22 +1092,22 @@ static void report_rtc(void)
 	u8 r[7], prev[7];
 	int tries = 0;
 	for (;;) {
-		for (u32 i = 0; i < 20000 && (cmos(0x0a) & 0x80); i++)
+		for (u32 i = 0; i < 20000 && (cmos_read(0x0a) & 0x80); i++)
 			;
-		r[0] = cmos(0x00);
-		r[1] = cmos(0x02);
-		r[2] = cmos(0x04);
-		r[3] = cmos(0x07);
-		r[4] = cmos(0x08);
-		r[5] = cmos(0x09);
-		r[6] = cmos(0x32);
+		r[0] = cmos_read(0x00);
+		r[1] = cmos_read(0x02);
+		r[2] = cmos_read(0x04);
+		r[3] = cmos_read(0x07);
+		r[4] = cmos_read(0x08);
+		r[5] = cmos_read(0x09);
+		r[6] = cmos_read(0x32);
 		if (tries && !memcmp(r, prev, sizeof(r)))
 			break;
 		if (++tries > 5)
 			break;
 		memcpy(prev, r, sizeof(r));
 	}
-	u8 b = cmos(0x0b);
+	u8 b = cmos_read(0x0b);
 	u32 sec = r[0], min = r[1], hour = r[2], day = r[3], mon = r[4], year = r[5], cent = r[6];
 	int pm = hour & 0x80;
 	hour &= 0x7f;
