@@ -5,6 +5,17 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// How long a case runs: an untimed warm-up (caches, the allocator, queues
+/// filling up), then the measured interval (`--warmup`, `--seconds`).
+#[allow(dead_code)] // rvmm-bench counts runs, not time
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Untimed time first: what completes in it is not counted.
+    pub warmup: Duration,
+    /// The measured part.
+    pub measure: Duration,
+}
+
 /// Why parsing stopped without options.
 #[derive(Debug)]
 pub enum ArgsExit {

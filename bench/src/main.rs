@@ -32,6 +32,7 @@ mod exits;
 mod host;
 mod measure;
 // Shared with the blk and net benchmarks, whose median and spread are not used here.
+mod rusage;
 #[allow(dead_code)]
 mod stats;
 
@@ -615,17 +616,6 @@ fn version_of(program: &Path, flag: &str) -> String {
     }
 }
 
-/// This process's own peak RSS, KiB.
-fn own_max_rss_kib() -> u64 {
-    // SAFETY: rusage is plain data; getrusage fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0;
-    }
-    u64::try_from(ru.ru_maxrss).unwrap_or(0)
-}
-
 /// Everything the report shows.
 pub struct Report {
     /// The host facts.
@@ -1132,7 +1122,7 @@ fn bench(o: &Options) -> Result<Report, String> {
         guest,
         versions,
         targets,
-        bench_rss_kib: own_max_rss_kib(),
+        bench_rss_kib: rusage::own_max_rss_kib(),
     })
 }
 

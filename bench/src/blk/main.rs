@@ -21,6 +21,8 @@
 
 #[path = "../args.rs"]
 mod args;
+#[path = "../rusage.rs"]
+mod rusage;
 #[path = "../signals.rs"]
 mod signals;
 // Shared with rvmm-bench, whose summaries (Summary) are not used here.

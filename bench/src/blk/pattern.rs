@@ -2,7 +2,7 @@
 //! timed in. The device model and the raw baseline draw their offsets from the same
 //! generator with the same seed, so both visit the same sequence of blocks.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One access pattern of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +95,7 @@ impl Offsets {
     }
 }
 
-/// How long a case runs: an untimed warm-up, then the measured interval.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    /// Requests completed in this first part are not counted.
-    pub warmup: Duration,
-    /// The measured part.
-    pub measure: Duration,
-}
+pub use crate::args::Window;
 
 /// What one case achieved in its measured interval.
 #[derive(Debug, Clone, Copy)]
@@ -138,12 +131,7 @@ impl Measurement {
 
 /// CPU time (user + system) of this process so far, seconds.
 pub fn process_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF cannot fail with a valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
-    t(ru.ru_utime) + t(ru.ru_stime)
+    crate::rusage::process_cpu().as_secs_f64()
 }
 
 /// Counts completions inside a [`Window`]: call [`record`](Counter::record) with each

@@ -112,10 +112,5 @@ pub fn command_text(pattern: Pattern, depth: usize, engine: EngineKind, direct: 
 
 /// CPU time (user + system) of this process's waited-for children (`qemu-img` runs), seconds.
 pub fn children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
-    t(ru.ru_utime) + t(ru.ru_stime)
+    crate::rusage::children_cpu().as_secs_f64()
 }

@@ -5,14 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::netenv::{self, LinkStats};
 
-/// Warm-up and measured time of every case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Untimed time first (caches, the allocator, the tap's queue filling up).
-    pub warmup: Duration,
-    /// Measured time.
-    pub measure: Duration,
-}
+pub use crate::args::Window;
 
 /// What the loops count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +59,6 @@ impl Measurement {
     }
 }
 
-/// User + system time of the calling thread.
-pub fn thread_cpu() -> Duration {
-    // SAFETY: getrusage fills the rusage we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 struct Mark {
     at: Instant,
     counts: Counts,
@@ -85,7 +68,7 @@ struct Mark {
 
 fn mark(counts: Counts) -> Result<Mark, String> {
     let link = netenv::link_stats()?;
-    Ok(Mark { at: Instant::now(), counts, cpu: thread_cpu(), link })
+    Ok(Mark { at: Instant::now(), counts, cpu: crate::rusage::thread_cpu(), link })
 }
 
 /// The clock of one case: call [`Clock::tick`] with the running counts often (every
